@@ -1,0 +1,262 @@
+"""Typed experiment configuration: YAML loading, dotted ``--set`` overrides, errors naming the key.
+
+An experiment says what is trained: ``data``, ``teacher``, ``student``, ``distill`` and
+``train``. Relative paths in a YAML file are relative to the folder of that file, so a
+file means the same thing from any working directory (Ray workers run elsewhere).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from raykd.distill.config import DistillConfig
+from raykd.errors import UserError
+
+Arch = Literal["fcos", "retinanet", "faster_rcnn"]
+Backbone = Literal["resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v3_large"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SplitConfig(_Strict):
+    """One COCO split: an annotation file and the folder its ``file_name`` entries are under."""
+
+    annotations: str
+    images: str
+
+
+class SyntheticConfig(_Strict):
+    """Generate the synthetic shapes set into ``out_dir`` when it is missing."""
+
+    out_dir: str
+    train_images: int = Field(3000, ge=1)
+    val_images: int = Field(500, ge=1)
+    seed: int = 0
+    image_size: int = Field(160, ge=32)
+
+
+class DataConfig(_Strict):
+    """Either ``train`` + ``val`` COCO splits, or a ``synthetic`` block (which fills them in)."""
+
+    train: SplitConfig | None = None
+    val: SplitConfig | None = None
+    synthetic: SyntheticConfig | None = None
+    image_size: int = Field(160, ge=32, description="longer image side after resizing, px")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    val_max_images: int | None = Field(None, ge=1, description="evaluate on the first N val images")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if self.synthetic is None and (self.train is None or self.val is None):
+            raise ValueError("expected either data.synthetic or both data.train and data.val")
+        return self
+
+
+class ModelConfig(_Strict):
+    """A torchvision detector: head family, backbone and FPN width."""
+
+    arch: Arch = "fcos"
+    backbone: Backbone = "resnet18"
+    fpn_channels: int = Field(256, ge=8)
+    trainable_layers: int = Field(5, ge=0, le=5)
+
+    @model_validator(mode="after")
+    def _groupnorm_width(self) -> ModelConfig:
+        if self.arch == "fcos" and self.fpn_channels % 32:
+            raise ValueError(f"fcos heads use GroupNorm(32): fpn_channels must be a multiple of 32, got {self.fpn_channels}")
+        return self
+
+
+class StudentConfig(ModelConfig):
+    """The trained model. ``inherit``: copy the teacher's FPN and head weights first."""
+
+    inherit: bool = False
+
+
+class ScheduleConfig(_Strict):
+    """Optimiser, learning-rate schedule and loop settings (see METHODS.md, training recipe)."""
+
+    epochs: int = Field(12, ge=1)
+    batch_size: int = Field(4, ge=1, description="images per worker and step")
+    steps_per_epoch: int | None = Field(None, ge=1, description="cap on steps per epoch (small budgets)")
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_iters: int = Field(500, ge=0)
+    warmup_factor: float = Field(0.001, gt=0, le=1)
+    schedule: Literal["step", "cosine", "constant"] = "step"
+    milestones: list[int] = Field(default_factory=lambda: [16, 22], description="epochs where lr *= gamma")
+    gamma: float = Field(0.1, gt=0, le=1)
+    clip_grad: float | None = Field(35.0, gt=0)
+    amp: bool = Field(False, description="bf16 autocast on CUDA (ignored on CPU)")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1, description="torch CPU threads per worker")
+    eval_every: int = Field(1, ge=1, description="evaluate every N epochs (and after the last)")
+    output_dir: str = "runs/experiment"
+
+
+class TeacherConfig(ModelConfig):
+    """The frozen teacher: a checkpoint, or how to train one when it is missing."""
+
+    checkpoint: str | None = None
+    train: ScheduleConfig | None = None
+
+    @model_validator(mode="after")
+    def _has_source(self) -> TeacherConfig:
+        if self.checkpoint is None and self.train is None:
+            raise ValueError("expected teacher.checkpoint or a teacher.train block to train one")
+        return self
+
+
+class ExperimentConfig(_Strict):
+    """What is trained: data, teacher (optional), student, distillation method, schedule."""
+
+    name: str = "experiment"
+    data: DataConfig
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    teacher: TeacherConfig | None = None
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    train: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    cache_dir: str = Field("cache", description="teachers trained for searches are cached here")
+    source: str | None = Field(None, exclude=True, description="the YAML file this came from")
+
+    @model_validator(mode="after")
+    def _teacher_when_needed(self) -> ExperimentConfig:
+        if self.distill.method != "none" and self.teacher is None:
+            raise ValueError(f"distill.method {self.distill.method!r} needs a teacher block")
+        if self.student.inherit and self.teacher is None:
+            raise ValueError("student.inherit needs a teacher block")
+        return self
+
+
+# ---------------------------------------------------------------- loading and overrides
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping with the safe loader (no Python tags)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError("file not found", file=path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"not valid YAML{where}: {getattr(err, 'problem', err)}", file=path) from None
+    if not isinstance(data, dict):
+        raise UserError("expected a mapping at the top level", file=path)
+    return data
+
+
+def parse_value(text: str) -> Any:
+    """Parse a ``--set`` value as YAML (``0.5`` -> float, ``[1, 2]`` -> list, ``mgd`` -> str)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_overrides(items: list[str] | None, source: str = "--set") -> dict[str, Any]:
+    """``["a.b=1", "c=x"]`` -> ``{"a.b": 1, "c": "x"}``."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"expected key=value, got {item!r}", file=source)
+        out[key.strip()] = parse_value(value)
+    return out
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``raw[a][b][c] = value`` for ``key = "a.b.c"``, creating mappings on the way."""
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise UserError(f"cannot set {key!r}: {part!r} is not a mapping", key=key)
+        node = child
+    node[parts[-1]] = value
+
+
+def get_dotted(raw: dict[str, Any], key: str, default: Any = None) -> Any:
+    node: Any = raw
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def _format_error(err: ValidationError) -> tuple[str, str]:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif first["type"] == "missing":
+        msg = "required key is missing"
+    elif "input" in first and first["type"] not in ("value_error",):
+        msg = f"{msg} (got {first['input']!r})"
+    return key, msg.removeprefix("Value error, ")
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    """Make the relative paths of an experiment mapping absolute against ``base``."""
+    keys = [
+        "data.train.annotations", "data.train.images", "data.val.annotations", "data.val.images",
+        "data.synthetic.out_dir", "teacher.checkpoint", "train.output_dir", "cache_dir",
+        "teacher.train.output_dir",
+    ]
+    for key in keys:
+        value = get_dotted(raw, key)
+        if isinstance(value, str) and "://" not in value and not Path(value).expanduser().is_absolute():
+            set_dotted(raw, key, str((base / value).resolve()))
+        elif isinstance(value, str) and value.startswith("~"):
+            set_dotted(raw, key, str(Path(value).expanduser()))
+
+
+def experiment_from_dict(raw: dict[str, Any], *, file: str | Path | None = None) -> ExperimentConfig:
+    """Validate a mapping (paths already absolute); errors name ``file`` and the dotted key."""
+    try:
+        cfg = ExperimentConfig.model_validate(raw)
+    except ValidationError as err:
+        key, msg = _format_error(err)
+        raise UserError(msg, file=file, key=key) from None
+    cfg.source = str(file) if file else None
+    return cfg
+
+
+def load_experiment_dict(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The experiment mapping with overrides applied and paths made absolute (not validated)."""
+    path = Path(path)
+    raw = load_yaml(path)
+    raw = copy.deepcopy(raw)
+    for key, value in (overrides or {}).items():
+        set_dotted(raw, key, value)
+    _resolve_paths(raw, path.resolve().parent)
+    return raw
+
+
+def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Load, override (dotted keys) and validate an experiment YAML file."""
+    return experiment_from_dict(load_experiment_dict(path, overrides), file=path)
+
+
+def config_hash(*parts: Any) -> str:
+    """A short stable hash of JSON-serialisable parts (teacher cache keys)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

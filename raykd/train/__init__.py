@@ -1,0 +1,1 @@
+"""Training loop, COCO evaluation, checkpoints and the Ray Train worker (in ``worker.py``)."""

@@ -1,0 +1,123 @@
+"""``python -m raykd.train EXPERIMENT.yaml``: train one teacher or student, no search."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from raykd.config import load_experiment, parse_overrides
+from raykd.errors import UserError, run_cli
+
+PROG = "python -m raykd.train"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Train the student of an experiment (distilled from its teacher when distill.method is not "
+                    "'none'), with COCO evaluation every epoch. Checkpoints and metrics go to train.output_dir: "
+                    "checkpoints/state.pt (exact resume), metrics.jsonl (one line per epoch), model_final.pt.",
+        epilog="example: python -m raykd.train experiments/shapes_student.yaml --set distill.method=mgd --set train.seed=1",
+    )
+    parser.add_argument("experiment", help="experiment YAML file (see experiments/)")
+    parser.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", default=[],
+                        help="override a dotted key, e.g. --set train.epochs=4 (repeatable; values parse as YAML)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="DDP workers through Ray Train's TorchTrainer (default 1: plain PyTorch, no Ray)")
+    parser.add_argument("--gpus-per-worker", type=int, choices=(0, 1), default=None,
+                        help="with --workers: 1 GPU per worker (default: 1 when CUDA is visible)")
+    parser.add_argument("--resume", action="store_true", help="continue from train.output_dir/checkpoints/state.pt")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch only)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.workers < 1:
+        raise UserError(f"expected a positive number of workers, got {args.workers}", key="--workers")
+    overrides = parse_overrides(args.overrides)
+    cfg = load_experiment(args.experiment, overrides)
+    out = Path(cfg.train.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+    teacher_ckpt = None
+    if cfg.teacher is not None and (cfg.distill.method != "none" or cfg.student.inherit):
+        from raykd.train.teacher import ensure_teacher
+
+        teacher_ckpt = ensure_teacher(cfg, progress=not args.no_progress)
+    print(f"training {cfg.student.arch} {cfg.student.backbone}/FPN{cfg.student.fpn_channels}, "
+          f"distill={cfg.distill.method}, {cfg.train.epochs} epochs, output {out}", flush=True)
+    if args.workers == 1:
+        final = _train_local(cfg, out, teacher_ckpt, resume=args.resume, progress=not args.no_progress)
+    else:
+        final = _train_ray(cfg, out, teacher_ckpt, workers=args.workers, gpus=args.gpus_per_worker)
+    print(json.dumps({k: final[k] for k in ("bbox_mAP", "AP50", "AP75", "AP_S", "AP_M", "AP_L") if k in final}))
+    return 0
+
+
+def _train_local(cfg, out: Path, teacher_ckpt, *, resume: bool, progress: bool) -> dict:
+    from raykd.train.checkpoint import load_state, save_state
+    from raykd.train.loop import fit
+    from raykd.train.teacher import save_model
+
+    state_path = out / "checkpoints" / "state.pt"
+    resume_state = None
+    if resume:
+        if not state_path.is_file():
+            raise UserError("nothing to resume: no checkpoint", file=state_path, key="--resume")
+        resume_state = load_state(state_path)
+    metrics_path = out / "metrics.jsonl"
+    if not resume:
+        metrics_path.unlink(missing_ok=True)
+
+    def on_epoch_end(metrics, make_state):
+        state = make_state()
+        save_state(state, state_path)
+        with metrics_path.open("a") as fh:
+            fh.write(json.dumps(metrics) + "\n")
+        if metrics["epoch"] == metrics["epochs_total"]:
+            save_model(state["model"], out / "model_final.pt", metrics=metrics)
+
+    return fit(cfg, teacher_checkpoint=teacher_ckpt, resume_state=resume_state, on_epoch_end=on_epoch_end,
+               progress=progress)
+
+
+def _train_ray(cfg, out: Path, teacher_ckpt, *, workers: int, gpus: int | None) -> dict:
+    """Run the loop on ``workers`` DDP ranks through Ray Train; metrics and model land in ``out``."""
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+    import torch
+
+    from raykd.train.checkpoint import STATE_FILE, load_state
+    from raykd.train.teacher import save_model
+    from raykd.train.worker import make_trainer
+
+    use_gpu = bool(torch.cuda.is_available()) if gpus is None else bool(gpus)
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=True)
+    trainer = make_trainer(cfg.model_dump(mode="json"), workers=workers, use_gpu=use_gpu,
+                           storage_path=str(out / "ray"), name=f"train-{cfg.name}",
+                           teacher_checkpoint=teacher_ckpt)
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    metrics = dict(result.metrics or {})
+    if result.checkpoint is not None:
+        with result.checkpoint.as_directory() as folder:
+            state = load_state(Path(folder) / STATE_FILE)
+        (out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in state["history"]))
+        save_model(state["model"], out / "model_final.pt", metrics=state["history"][-1])
+        metrics = state["history"][-1]
+    return metrics
+
+
+if __name__ == "__main__":
+    run_cli(main, PROG)

@@ -1,0 +1,82 @@
+"""Turning an experiment config into datasets, models and a device (no Ray here)."""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from raykd.config import DataConfig, ExperimentConfig, ScheduleConfig
+from raykd.data import CocoDetection, ensure_synthetic
+from raykd.errors import UserError
+from raykd.models import build_detector, inherit_neck_and_head, load_weights
+
+
+@dataclass
+class DataPaths:
+    train_annotations: str
+    train_images: str
+    val_annotations: str
+    val_images: str
+
+
+def resolve_data(cfg: DataConfig) -> DataPaths:
+    """COCO paths of the configured data; a synthetic block is generated when missing."""
+    if cfg.train is not None and cfg.val is not None:
+        return DataPaths(cfg.train.annotations, cfg.train.images, cfg.val.annotations, cfg.val.images)
+    syn = cfg.synthetic
+    paths = ensure_synthetic(syn.out_dir, train_images=syn.train_images, val_images=syn.val_images,
+                             seed=syn.seed, image_size=syn.image_size)
+    return DataPaths(str(paths.train_annotations), str(paths.train_images),
+                     str(paths.val_annotations), str(paths.val_images))
+
+
+def build_datasets(cfg: DataConfig) -> tuple[CocoDetection, CocoDetection]:
+    paths = resolve_data(cfg)
+    for key, value in (("data.train.annotations", paths.train_annotations), ("data.val.annotations", paths.val_annotations)):
+        if not os.path.isfile(value):
+            raise UserError("annotation file not found", file=value, key=key)
+    for key, value in (("data.train.images", paths.train_images), ("data.val.images", paths.val_images)):
+        if not os.path.isdir(value):
+            raise UserError("image folder not found", file=value, key=key)
+    train = CocoDetection(paths.train_annotations, paths.train_images, image_size=cfg.image_size, train=True)
+    val = CocoDetection(paths.val_annotations, paths.val_images, image_size=cfg.image_size, train=False)
+    if train.cat_ids != val.cat_ids:
+        raise UserError(f"val categories {val.cat_ids} differ from train categories {train.cat_ids}",
+                        file=paths.val_annotations, key="categories")
+    return train, val
+
+
+def choose_device(cfg: ScheduleConfig, local_rank: int = 0) -> torch.device:
+    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise UserError("CUDA requested but no GPU is visible", key="train.device")
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_student(cfg: ExperimentConfig, num_classes: int, teacher: nn.Module | None) -> nn.Module:
+    student = build_detector(cfg.student, num_classes, cfg.data.image_size)
+    if cfg.student.inherit:
+        inherit_neck_and_head(student, teacher)
+    return student
+
+
+def build_teacher(cfg: ExperimentConfig, num_classes: int, checkpoint: str) -> nn.Module:
+    """The frozen teacher in eval mode with gradients off, weights from ``checkpoint``."""
+    teacher = build_detector(cfg.teacher, num_classes, cfg.data.image_size)
+    load_weights(teacher, checkpoint, what="teacher.checkpoint")
+    teacher.eval()
+    for param in teacher.parameters():
+        param.requires_grad_(False)
+    return teacher

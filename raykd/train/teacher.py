@@ -1,0 +1,105 @@
+"""The teacher checkpoint: use the configured file, or train one once and cache it.
+
+The cache key hashes the teacher's model and schedule with the data's identity, so a
+search and a later search with the same teacher reuse it. A file lock makes two searches
+started together train it once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from raykd.config import ExperimentConfig, StudentConfig, config_hash
+from raykd.errors import UserError
+
+
+def data_fingerprint(cfg: ExperimentConfig) -> str:
+    """Identity of the training data: the synthetic generator's parameters, or the bytes of
+    the training annotation file (sha256), with the image size."""
+    data = cfg.data
+    if data.synthetic is not None:
+        syn = data.synthetic.model_dump(exclude={"out_dir"})
+        return config_hash("synthetic", syn, data.image_size)
+    digest = hashlib.sha256()
+    path = Path(data.train.annotations)
+    if not path.is_file():
+        raise UserError("annotation file not found", file=path, key="data.train.annotations")
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return config_hash("coco", digest.hexdigest(), data.image_size)
+
+
+def teacher_experiment(cfg: ExperimentConfig, output_dir: Path) -> ExperimentConfig:
+    """The experiment that trains ``cfg.teacher`` as a plain student on the same data."""
+    teacher = cfg.teacher
+    model = StudentConfig(arch=teacher.arch, backbone=teacher.backbone, fpn_channels=teacher.fpn_channels,
+                          trainable_layers=teacher.trainable_layers)
+    schedule = teacher.train.model_copy(update={"output_dir": str(output_dir)})
+    return ExperimentConfig(name=f"{cfg.name}-teacher", data=cfg.data, student=model, train=schedule,
+                            cache_dir=cfg.cache_dir)
+
+
+def teacher_cache_path(cfg: ExperimentConfig) -> Path:
+    teacher = cfg.teacher
+    key = config_hash(teacher.model_dump(exclude={"checkpoint"}, exclude_none=False) | {
+        "train": teacher.train.model_dump(exclude={"output_dir", "device", "threads"}) if teacher.train else None},
+        data_fingerprint(cfg))
+    return Path(cfg.cache_dir) / "teachers" / key / "model_final.pt"
+
+
+def ensure_teacher(cfg: ExperimentConfig, *, log: Callable[[str], None] = print, progress: bool = True) -> str:
+    """Path of a usable teacher checkpoint, training (and caching) it when it is missing."""
+    teacher = cfg.teacher
+    if teacher is None:
+        raise UserError("no teacher block", key="teacher")
+    if teacher.checkpoint and Path(teacher.checkpoint).is_file():
+        return teacher.checkpoint
+    if teacher.train is None:
+        raise UserError("teacher checkpoint not found and no teacher.train block to train one",
+                        file=teacher.checkpoint, key="teacher.checkpoint")
+    target = Path(teacher.checkpoint) if teacher.checkpoint else teacher_cache_path(cfg)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if target.is_file():
+            log(f"teacher: cached at {target}")
+            return str(target)
+        log(f"teacher: not found, training {teacher.arch} {teacher.backbone}/FPN{teacher.fpn_channels} "
+            f"for {teacher.train.epochs} epochs into {target.parent}")
+        from raykd.train.loop import fit
+
+        exp = teacher_experiment(cfg, target.parent)
+        history: list[dict] = []
+        final_state: dict = {}
+
+        def keep(metrics, make_state):
+            history.append(metrics)
+            if metrics["epoch"] == exp.train.epochs:
+                final_state["model"] = make_state()["model"]
+
+        fit(exp, on_epoch_end=keep, progress=progress, log=lambda line: log(f"teacher: {line}"))
+        save_model(final_state["model"], target, metrics=history[-1])
+        (target.parent / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in history))
+    return str(target)
+
+
+def save_model(state_dict: dict, path: Path, *, metrics: dict | None = None) -> None:
+    """Write ``{"model": state_dict, "metrics": ...}`` atomically (temporary file, then rename)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save({"model": state_dict, "metrics": metrics or {}}, tmp)
+    os.replace(tmp, path)
+
+
+def teacher_metrics(path: str | Path) -> dict:
+    """The metrics stored with a raykd checkpoint (empty for foreign checkpoints)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return dict(state.get("metrics", {})) if isinstance(state, dict) else {}
+

@@ -1,0 +1,77 @@
+"""The Ray Train worker: the same :func:`raykd.train.loop.fit`, under DDP on N workers.
+
+This is the one file of ``raykd/train`` that imports Ray. Each epoch every rank calls
+``ray.train.report``; rank 0 attaches the checkpoint, so a restarted worker group resumes
+from the last epoch (``ray.train.get_checkpoint``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray.train
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from raykd.config import experiment_from_dict
+from raykd.train.checkpoint import STATE_FILE, load_state, save_state
+from raykd.train.loop import fit
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """Ray Train ``train_loop_per_worker``: ``config = {"experiment": dict, "teacher_checkpoint": str|None}``."""
+    cfg = experiment_from_dict(config["experiment"])
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    if config.get("pid_dir"):  # lets fault-injection tests find the worker processes
+        Path(config["pid_dir"], f"rank{rank}.pid").write_text(str(os.getpid()))
+    resume_state = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            resume_state = load_state(Path(folder) / STATE_FILE)
+
+    def report(metrics: dict[str, Any], make_state) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            ckpt = None
+            if rank == 0:
+                save_state(make_state(), Path(folder) / STATE_FILE)
+                ckpt = Checkpoint.from_directory(folder)
+            ray.train.report(dict(metrics), checkpoint=ckpt)
+
+    fit(cfg, teacher_checkpoint=config.get("teacher_checkpoint"), resume_state=resume_state,
+        on_epoch_end=report, progress=False)
+
+
+def make_trainer(
+    experiment: dict[str, Any],
+    *,
+    workers: int,
+    use_gpu: bool,
+    cpus_per_worker: float = 1,
+    storage_path: str,
+    name: str,
+    teacher_checkpoint: str | None = None,
+    max_failures: int = 2,
+    pid_dir: str | None = None,
+    callbacks: list | None = None,
+) -> TorchTrainer:
+    """A TorchTrainer running :func:`train_worker` on ``workers`` DDP ranks (gloo on CPU, NCCL on GPU).
+
+    ``name`` must be stable for a trial so a retried run resumes from its own checkpoints.
+    """
+    resources = {"CPU": cpus_per_worker} | ({"GPU": 1} if use_gpu else {})
+    return TorchTrainer(
+        train_worker,
+        train_loop_config={"experiment": experiment, "teacher_checkpoint": teacher_checkpoint, "pid_dir": pid_dir},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=name, storage_path=storage_path, callbacks=callbacks,
+            failure_config=FailureConfig(max_failures=max_failures, controller_failure_limit=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
