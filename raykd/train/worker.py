@@ -40,7 +40,7 @@ def train_worker(config: dict[str, Any]) -> None:
             if rank == 0:
                 save_state(make_state(), Path(folder) / STATE_FILE)
                 ckpt = Checkpoint.from_directory(folder)
-            ray.train.report(dict(metrics), checkpoint=ckpt)
+            ray.train.report({**metrics, **config.get("extra_metrics", {})}, checkpoint=ckpt)
 
     fit(cfg, teacher_checkpoint=config.get("teacher_checkpoint"), resume_state=resume_state,
         on_epoch_end=report, progress=False)
@@ -58,15 +58,18 @@ def make_trainer(
     max_failures: int = 2,
     pid_dir: str | None = None,
     callbacks: list | None = None,
+    extra_metrics: dict[str, Any] | None = None,
 ) -> TorchTrainer:
     """A TorchTrainer running :func:`train_worker` on ``workers`` DDP ranks (gloo on CPU, NCCL on GPU).
 
-    ``name`` must be stable for a trial so a retried run resumes from its own checkpoints.
+    ``name`` must be stable for a trial so a retried run resumes from its own checkpoints;
+    ``extra_metrics`` are added to every report (e.g. the executor's name).
     """
     resources = {"CPU": cpus_per_worker} | ({"GPU": 1} if use_gpu else {})
     return TorchTrainer(
         train_worker,
-        train_loop_config={"experiment": experiment, "teacher_checkpoint": teacher_checkpoint, "pid_dir": pid_dir},
+        train_loop_config={"experiment": experiment, "teacher_checkpoint": teacher_checkpoint, "pid_dir": pid_dir,
+                           "extra_metrics": {"executor": "train", **(extra_metrics or {})}},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(

@@ -1,0 +1,1 @@
+"""Ray Tune + Optuna searches over distillation settings (`python -m raykd.search`)."""

@@ -1,0 +1,153 @@
+"""``python -m raykd.search SPACE.yaml``: a Ray Tune + Optuna search over distillation settings."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from raykd.config import parse_overrides
+from raykd.errors import UserError, run_cli
+from raykd.search.space import Space
+
+PROG = "python -m raykd.search"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Search distillation hyperparameters with Ray Tune (Optuna sampler, ASHA early stopping). "
+                    "The space file is validated in full first; the data and the teacher are prepared once "
+                    "(synthetic data generated, teacher trained and cached when missing); every trial is written "
+                    "to Parquet tables under STORAGE/NAME/tables.",
+        epilog="example: python -m raykd.search search_spaces/demo.yaml --num-samples 6 --set train.epochs=3",
+    )
+    parser.add_argument("space", help="search-space YAML file (see search_spaces/)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted search (the latest one of this space, or --name)")
+    parser.add_argument("--storage", default="results",
+                        help="folder or pyarrow URI (s3://, gs://) holding searches (default: ./results)")
+    parser.add_argument("--name", help="search name (default: SPACE-STEM-YYYYmmdd-HHMMSS)")
+    parser.add_argument("--num-samples", type=int, help="override search.num_samples")
+    parser.add_argument("--address", help="join a running Ray cluster (default: start a local one)")
+    parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a dotted key of the space (search.seed=1) or experiment (train.epochs=3)")
+    parser.add_argument("--quiet", action="store_true", help="only the final summary")
+    return parser
+
+
+def _storage(value: str) -> str:
+    if "://" in value:
+        return value.rstrip("/")
+    return str(Path(value).expanduser().resolve())
+
+
+def _pick_name(space: Space, storage: str, name: str | None, resume: bool) -> str:
+    if name:
+        return name
+    stem = space.name
+    if resume:
+        if "://" in storage:
+            raise UserError("--resume on a URI storage needs --name", key="--name")
+        candidates = sorted(p.name for p in Path(storage).glob(f"{stem}-*") if p.is_dir())
+        if not candidates:
+            raise UserError(f"no earlier search of {stem!r} under {storage} to resume", key="--resume")
+        return candidates[-1]
+    return f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _init_ray(address: str | None, num_cpus: int | None) -> None:
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    space = Space(args.space, parse_overrides(args.overrides), num_samples=args.num_samples)
+    storage = _storage(args.storage)
+    name = _pick_name(space, storage, args.name, args.resume)
+    from raykd.search.tuner import SearchPaths
+
+    paths = SearchPaths(storage, name)
+    if not args.resume and "://" not in storage and Path(paths.root).exists():
+        raise UserError(f"a search named {name!r} exists at {paths.root}; pass --resume or another --name",
+                        key="--name")
+    spec = space.spec
+    print(f"search {name}: {spec.search.num_samples} samples × {spec.search.repeats} seeds, sampler "
+          f"{spec.search.sampler}, scheduler {spec.scheduler.type}, executor {spec.resources.resolved_executor()}, "
+          f"{len(space.params)} searched keys", flush=True)
+
+    from raykd.train.setup import resolve_data
+    from raykd.train.teacher import data_fingerprint, ensure_teacher, teacher_metrics
+
+    cfg = space.base_config
+    started = time.perf_counter()
+    resolve_data(cfg.data)
+    teacher_ckpt = None
+    if cfg.teacher is not None:
+        teacher_ckpt = ensure_teacher(cfg, log=lambda line: print(line, flush=True), progress=not args.quiet)
+        teacher = teacher_metrics(teacher_ckpt)
+        print(f"teacher: {teacher_ckpt} (bbox_mAP {teacher.get('bbox_mAP', float('nan')):.4f})", flush=True)
+    prep_s = time.perf_counter() - started
+
+    _init_ray(args.address, args.num_cpus)
+    from raykd.results import write_run
+    from raykd.search.tuner import build_tuner, restore_tuner
+
+    if "://" not in storage:
+        Path(paths.root).mkdir(parents=True, exist_ok=True)
+        if teacher_ckpt:
+            Path(paths.root, "teacher.json").write_text(json.dumps(
+                {"checkpoint": teacher_ckpt, **teacher_metrics(teacher_ckpt)}, default=str))
+    write_run(paths.tables, name, dataset_fingerprint=data_fingerprint(cfg), space_path=str(space.path),
+              space_text=space.text, resumed=args.resume)
+    tuner = restore_tuner(space, paths, teacher_ckpt) if args.resume else build_tuner(
+        space, paths, teacher_ckpt, quiet=args.quiet)
+    print(f"running: results in {paths.root}", flush=True)
+    search_start = time.perf_counter()
+    tuner.fit()
+    search_s = time.perf_counter() - search_start
+    _summary(space, paths, prep_s, search_s)
+    return 0
+
+
+def _summary(space: Space, paths, prep_s: float, search_s: float) -> None:
+    from raykd.results import load
+
+    metric, mode = space.spec.metrics[0], space.spec.modes[0]
+    trials = load(paths.tables)
+    counts = trials["stop_reason"].value_counts().to_dict() if len(trials) else {}
+    print(f"\ndone: {len(trials)} trials ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}); "
+          f"preparation {prep_s:.0f} s, search {search_s:.0f} s", flush=True)
+    col = f"final_{metric}" if f"final_{metric}" in trials else metric
+    scored = trials[trials[col].notna()] if col in trials else trials.iloc[0:0]
+    if len(scored):
+        best = scored.sort_values(col, ascending=(mode == "min")).iloc[0]
+        keys = [k for k in space.params if k in best.index and best[k] is not None and best[k] == best[k]]
+        print(f"best trial {best['trial_id']}: {metric} {best[col]:.4f} after {best['epochs_run']} epochs — "
+              + ", ".join(f"{k}={best[k]}" for k in keys))
+        if "distill.method" in trials:
+            base = scored[scored["distill.method"] == "none"]
+            full = base[base["epochs_run"] == base["epochs_total"]]
+            if len(full):
+                print(f"no-distillation baseline: {metric} {full[col].mean():.4f} (n={len(full)})")
+    print(f"tables: {paths.tables}")
+    print(f"next:   python -m raykd.analyze {shlex.quote(paths.root)}")
+
+
+if __name__ == "__main__":
+    run_cli(main, PROG)

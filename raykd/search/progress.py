@@ -1,0 +1,78 @@
+"""Readable progress of a search: one line per trial event and a periodic summary."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from ray.tune import Callback
+
+
+def _short(config: dict[str, Any]) -> str:
+    parts = []
+    for key, value in config.items():
+        if key.startswith("__"):
+            continue
+        name = key.split(".")[-1]
+        parts.append(f"{name}={value:.3g}" if isinstance(value, float) else f"{name}={value}")
+    return " ".join(parts)
+
+
+class ProgressCallback(Callback):
+    """Prints trial starts, epochs, ends and errors, and a summary every ``summary_every_s``."""
+
+    def __init__(self, metric: str, mode: str, *, epochs: int, summary_every_s: float = 60.0, quiet: bool = False):
+        self.metric, self.mode, self.epochs = metric, mode, epochs
+        self.summary_every_s = summary_every_s
+        self.quiet = quiet
+        self._last_summary = time.monotonic()
+        self._best: tuple[float, str] | None = None
+        self._counts = {"running": 0, "done": 0, "stopped": 0, "error": 0}
+        self._last_epoch: dict[str, int] = {}
+
+    def _say(self, text: str) -> None:
+        if not self.quiet:
+            print(f"[raykd {time.strftime('%H:%M:%S')}] {text}", file=sys.stdout, flush=True)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._counts["running"] += 1
+        self._say(f"trial {trial.trial_id} started: {_short(trial.config)}")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        epoch = int(result.get("epoch", 0))
+        self._last_epoch[trial.trial_id] = epoch
+        value = result.get(self.metric)
+        if isinstance(value, (int, float)):
+            better = self._best is None or (value > self._best[0] if self.mode == "max" else value < self._best[0])
+            if better:
+                self._best = (float(value), trial.trial_id)
+            self._say(f"trial {trial.trial_id} epoch {epoch}/{self.epochs}: {self.metric} {value:.4f} "
+                      f"loss {result.get('loss_total', float('nan')):.3f} ({result.get('epoch_time', 0):.0f} s)")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._counts["running"] -= 1
+        epoch = self._last_epoch.get(trial.trial_id, 0)
+        if epoch < self.epochs:
+            self._counts["stopped"] += 1
+            self._say(f"trial {trial.trial_id} stopped early by the scheduler after epoch {epoch}")
+        else:
+            self._counts["done"] += 1
+            value = (trial.last_result or {}).get(self.metric)
+            self._say(f"trial {trial.trial_id} completed: {self.metric} {value}")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._counts["running"] -= 1
+        self._counts["error"] += 1
+        message = str(getattr(trial, "error_msg", None) or "").strip().splitlines()
+        self._say(f"trial {trial.trial_id} FAILED: {message[-1] if message else 'see its error.txt'}")
+
+    def on_step_end(self, iteration, trials, **info):
+        if time.monotonic() - self._last_summary < self.summary_every_s:
+            return
+        self._last_summary = time.monotonic()
+        best = f", best {self.metric} {self._best[0]:.4f} ({self._best[1]})" if self._best else ""
+        pending = sum(1 for t in trials if t.status == "PENDING")
+        c = self._counts
+        self._say(f"summary: {len(trials)} trials - {c['running']} running, {pending} pending, {c['done']} "
+                  f"completed, {c['stopped']} stopped early, {c['error']} failed{best}")

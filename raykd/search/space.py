@@ -1,0 +1,345 @@
+"""Search-space files: the typed spec, its full validation, and the Optuna define-by-run space.
+
+A space file points to an experiment and says what varies (dotted keys into it). Every key
+and every value a trial could receive is validated against the experiment schema before
+anything starts, so a typo fails in a second instead of in trial 17.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from raykd.config import experiment_from_dict, get_dotted, load_experiment_dict, load_yaml, set_dotted
+from raykd.errors import UserError
+
+SAMPLERS = ("tpe", "random", "multivariate_tpe", "nsga2", "gp", "cmaes")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SearchSettings(_Strict):
+    sampler: Literal["tpe", "random", "multivariate_tpe", "nsga2", "gp", "cmaes"] = "tpe"
+    num_samples: int = Field(12, ge=1)
+    max_concurrent: int = Field(2, ge=1)
+    seed: int = 0
+    repeats: int = Field(1, ge=1, description="evaluate every sampled configuration on this many seeds")
+
+
+class SchedulerSettings(_Strict):
+    type: Literal["asha", "none"] = "asha"
+    grace_period: int = Field(1, ge=1, description="epochs every trial runs before it can be stopped")
+    reduction_factor: float = Field(3, gt=1)
+
+
+class ResourceSettings(_Strict):
+    workers_per_trial: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1, gt=0)
+    gpus_per_worker: float = Field(0, ge=0)
+    executor: Literal["auto", "train", "inline"] = "auto"
+
+    @model_validator(mode="after")
+    def _fractional_gpus(self) -> ResourceSettings:
+        if self.workers_per_trial > 1 and 0 < self.gpus_per_worker < 1:
+            raise ValueError("fractional gpus_per_worker only for single-worker trials (NCCL refuses two ranks on one GPU)")
+        if self.workers_per_trial > 1 and self.executor == "inline":
+            raise ValueError("executor 'inline' runs one worker; use 'train' or 'auto' for workers_per_trial > 1")
+        return self
+
+    def resolved_executor(self) -> str:
+        """``auto``: inline for single-worker trials (about 1 s of overhead against 16-19 s for a
+        TorchTrainer trial, RAY_NOTES.md), Ray Train for DDP trials."""
+        if self.executor != "auto":
+            return self.executor
+        return "inline" if self.workers_per_trial == 1 else "train"
+
+
+class Param(_Strict):
+    """One searched key: exactly one of choice / uniform / loguniform / int / value."""
+
+    choice: list[Any] | None = None
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    int: tuple[int, int] | None = None
+    value: Any = None
+    step: float | None = Field(None, gt=0, description="grid step for uniform / int")
+    log: bool = Field(False, description="log scale for int")
+    when: dict[str, Any] | None = Field(None, description="only defined when these keys have these values")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Param:
+        kinds = [k for k in ("choice", "uniform", "loguniform", "int") if getattr(self, k) is not None]
+        if "value" in self.model_fields_set:
+            kinds.append("value")
+        if len(kinds) != 1:
+            raise ValueError("expected exactly one of choice, uniform, loguniform, int, value")
+        if self.choice is not None and not self.choice:
+            raise ValueError("choice needs at least one option")
+        for name in ("uniform", "loguniform", "int"):
+            bounds = getattr(self, name)
+            if bounds is not None and not bounds[0] < bounds[1]:
+                raise ValueError(f"{name} needs [low, high] with low < high, got {list(bounds)}")
+        if self.loguniform is not None and self.loguniform[0] <= 0:
+            raise ValueError("loguniform needs a positive lower bound")
+        if self.step is not None and self.uniform is None and self.int is None:
+            raise ValueError("step applies to uniform or int ranges")
+        return self
+
+    @property
+    def kind(self) -> str:
+        for name in ("choice", "uniform", "loguniform", "int"):
+            if getattr(self, name) is not None:
+                return name
+        return "value"
+
+    def candidates(self) -> list[Any]:
+        """Values that cover what a trial can receive (for validation and column types)."""
+        if self.kind == "choice":
+            return list(self.choice)
+        if self.kind == "value":
+            return [self.value]
+        low, high = getattr(self, self.kind)
+        if self.kind == "int":
+            return [int(low), int(high)]
+        return [float(low), float(high)]
+
+
+def encode_choice(value: Any) -> Any:
+    """Optuna categoricals hold scalars only: lists travel as ``"1,2,4"`` (decoded by the configs)."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return value
+
+
+class SpaceSpec(_Strict):
+    """A search-space file (see ``search_spaces/`` and DESIGN.md)."""
+
+    experiment: str
+    name: str | None = None
+    metric: str | list[str] = "bbox_mAP"
+    mode: Literal["max", "min"] | list[Literal["max", "min"]] = "max"
+    search: SearchSettings = Field(default_factory=SearchSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    resources: ResourceSettings = Field(default_factory=ResourceSettings)
+    space: dict[str, Param] = Field(default_factory=dict)
+    fixed: dict[str, Any] = Field(default_factory=dict)
+    points_to_evaluate: list[dict[str, Any] | str] = Field(default_factory=list)
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        # `key: [a, b]` is shorthand for `key: {choice: [a, b]}`, a scalar for `{value: x}`
+        if isinstance(value, dict):
+            return {k: ({"choice": v} if isinstance(v, list) else v if isinstance(v, dict) else {"value": v})
+                    for k, v in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _shapes(self) -> SpaceSpec:
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        modes = self.mode if isinstance(self.mode, list) else [self.mode]
+        if len(metrics) != len(modes):
+            raise ValueError(f"metric and mode need the same length, got {len(metrics)} and {len(modes)}")
+        if len(metrics) > 1 and self.search.sampler not in ("nsga2", "random", "tpe"):
+            raise ValueError(f"sampler {self.search.sampler!r} is single-objective; use nsga2 or tpe for several metrics")
+        if len(metrics) > 1 and self.scheduler.type == "asha":
+            raise ValueError("asha stops trials on one metric; use scheduler.type: none for several metrics")
+        return self
+
+    @property
+    def metrics(self) -> list[str]:
+        return self.metric if isinstance(self.metric, list) else [self.metric]
+
+    @property
+    def modes(self) -> list[str]:
+        return self.mode if isinstance(self.mode, list) else [self.mode]
+
+
+# Named points: the no-distillation baseline and the METHODS.md defaults of every method.
+NAMED_POINTS: dict[str, dict[str, Any]] = {
+    "baseline": {"distill.method": "none"},
+    "mgd_defaults": {"distill.method": "mgd", "distill.mask_ratio": 0.65},
+    "fgd_defaults": {"distill.method": "fgd"},
+    "cwd_defaults": {"distill.method": "cwd"},
+    "pkd_defaults": {"distill.method": "pkd"},
+    "dmkd_defaults": {"distill.method": "dmkd", "distill.mask_ratio": 0.65, "distill.channel_mask_ratio": 0.5,
+                      "distill.polarity": "salient", "distill.fusion": "learned", "distill.branches": "dual"},
+    "samkd_defaults": {"distill.method": "samkd", "distill.pyramid_scales": [1, 2, 4], "distill.sld": True},
+}
+
+
+def _load_error(err: ValidationError, file: Path) -> UserError:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif first["type"] == "missing":
+        msg = "required key is missing"
+    elif first["type"] not in ("value_error",):
+        msg = f"{msg} (got {first.get('input')!r})"
+    return UserError(msg, file=file, key=key)
+
+
+class Space:
+    """A validated space file with its experiment: what the search layer works from."""
+
+    def __init__(self, path: str | Path, overrides: dict[str, Any] | None = None,
+                 num_samples: int | None = None):
+        self.path = Path(path)
+        raw = load_yaml(self.path)
+        for key, value in (overrides or {}).items():
+            if key.split(".")[0] in SpaceSpec.model_fields:
+                set_dotted(raw, key, value)
+        try:
+            self.spec = SpaceSpec.model_validate(raw)
+        except ValidationError as err:
+            raise _load_error(err, self.path) from None
+        if num_samples is not None:
+            if num_samples < 1:
+                raise UserError(f"expected a positive number, got {num_samples}", key="--num-samples")
+            self.spec.search.num_samples = num_samples
+        exp_path = Path(self.spec.experiment)
+        if not exp_path.is_absolute():
+            exp_path = self.path.resolve().parent / exp_path
+        if not exp_path.is_file():
+            raise UserError(f"experiment file not found: {exp_path}", file=self.path, key="experiment")
+        self.experiment_path = exp_path
+        exp_overrides = {k: v for k, v in (overrides or {}).items() if k.split(".")[0] not in SpaceSpec.model_fields}
+        self.base = load_experiment_dict(exp_path, {**self.spec.fixed, **exp_overrides})
+        self.base_config = experiment_from_dict(copy.deepcopy(self.base), file=exp_path)
+        self.text = self.path.read_text()
+        self._check_keys()
+        self.points = [self._point(p, i) for i, p in enumerate(self.spec.points_to_evaluate)]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name or self.path.stem
+
+    @property
+    def params(self) -> dict[str, Param]:
+        return self.spec.space
+
+    # ---------------------------------------------------------------- validation
+
+    def _check_value(self, key: str, value: Any, where: str) -> None:
+        trial = copy.deepcopy(self.base)
+        if key.startswith("train.output_dir") or key == "cache_dir":
+            raise UserError("cannot be searched", file=self.path, key=where)
+        set_dotted(trial, key, value)
+        try:
+            experiment_from_dict(trial, file=self.path)
+        except UserError as err:
+            raise UserError(f"value {value!r} is not valid for {err.key}: {err.message}", file=self.path,
+                            key=where) from None
+
+    def _check_keys(self) -> None:
+        keys = list(self.params)
+        for key, param in self.params.items():
+            for i, value in enumerate(param.candidates()):
+                if param.kind == "choice" and not isinstance(value, (str, int, float, bool, list, type(None))):
+                    raise UserError(f"choice options must be scalars or lists, got {value!r}", file=self.path,
+                                    key=f"space.{key}.choice[{i}]")
+                self._check_value(key, value, f"space.{key}")
+            for cond_key, cond_value in (param.when or {}).items():
+                if cond_key not in self.params:
+                    raise UserError(f"condition on {cond_key!r}, which is not a searched key", file=self.path,
+                                    key=f"space.{key}.when")
+                if keys.index(cond_key) > keys.index(key):
+                    raise UserError(f"condition on {cond_key!r}, which must come before {key!r} in the file",
+                                    file=self.path, key=f"space.{key}.when")
+                allowed = self.params[cond_key].candidates()
+                wanted = cond_value if isinstance(cond_value, list) and not isinstance(allowed[0], list) else [cond_value]
+                if self.params[cond_key].kind in ("choice", "value"):
+                    for v in wanted:
+                        if v not in allowed:
+                            raise UserError(f"{cond_key} never takes the value {v!r} (options: {allowed})",
+                                            file=self.path, key=f"space.{key}.when")
+        for key, value in self.spec.fixed.items():
+            if get_dotted(self.base, key, default=_MISSING) is _MISSING:
+                raise UserError("unknown experiment key", file=self.path, key=f"fixed.{key}")
+        metrics = set(self.spec.metrics)
+        allowed_metrics = {"bbox_mAP", "AP50", "AP75", "AP_S", "AP_M", "AP_L", "step_time", "epoch_time",
+                           "time_total_s", "loss_total", "loss_det", "loss_kd"}
+        for metric in metrics - allowed_metrics:
+            raise UserError(f"unknown metric {metric!r}; expected one of {sorted(allowed_metrics)}",
+                            file=self.path, key="metric")
+
+    def _point(self, point: dict[str, Any] | str, index: int) -> dict[str, Any]:
+        where = f"points_to_evaluate[{index}]"
+        if isinstance(point, str):
+            if point not in NAMED_POINTS:
+                raise UserError(f"unknown named point {point!r}; expected one of {sorted(NAMED_POINTS)}",
+                                file=self.path, key=where)
+            point = {k: v for k, v in NAMED_POINTS[point].items() if k in self.params}
+        out = {}
+        for key, value in point.items():
+            if key not in self.params:
+                raise UserError(f"{key!r} is not a searched key", file=self.path, key=where)
+            self._check_value(key, value, f"{where}.{key}")
+            out[key] = encode_choice(value) if self.params[key].kind == "choice" else value
+        # Fill unset active keys with the experiment's own value, or the first option.
+        for key, param in self.params.items():
+            if key in out or param.kind == "value" or not self._active(param, out):
+                continue
+            current = get_dotted(self.base, key)
+            options = [encode_choice(c) for c in param.candidates()] if param.kind == "choice" else None
+            if options is not None:
+                out[key] = encode_choice(current) if encode_choice(current) in options else options[0]
+            else:
+                low, high = getattr(param, param.kind)
+                fallback = math.sqrt(low * high) if param.kind == "loguniform" else (low + high) / 2
+                value = current if isinstance(current, (int, float)) and low <= current <= high else fallback
+                out[key] = int(round(value)) if param.kind == "int" else float(value)
+        return {k: out[k] for k in self.params if k in out}
+
+    @staticmethod
+    def _active(param: Param, values: dict[str, Any]) -> bool:
+        for key, wanted in (param.when or {}).items():
+            options = wanted if isinstance(wanted, list) else [wanted]
+            if values.get(key) not in [encode_choice(o) for o in options]:
+                return False
+        return True
+
+    def define_by_run(self) -> "DefineByRun":
+        return DefineByRun({k: p.model_dump(exclude_unset=True) for k, p in self.params.items()})
+
+
+_MISSING = object()
+
+
+class DefineByRun:
+    """Picklable Optuna define-by-run space (OptunaSearch pickles it when it checkpoints).
+
+    Keys are sampled in file order; a key whose ``when`` does not hold is not sampled, so it
+    stays absent from the trial's config (null in the tables). Fixed values are returned as
+    constants.
+    """
+
+    def __init__(self, params: dict[str, dict[str, Any]]):
+        self.params = params
+
+    def __call__(self, trial) -> dict[str, Any] | None:
+        values: dict[str, Any] = {}
+        constants: dict[str, Any] = {}
+        for key, spec in self.params.items():
+            param = Param.model_validate(spec)
+            if not Space._active(param, values):
+                continue
+            if param.kind == "choice":
+                values[key] = trial.suggest_categorical(key, [encode_choice(c) for c in param.choice])
+            elif param.kind == "uniform":
+                values[key] = trial.suggest_float(key, *param.uniform, step=param.step)
+            elif param.kind == "loguniform":
+                values[key] = trial.suggest_float(key, *param.loguniform, log=True)
+            elif param.kind == "int":
+                values[key] = trial.suggest_int(key, *param.int, step=int(param.step or 1), log=param.log)
+            else:
+                values[key] = constants[key] = param.value
+        return constants or None

@@ -1,0 +1,74 @@
+"""The Tune trainable: one trial = one experiment with the trial's overrides applied.
+
+``inline`` runs the worker loop inside the Tune trial process (about 1 s of overhead);
+``train`` runs it through Ray Train's TorchTrainer (DDP, 16-19 s of overhead per trial on
+CPU, see RAY_NOTES.md). Both resume from the trial's last checkpoint after a failure.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from raykd.config import experiment_from_dict, get_dotted, set_dotted
+from raykd.train.checkpoint import STATE_FILE, load_state, save_state
+
+SEED_KEY = "train.seed"
+
+
+def trial_experiment(config: dict[str, Any], base: dict[str, Any], threads: int | None) -> dict[str, Any]:
+    """The experiment mapping of one trial: ``base`` with the trial's dotted keys applied.
+
+    With ``search.repeats`` Tune's Repeater sets ``__trial_index__``; it shifts the seed.
+    """
+    exp = copy.deepcopy(base)
+    for key, value in config.items():
+        if not key.startswith("__"):
+            set_dotted(exp, key, value)
+    if "__trial_index__" in config:
+        set_dotted(exp, SEED_KEY, int(get_dotted(exp, SEED_KEY, 0)) + int(config["__trial_index__"]))
+    if threads:
+        set_dotted(exp, "train.threads", threads)
+    return exp
+
+
+def run_trial(config: dict[str, Any], *, base: dict[str, Any], teacher_checkpoint: str | None, executor: str,
+              workers: int, cpus_per_worker: float, gpus_per_worker: float, storage_path: str) -> None:
+    """Tune function trainable; ``tune.with_parameters`` binds everything but ``config``."""
+    exp = trial_experiment(config, base, threads=max(int(cpus_per_worker), 1) if gpus_per_worker == 0 else None)
+    cfg = experiment_from_dict(exp)
+    extra = {"executor": executor, "seed": cfg.train.seed}
+    if executor == "inline":
+        from raykd.train.loop import fit
+
+        resume_state = None
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as folder:
+                resume_state = load_state(Path(folder) / STATE_FILE)
+
+        def report(metrics: dict[str, Any], make_state) -> None:
+            with tempfile.TemporaryDirectory() as folder:
+                save_state(make_state(), Path(folder) / STATE_FILE)
+                tune.report({**metrics, **extra}, checkpoint=tune.Checkpoint.from_directory(folder))
+
+        fit(cfg, teacher_checkpoint=teacher_checkpoint, resume_state=resume_state, on_epoch_end=report,
+            progress=False, log=lambda line: None)
+        return
+
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from raykd.train.worker import make_trainer
+
+    trial_id = tune.get_context().get_trial_id()
+    exp.setdefault("train", {})
+    trainer = make_trainer(exp, workers=workers, use_gpu=gpus_per_worker > 0, cpus_per_worker=cpus_per_worker,
+                           storage_path=storage_path, name=f"train-{trial_id}", teacher_checkpoint=teacher_checkpoint,
+                           callbacks=[TuneReportCallback()], extra_metrics=extra)
+    result = trainer.fit()
+    if result.error:
+        raise result.error

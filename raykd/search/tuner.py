@@ -1,0 +1,180 @@
+"""Building and running the Tune search: OptunaSearch + scheduler + resources + callbacks.
+
+Layout of one search under ``STORAGE/NAME/``: Tune's own experiment state and trial
+folders, ``tables/`` (the Parquet trial tables, see ``raykd.results``) and
+``optuna.journal`` (the Optuna study, which optuna-dashboard opens).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import Repeater
+from ray.tune.search.optuna import OptunaSearch
+
+from raykd.errors import UserError
+from raykd.results import arrow_type_for
+from raykd.search.progress import ProgressCallback
+from raykd.search.space import Space, encode_choice
+from raykd.search.trainable import run_trial
+
+TABLES = "tables"
+JOURNAL = "optuna.journal"
+
+
+@dataclass
+class SearchPaths:
+    storage: str  # folder (or URI) holding every search
+    name: str
+
+    @property
+    def root(self) -> str:
+        return f"{self.storage.rstrip('/')}/{self.name}"
+
+    @property
+    def tables(self) -> str:
+        return f"{self.root}/{TABLES}"
+
+    @property
+    def journal(self) -> str | None:
+        return None if "://" in self.storage else os.path.join(self.root, JOURNAL)
+
+
+def make_sampler(space: Space) -> optuna.samplers.BaseSampler:
+    """The seeded Optuna sampler named in ``search.sampler``."""
+    settings = space.spec.search
+    seed = settings.seed
+    kind = settings.sampler
+    if kind == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if kind == "multivariate_tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if kind == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if kind == "gp":
+        try:
+            import scipy  # noqa: F401
+        except ImportError:
+            raise UserError("sampler 'gp' needs scipy: pip install scipy", file=space.path, key="search.sampler") from None
+        return optuna.samplers.GPSampler(seed=seed)
+    try:
+        import cmaes  # noqa: F401
+    except ImportError:
+        raise UserError("sampler 'cmaes' needs the cmaes package: pip install cmaes", file=space.path,
+                        key="search.sampler") from None
+    return optuna.samplers.CmaEsSampler(seed=seed)
+
+
+def param_types(space: Space) -> dict[str, Any]:
+    """Arrow type of every searched key, from the values a trial can receive."""
+    types = {}
+    for key, param in space.params.items():
+        values = param.candidates()
+        types[key] = arrow_type_for(values)
+    return types
+
+
+def max_concurrent(space: Space) -> int:
+    """``search.max_concurrent`` capped by what the cluster can run at once."""
+    res = space.spec.resources
+    resources = ray.cluster_resources()
+    per_trial_cpu = res.workers_per_trial * res.cpus_per_worker
+    limit = math.floor(resources.get("CPU", 1) / per_trial_cpu + 1e-9)
+    if res.gpus_per_worker > 0:
+        gpus = resources.get("GPU", 0)
+        if gpus < res.gpus_per_worker:
+            raise UserError(f"each worker needs {res.gpus_per_worker} GPU but the cluster has {gpus:g}",
+                            file=space.path, key="resources.gpus_per_worker")
+        limit = min(limit, math.floor(gpus / (res.workers_per_trial * res.gpus_per_worker) + 1e-9))
+    if limit < 1:
+        raise UserError(f"one trial needs {per_trial_cpu:g} CPUs but the cluster has {resources.get('CPU', 0):g}",
+                        file=space.path, key="resources.cpus_per_worker")
+    return max(1, min(space.spec.search.max_concurrent, limit))
+
+
+def make_trainable(space: Space, paths: SearchPaths, teacher_checkpoint: str | None):
+    res = space.spec.resources
+    executor = res.resolved_executor()
+    fn = tune.with_parameters(
+        run_trial, base=space.base, teacher_checkpoint=teacher_checkpoint, executor=executor,
+        workers=res.workers_per_trial, cpus_per_worker=res.cpus_per_worker, gpus_per_worker=res.gpus_per_worker,
+        storage_path=f"{paths.root}/ray_train",
+    )
+    if executor == "inline":
+        request = {"CPU": res.cpus_per_worker, "GPU": res.gpus_per_worker}
+    else:
+        # The trial driver only waits on its TorchTrainer, whose workers ask for the real resources.
+        request = {"CPU": 0.01}
+    return tune.with_resources(fn, request)
+
+
+def trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def build_tuner(space: Space, paths: SearchPaths, teacher_checkpoint: str | None, *, quiet: bool = False):
+    """A new :class:`ray.tune.Tuner` for ``space`` writing under ``paths``."""
+    from raykd.results.callback import ParquetResultsCallback
+
+    spec = space.spec
+    metrics, modes = spec.metrics, spec.modes
+    single = len(metrics) == 1
+    storage = None
+    if paths.journal:
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        Path(paths.journal).parent.mkdir(parents=True, exist_ok=True)
+        storage = JournalStorage(JournalFileBackend(paths.journal))
+    searcher = OptunaSearch(
+        space=space.define_by_run(), metric=metrics[0] if single else metrics, mode=modes[0] if single else modes,
+        points_to_evaluate=space.points or None, sampler=make_sampler(space), study_name=paths.name,
+        storage=storage,
+    )
+    search_alg = Repeater(searcher, repeat=spec.search.repeats) if spec.search.repeats > 1 else searcher
+    scheduler = None
+    epochs = space.base_config.train.epochs
+    if spec.scheduler.type == "asha" and epochs > spec.scheduler.grace_period:
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=spec.scheduler.grace_period,
+                                  reduction_factor=spec.scheduler.reduction_factor)
+    callbacks = [
+        ParquetResultsCallback(paths.tables, paths.name, param_types(space), flush_every_s=5.0),
+        ProgressCallback(metrics[0], modes[0], epochs=epochs, quiet=quiet),
+    ]
+    return tune.Tuner(
+        make_trainable(space, paths, teacher_checkpoint),
+        tune_config=tune.TuneConfig(
+            search_alg=search_alg, scheduler=scheduler,
+            metric=metrics[0] if single else None, mode=modes[0] if single else None,
+            num_samples=spec.search.num_samples * spec.search.repeats,
+            max_concurrent_trials=max_concurrent(space),
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=paths.name, storage_path=paths.storage, callbacks=callbacks, verbose=0,
+            failure_config=tune.FailureConfig(max_failures=1),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+
+
+def restore_tuner(space: Space, paths: SearchPaths, teacher_checkpoint: str | None):
+    """The interrupted search at ``paths``; unfinished and errored trials continue."""
+    if not tune.Tuner.can_restore(paths.root):
+        raise UserError(f"no search state to resume at {paths.root}", key="--resume")
+    return tune.Tuner.restore(paths.root, trainable=make_trainable(space, paths, teacher_checkpoint),
+                              resume_unfinished=True, resume_errored=True)
+
+
+def describe_point(config: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={encode_choice(v)}" for k, v in config.items() if not k.startswith("__"))
