@@ -40,6 +40,8 @@ def to_coco_results(
         boxes[:, 2:] -= boxes[:, :2]
         image_id = int(tgt["image_id"])
         for box, score, label in zip(boxes.tolist(), out["scores"].tolist(), out["labels"].tolist()):
+            if label == 0:  # one-stage heads also score the (never positive) background channel
+                continue
             results.append({"image_id": image_id, "category_id": label_to_cat_id(int(label)),
                             "bbox": [round(v, 3) for v in box], "score": round(float(score), 5)})
     return results

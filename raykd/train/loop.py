@@ -225,8 +225,7 @@ def fit(
     for epoch in range(start_epoch, tcfg.epochs + 1):
         if hasattr(train_loader.sampler, "set_epoch"):
             train_loader.sampler.set_epoch(epoch)
-        if hasattr(train_loader, "generator") and train_loader.generator is not None:
-            train_loader.generator.manual_seed(tcfg.seed * 1000 + epoch)
+        _reseed_epoch(train_loader, tcfg.seed, epoch)
         student.train()
         sums: dict[str, float] = defaultdict(float)
         epoch_start = time.perf_counter()
@@ -263,13 +262,22 @@ def fit(
             metrics.update({k: history[-1].get(k) for k in ("bbox_mAP", "AP50", "AP75", "AP_S", "AP_M", "AP_L")})
         metrics.update(epoch=epoch, epochs_total=tcfg.epochs, lr=optimizer.param_groups[0]["lr"],
                        step_time=train_time / max(step, 1), epoch_time=time.perf_counter() - epoch_start,
-                       time_total_s=time.perf_counter() - run_start, num_workers=world, device=_device_name(device))
+                       time_total_s=time.perf_counter() - run_start, num_workers=world, device=_device_name(device),
+                       timestamp=time.time())
         history.append(metrics)
         if rank == 0:
             log(format_epoch_line(metrics))
         if on_epoch_end is not None:
             on_epoch_end(metrics, make_state(epoch))
     return metrics
+
+
+def _reseed_epoch(loader, seed: int, epoch: int) -> None:
+    """Make an epoch's order and flips a function of (seed, epoch) alone, so a resumed run
+    sees the same batches as an uninterrupted one."""
+    for generator in (getattr(loader.sampler, "generator", None), loader.generator):
+        if generator is not None:
+            generator.manual_seed(seed * 100_003 + epoch * 7919 + (generator is loader.generator))
 
 
 def _level_names(student: nn.Module) -> list[str]:
