@@ -1,0 +1,48 @@
+"""The results tables of a search: one Arrow schema, streaming Parquet writes, readers.
+
+A results folder (local path or pyarrow filesystem URI) holds ``trials/``, ``epochs/`` and
+``runs/``, each a folder of immutable Parquet part files that pandas, polars, DuckDB and
+pyarrow read directly; :func:`load` deduplicates them and :func:`compact` merges them.
+``ParquetResultsCallback`` (the Ray Tune callback) is imported on first use, so
+``import raykd.results`` does not import Ray.
+"""
+
+from raykd.results.compact import compact
+from raykd.results.provenance import write_run, write_run_row
+from raykd.results.read import load, load_table, param_names
+from raykd.results.schema import (
+    METRICS,
+    SCHEMA_VERSION,
+    TABLES,
+    arrow_type_for,
+    epochs_schema,
+    runs_schema,
+    trials_schema,
+)
+from raykd.results.writer import TableWriter
+
+__all__ = [
+    "METRICS",
+    "SCHEMA_VERSION",
+    "TABLES",
+    "ParquetResultsCallback",
+    "TableWriter",
+    "arrow_type_for",
+    "compact",
+    "epochs_schema",
+    "load",
+    "load_table",
+    "param_names",
+    "runs_schema",
+    "trials_schema",
+    "write_run",
+    "write_run_row",
+]
+
+
+def __getattr__(name: str):
+    if name == "ParquetResultsCallback":
+        from raykd.results.callback import ParquetResultsCallback
+
+        return ParquetResultsCallback
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,71 @@
+"""Where the part files live: resolving a results root and publishing parts atomically."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+TMP_PREFIX = ".tmp-"
+_counter = itertools.count()
+
+
+def resolve(root: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
+    """Filesystem and path of ``root``: a URI (``s3://...``, ``file:///...``) or a local path."""
+    text = os.fspath(root)
+    if "://" in text:
+        return pafs.FileSystem.from_uri(text)
+    return pafs.LocalFileSystem(), Path(text).expanduser().resolve().as_posix()
+
+
+def join(folder: str, name: str) -> str:
+    return f"{folder.rstrip('/')}/{name}"
+
+
+def part_name() -> str:
+    """A unique part name: ``part-<unix_ns>-<pid>-<counter>.parquet``."""
+    return f"part-{time.time_ns()}-{os.getpid()}-{next(_counter)}.parquet"
+
+
+def _write_parquet(table: pa.Table, sink) -> None:
+    pq.write_table(table, sink)
+
+
+def publish(fs: pafs.FileSystem, folder: str, table: pa.Table) -> str:
+    """Write ``table`` as a new part file in ``folder``; returns its path.
+
+    The file is written under a ``.tmp-`` name in the same folder, then moved to its final
+    name (a rename on local disks), so readers never see a partial part. On failure the
+    temporary file is removed and the error re-raised; existing parts are untouched.
+    """
+    fs.create_dir(folder, recursive=True)
+    name = part_name()
+    tmp, final = join(folder, TMP_PREFIX + name), join(folder, name)
+    try:
+        with fs.open_output_stream(tmp) as sink:
+            _write_parquet(table, sink)
+        fs.move(tmp, final)
+    except BaseException:
+        try:
+            fs.delete_file(tmp)
+        except OSError:
+            pass
+        raise
+    return final
+
+
+def list_parts(fs: pafs.FileSystem, folder: str) -> list[str]:
+    """Paths of the published part files in ``folder`` (``.tmp-*`` and hidden files skipped)."""
+    infos = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    return sorted(
+        info.path
+        for info in infos
+        if info.type == pafs.FileType.File
+        and info.base_name.endswith(".parquet")
+        and not info.base_name.startswith((".", "_"))
+    )
