@@ -65,6 +65,8 @@ def _pick_name(space: Space, storage: str, name: str | None, resume: bool) -> st
 def _init_ray(address: str | None, num_cpus: int | None) -> None:
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Every epoch checkpoints, which makes Tune warn about frequent state snapshots: expected here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     import ray
 
     if ray.is_initialized():

@@ -159,6 +159,9 @@ def build_tuner(space: Space, paths: SearchPaths, teacher_checkpoint: str | None
             num_samples=spec.search.num_samples * spec.search.repeats,
             max_concurrent_trials=max_concurrent(space),
             trial_dirname_creator=trial_dirname,
+            # Reusing trial actors saves seconds per trial; with TorchTrainer trials it hung under
+            # ASHA (RAY_NOTES.md), so only the inline executor reuses them.
+            reuse_actors=spec.resources.resolved_executor() == "inline",
         ),
         run_config=tune.RunConfig(
             name=paths.name, storage_path=paths.storage, callbacks=callbacks, verbose=0,
