@@ -15,35 +15,13 @@ from raykd.errors import UserError
 from raykd.results import load, load_table
 from raykd.results.read import read_parts
 
+from proc_tools import kill_session
+
 REPO = Path(__file__).resolve().parents[1]
 DRIVER = Path(__file__).with_name("_results_driver.py")
 
 
 # --- resume after SIGKILL (runs its own Ray in subprocesses; first, before the fixture) ---
-
-
-def _session_processes(sid: int) -> list[int]:
-    """Pids of the live processes in session ``sid`` (the driver's, started by this test)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid and fields[0] != "Z":
-            pids.append(int(entry.name))
-    return pids
-
-
-def _kill_session(sid: int) -> None:
-    """SIGKILL what the driver left (raylet children live in their own process groups)."""
-    for pid in _session_processes(sid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def _start_driver(mode, tmp_path, log):
@@ -71,7 +49,7 @@ def test_resume_after_driver_sigkill_keeps_every_epoch_once(tmp_path):
                 time.sleep(0.05)
             driver.send_signal(signal.SIGKILL)
             driver.wait()
-            _kill_session(driver.pid)
+            kill_session(driver.pid)
 
             before = load_table(tmp_path / "results")
             assert before.num_rows >= 1
@@ -82,7 +60,7 @@ def test_resume_after_driver_sigkill_keeps_every_epoch_once(tmp_path):
             assert driver.wait(timeout=150) == 0, log_path.read_text()[-3000:]
     finally:
         for sid in sessions:
-            _kill_session(sid)
+            kill_session(sid)
 
     markers = {m.name for m in (tmp_path / "markers").iterdir()}
     resumed = [t for t in before["trial_id"].to_pylist() if f"{t}-1-fit" in markers and f"{t}-1-restore" not in markers]

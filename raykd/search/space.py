@@ -176,7 +176,7 @@ NAMED_POINTS: dict[str, dict[str, Any]] = {
 
 def _load_error(err: ValidationError, file: Path) -> UserError:
     first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"])
+    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
@@ -213,9 +213,18 @@ class Space:
         self.experiment_path = exp_path
         exp_overrides = {k: v for k, v in (overrides or {}).items() if k.split(".")[0] not in SpaceSpec.model_fields}
         self.base = load_experiment_dict(exp_path, {**self.spec.fixed, **exp_overrides})
-        self.base_config = experiment_from_dict(copy.deepcopy(self.base), file=exp_path)
+        try:
+            self.base_config = experiment_from_dict(copy.deepcopy(self.base), file=exp_path)
+        except UserError as err:
+            for source, keys in (("fixed", self.spec.fixed), ("--set", exp_overrides)):
+                if any(err.key == k or err.key.startswith(f"{k}.") or k.startswith(f"{err.key}.") for k in keys):
+                    file = self.path if source == "fixed" else "--set"
+                    key = f"fixed.{err.key}" if source == "fixed" else err.key
+                    raise UserError(err.message, file=file, key=key) from None
+            raise
         self.text = self.path.read_text()
         self._check_keys()
+        self.spec.space = {key: self.params[key] for key in self._dependency_order()}
         self.points = [self._point(p, i) for i, p in enumerate(self.spec.points_to_evaluate)]
 
     @property
@@ -236,11 +245,11 @@ class Space:
         try:
             experiment_from_dict(trial, file=self.path)
         except UserError as err:
-            raise UserError(f"value {value!r} is not valid for {err.key}: {err.message}", file=self.path,
+            inner = f" for {err.key}" if err.key and err.key != "(top level)" else ""
+            raise UserError(f"value {value!r} is not valid{inner}: {err.message}", file=self.path,
                             key=where) from None
 
     def _check_keys(self) -> None:
-        keys = list(self.params)
         for key, param in self.params.items():
             for i, value in enumerate(param.candidates()):
                 if param.kind == "choice" and not isinstance(value, (str, int, float, bool, list, type(None))):
@@ -251,9 +260,6 @@ class Space:
                 if cond_key not in self.params:
                     raise UserError(f"condition on {cond_key!r}, which is not a searched key", file=self.path,
                                     key=f"space.{key}.when")
-                if keys.index(cond_key) > keys.index(key):
-                    raise UserError(f"condition on {cond_key!r}, which must come before {key!r} in the file",
-                                    file=self.path, key=f"space.{key}.when")
                 allowed = self.params[cond_key].candidates()
                 wanted = cond_value if isinstance(cond_value, list) and not isinstance(allowed[0], list) else [cond_value]
                 if self.params[cond_key].kind in ("choice", "value"):
@@ -261,15 +267,32 @@ class Space:
                         if v not in allowed:
                             raise UserError(f"{cond_key} never takes the value {v!r} (options: {allowed})",
                                             file=self.path, key=f"space.{key}.when")
-        for key, value in self.spec.fixed.items():
-            if get_dotted(self.base, key, default=_MISSING) is _MISSING:
-                raise UserError("unknown experiment key", file=self.path, key=f"fixed.{key}")
         metrics = set(self.spec.metrics)
         allowed_metrics = {"bbox_mAP", "AP50", "AP75", "AP_S", "AP_M", "AP_L", "step_time", "epoch_time",
                            "time_total_s", "loss_total", "loss_det", "loss_kd"}
         for metric in metrics - allowed_metrics:
             raise UserError(f"unknown metric {metric!r}; expected one of {sorted(allowed_metrics)}",
                             file=self.path, key="metric")
+
+    def _dependency_order(self) -> list[str]:
+        """Keys ordered so that every ``when`` key is sampled before the keys it conditions."""
+        order: list[str] = []
+        visiting: set[str] = set()
+
+        def visit(key: str) -> None:
+            if key in order:
+                return
+            if key in visiting:
+                raise UserError(f"conditions form a cycle through {key!r}", file=self.path, key=f"space.{key}.when")
+            visiting.add(key)
+            for dep in self.params[key].when or {}:
+                visit(dep)
+            visiting.discard(key)
+            order.append(key)
+
+        for key in self.params:
+            visit(key)
+        return order
 
     def _point(self, point: dict[str, Any] | str, index: int) -> dict[str, Any]:
         where = f"points_to_evaluate[{index}]"

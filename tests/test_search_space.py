@@ -1,0 +1,170 @@
+"""Space files: every shipped space validates; invalid ones fail with file + key, exit 2, nothing started."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from raykd.errors import UserError
+from raykd.search.space import Space
+
+REPO = Path(__file__).resolve().parents[1]
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "search_spaces").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_spaces_validate(path):
+    space = Space(path)
+    assert space.params and space.spec.search.num_samples >= 1
+    for point in space.points:
+        assert set(point) <= set(space.params)
+
+
+@pytest.fixture
+def space_file(write_experiment, tiny_teacher, tmp_path):
+    exp = write_experiment(teacher=tiny_teacher)
+
+    def write(**changes) -> Path:
+        raw = {"experiment": str(exp), "metric": "bbox_mAP", "mode": "max",
+               "space": {"distill.method": {"choice": ["none", "mgd"]},
+                         "distill.alpha": {"loguniform": [1e-8, 1e-6], "when": {"distill.method": "mgd"}}}}
+        for key, value in changes.items():
+            if value is None:
+                raw.pop(key, None)
+            else:
+                raw[key] = value
+        path = tmp_path / "space.yaml"
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        return path
+
+    return write
+
+
+BAD = [
+    ("unknown top key", {"metrc": "bbox_mAP"}, "metrc", "unknown key"),
+    ("missing experiment", {"experiment": None}, "experiment", "required"),
+    ("experiment not found", {"experiment": "nope.yaml"}, "experiment", "not found"),
+    ("unknown space key", {"space": {"distill.alpah": {"uniform": [0, 1]}}}, "space.distill.alpah", "unknown key"),
+    ("bad choice value", {"space": {"distill.method": {"choice": ["mgd", "magic"]}}}, "space.distill.method",
+     "magic"),
+    ("value out of range", {"space": {"distill.mask_ratio": {"uniform": [0.5, 1.5]}}}, "space.distill.mask_ratio",
+     "1.5"),
+    ("reversed bounds", {"space": {"train.lr": {"uniform": [0.1, 0.01]}}}, "space.train.lr", "low < high"),
+    ("negative loguniform", {"space": {"train.lr": {"loguniform": [0, 0.1]}}}, "space.train.lr", "positive"),
+    ("two kinds", {"space": {"train.lr": {"uniform": [0.1, 0.2], "choice": [0.1]}}}, "space.train.lr",
+     "exactly one"),
+    ("empty choice", {"space": {"train.seed": {"choice": []}}}, "space.train.seed", "at least one"),
+    ("condition on unknown key", {"space": {"distill.alpha": {"uniform": [1e-8, 1e-6], "when": {"distill.method": "mgd"}}}},
+     "space.distill.alpha.when", "not a searched key"),
+    ("condition on impossible value", {"space": {"distill.method": {"choice": ["none", "mgd"]},
+                                                 "distill.beta": {"uniform": [0.1, 1], "when": {"distill.method": "samkd"}}}},
+     "space.distill.beta.when", "never takes"),
+    ("condition cycle", {"space": {"distill.method": {"choice": ["none", "mgd"], "when": {"train.seed": 0}},
+                                   "train.seed": {"choice": [0, 1], "when": {"distill.method": "mgd"}}}},
+     "space.", "cycle"),
+    ("bad sampler", {"search": {"sampler": "bayes"}}, "search.sampler", "tpe"),
+    ("zero samples", {"search": {"num_samples": 0}}, "search.num_samples", "greater than or equal to 1"),
+    ("bad scheduler", {"scheduler": {"type": "pbt"}}, "scheduler.type", "asha"),
+    ("bad mode", {"mode": "maximise"}, "mode", "max"),
+    ("unknown metric", {"metric": "accuracy"}, "metric", "unknown metric"),
+    ("metric/mode lengths", {"metric": ["bbox_mAP", "step_time"], "mode": ["max"]}, "(top level)", "same length"),
+    ("fractional gpu for ddp", {"resources": {"workers_per_trial": 2, "gpus_per_worker": 0.5}}, "resources",
+     "fractional"),
+    ("inline with workers", {"resources": {"workers_per_trial": 2, "executor": "inline"}}, "resources", "inline"),
+    ("unknown fixed key", {"fixed": {"train.epoch": 3}}, "fixed.train.epoch", "unknown"),
+    ("unknown named point", {"points_to_evaluate": ["paper"]}, "points_to_evaluate[0]", "unknown named point"),
+    ("point on unsearched key", {"points_to_evaluate": [{"train.lr": 0.1}]}, "points_to_evaluate[0]",
+     "not a searched key"),
+    ("output dir searched", {"space": {"train.output_dir": {"choice": ["a", "b"]}}}, "space.train.output_dir",
+     "cannot be searched"),
+]
+
+
+@pytest.mark.parametrize("label, changes, key, words", BAD, ids=[b[0] for b in BAD])
+def test_invalid_spaces_name_file_and_key(space_file, label, changes, key, words):
+    path = space_file(**changes)
+    with pytest.raises(UserError) as info:
+        Space(path)
+    where = f"{info.value.key}"
+    assert info.value.file is not None and str(info.value.file).endswith(("space.yaml", "nope.yaml")), str(info.value)
+    assert where.startswith(key) or key in str(info.value), str(info.value)
+    assert words in str(info.value), str(info.value)
+
+
+def test_cli_bad_space_is_one_line_and_starts_nothing(space_file, tmp_path):
+    path = space_file(space={"distill.mask_ratio": {"uniform": [0.5, 1.5]}})
+    storage = tmp_path / "results"
+    proc = subprocess.run([sys.executable, "-m", "raykd.search", str(path), "--storage", str(storage)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert str(path) in proc.stderr and "space.distill.mask_ratio" in proc.stderr
+    assert not storage.exists()  # nothing started, nothing written
+
+
+def test_conditions_in_define_by_run(space_file):
+    space = Space(space_file(space={
+        "distill.method": {"choice": ["none", "mgd", "samkd"]},
+        "distill.alpha": {"loguniform": [1e-8, 1e-6], "when": {"distill.method": ["mgd", "samkd"]}},
+        "distill.pyramid_scales": {"choice": [[1], [1, 2]], "when": {"distill.method": "samkd"}},
+        "train.seed": {"value": 3},
+    }))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    fn = space.define_by_run()
+    seen = set()
+    for _ in range(30):
+        trial = study.ask()
+        constants = fn(trial)
+        method = trial.params["distill.method"]
+        seen.add(method)
+        assert ("distill.alpha" in trial.params) == (method != "none")
+        assert ("distill.pyramid_scales" in trial.params) == (method == "samkd")
+        if method == "samkd":
+            assert trial.params["distill.pyramid_scales"] in ("1", "1,2")
+        assert constants == {"train.seed": 3}
+        study.tell(trial, 0.0)
+    assert seen == {"none", "mgd", "samkd"}
+
+
+def test_same_seed_gives_same_first_configurations(space_file):
+    space = Space(space_file(search={"sampler": "tpe", "seed": 7}))
+
+    def first(n: int) -> list[dict]:
+        from raykd.search.tuner import make_sampler
+
+        study = optuna.create_study(sampler=make_sampler(space), direction="maximize")
+        fn = space.define_by_run()
+        out = []
+        for i in range(n):
+            trial = study.ask()
+            fn(trial)
+            out.append(dict(trial.params))
+            study.tell(trial, float(i % 3))
+        return out
+
+    a, b = first(12), first(12)
+    assert a == b
+    other = Space(space_file(search={"sampler": "tpe", "seed": 8}))
+    from raykd.search.tuner import make_sampler
+
+    study = optuna.create_study(sampler=make_sampler(other))
+    fn = other.define_by_run()
+    c = []
+    for _ in range(12):
+        t = study.ask()
+        fn(t)
+        c.append(dict(t.params))
+        study.tell(t, 0.0)
+    assert c != a
+
+
+def test_named_points_fill_active_keys(space_file):
+    space = Space(space_file(points_to_evaluate=["baseline", "mgd_defaults", {"distill.method": "mgd"}]))
+    assert space.points[0] == {"distill.method": "none"}
+    assert space.points[1]["distill.method"] == "mgd" and 1e-8 <= space.points[1]["distill.alpha"] <= 1e-6
+    assert space.points[2]["distill.alpha"] == pytest.approx(1e-7)  # geometric middle of the range
