@@ -1,0 +1,13 @@
+"""The distillation library: tapped features in, named loss terms out.
+
+Knows nothing of Ray, YAML or files. Three separate ideas, as in MMRazor: what is tapped
+(FPN features and dense-head logits, given by the caller), connectors (align convs,
+generation blocks, fusion, GcBlocks) and losses (one module per method and level).
+DMKD and SAMKD are reconstructions from their abstracts; MGD, FGD, CWD and PKD follow
+their reference code. See ``METHODS.md``.
+"""
+
+from raykd.distill.config import METHODS, DistillConfig
+from raykd.distill.distiller import Distiller, build_distiller, term_names
+
+__all__ = ["METHODS", "DistillConfig", "Distiller", "build_distiller", "term_names"]

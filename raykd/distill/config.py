@@ -1,0 +1,161 @@
+"""`DistillConfig`: one flat, validated model for every distillation method.
+
+Flat on purpose: search spaces vary keys as ``distill.<key>``. Loss weights left at ``None``
+mean "the method's published default" (see METHODS.md); :meth:`DistillConfig.resolved`
+fills them in. Keys a method does not use are ignored by that method, so one search space
+can mix methods.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Method = Literal["none", "feature_mse", "mgd", "fgd", "cwd", "pkd", "dmkd", "samkd"]
+METHODS: tuple[str, ...] = get_args(Method)
+
+MaskRule = Literal["topk", "random", "attention_sampled"]
+Polarity = Literal["salient", "background"]
+AttentionSource = Literal["teacher", "student"]
+Branches = Literal["spatial", "channel", "dual"]
+FusionMode = Literal["learned", "mean", "gate", "sum_losses"]
+PyramidMode = Literal["cells", "pooled"]
+SLDWeighting = Literal["softmax", "mask"]
+SLDDiscrepancy = Literal["feature", "logit"]
+
+_WEIGHT_KEYS = ("alpha", "beta", "gamma", "lambda_gl", "weight")
+
+# Published defaults (METHODS.md); SAMKD's beta has none and must be calibrated per task.
+DEFAULT_WEIGHTS: dict[str, dict[str, float]] = {
+    "none": {},
+    "feature_mse": {"weight": 1.0},
+    "mgd": {"alpha": 2e-5},
+    "fgd": {"alpha": 1e-3, "beta": 5e-4, "gamma": 5e-4, "lambda_gl": 5e-6},
+    "cwd": {"weight": 10.0},
+    "pkd": {"weight": 6.0},
+    "dmkd": {"alpha": 2e-5},
+    "samkd": {"alpha": 2e-5, "beta": 1.0},
+}
+
+LEVEL_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+
+
+def _parse_list(value: Any) -> Any:
+    """Turn ``"1,2,4"``, ``"[1, 2, 4]"`` or ``"['0', 'p6']"`` (how Optuna stores lists) into a list."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.lower() in ("none", "null"):
+        return None
+    if text.startswith(("[", "(")):
+        try:
+            return list(json.loads(text.replace("(", "[").replace(")", "]")))
+        except ValueError:
+            try:
+                return list(ast.literal_eval(text))
+            except (ValueError, SyntaxError) as err:
+                raise ValueError(f"cannot parse {value!r} as a list") from err
+    return [item.strip().strip("'\"") for item in text.split(",") if item.strip()]
+
+
+class DistillConfig(BaseModel):
+    """Which distillation method runs and with which parameters.
+
+    ``levels``: FPN level names to distil (None: every level the model gives).
+    Loss weights (``None`` = the method's default, see :data:`DEFAULT_WEIGHTS`):
+    ``alpha`` (MGD/DMKD/SAMKD-SFD α, FGD foreground α), ``beta`` (FGD background β; SAMKD's
+    SLD β, default 1.0, which is *not* published and must be calibrated so that L_SLD starts
+    near the classification loss), ``gamma`` (FGD attention γ), ``lambda_gl`` (FGD global λ),
+    ``weight`` (w of CWD, PKD and feature MSE). Weights are dimensionless multipliers.
+    Masks: ``mask_ratio`` (λ of MGD, λ_s of DMKD/SAMKD), ``channel_mask_ratio`` (λ_c), ``tau``
+    (attention temperature of FGD/DMKD/SAMKD; METHODS.md suggests 0.8 for FCOS), ``cwd_tau``.
+    DMKD/SAMKD switches (reconstructions): ``mask_rule``, ``polarity``, ``attention_source``,
+    ``branches``, ``fusion``. SAMKD: ``pyramid_scales`` (grids g), ``pyramid_mode``,
+    ``share_generators``, ``sld`` and its ``sld_weighting``, ``sld_ratio`` (ρ), ``sld_tau``
+    (τ_w), ``sld_discrepancy``, ``T_kd``. See METHODS.md for the equations.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    method: Method = "none"
+    levels: list[str] | None = Field(default=None, min_length=1)
+
+    alpha: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
+    beta: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
+    gamma: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
+    lambda_gl: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
+    weight: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
+
+    mask_ratio: float = Field(default=0.65, ge=0.0, le=1.0)
+    channel_mask_ratio: float = Field(default=0.5, ge=0.0, le=1.0)
+    tau: float = Field(default=0.5, gt=0.0, allow_inf_nan=False)
+    cwd_tau: float = Field(default=1.0, gt=0.0, allow_inf_nan=False)
+
+    mask_rule: MaskRule = "topk"
+    polarity: Polarity = "salient"
+    attention_source: AttentionSource = "teacher"
+    branches: Branches = "dual"
+    fusion: FusionMode = "learned"
+
+    pyramid_scales: list[int] = Field(default_factory=lambda: [1, 2, 4], min_length=1)
+    pyramid_mode: PyramidMode = "cells"
+    share_generators: bool = False
+    sld: bool = True
+    sld_weighting: SLDWeighting = "softmax"
+    sld_ratio: float = Field(default=0.5, gt=0.0, le=1.0)
+    sld_tau: float = Field(default=1.0, gt=0.0, allow_inf_nan=False)
+    sld_discrepancy: SLDDiscrepancy = "feature"
+    T_kd: float = Field(default=1.0, gt=0.0, allow_inf_nan=False)
+
+    @field_validator("levels", mode="before")
+    @classmethod
+    def _parse_levels(cls, value: Any) -> Any:
+        value = _parse_list(value)
+        if isinstance(value, (list, tuple)):
+            return [str(item) for item in value]
+        return value
+
+    @field_validator("levels")
+    @classmethod
+    def _check_levels(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return value
+        bad = [name for name in value if not LEVEL_NAME.match(name)]
+        if bad:
+            raise ValueError(f"level names must use letters, digits and '_' only, got {bad}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"levels must be unique, got {value}")
+        return value
+
+    @field_validator("pyramid_scales", mode="before")
+    @classmethod
+    def _parse_scales(cls, value: Any) -> Any:
+        return _parse_list(value)
+
+    @field_validator("pyramid_scales")
+    @classmethod
+    def _check_scales(cls, value: list[int]) -> list[int]:
+        if any(g < 1 for g in value):
+            raise ValueError(f"pyramid scales must be >= 1, got {value}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"pyramid scales must be unique, got {value}")
+        return value
+
+    def resolved(self) -> DistillConfig:
+        """A copy with every ``None`` weight the method uses replaced by its default."""
+        defaults = DEFAULT_WEIGHTS[self.method]
+        updates = {key: defaults[key] for key in _WEIGHT_KEYS if getattr(self, key) is None and key in defaults}
+        return self.model_copy(update=updates)
+
+    def require(self, key: str) -> float:
+        """The concrete value of weight ``key`` for this method (explicit or default)."""
+        value = getattr(self, key)
+        if value is None:
+            value = DEFAULT_WEIGHTS[self.method].get(key)
+        if value is None:
+            raise ValueError(f"method {self.method!r} has no weight {key!r}")
+        return float(value)

@@ -1,0 +1,176 @@
+"""The `Distiller` the trainer calls, and how to build one from a `DistillConfig`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+from torch import Tensor, nn
+
+from raykd.distill.config import LEVEL_NAME, DistillConfig
+from raykd.distill.connectors import align_conv
+from raykd.distill.cwd import CWDLoss
+from raykd.distill.dmkd import DMKDLoss
+from raykd.distill.feature_mse import FeatureMSELoss
+from raykd.distill.fgd import FGDLoss
+from raykd.distill.inputs import LevelInputs
+from raykd.distill.masks import MaskSettings
+from raykd.distill.mgd import MGDLoss
+from raykd.distill.pkd import PKDLoss
+from raykd.distill.samkd import SAMKDLoss
+
+
+class Distiller(nn.Module):
+    """Owns per-level align convs and loss modules; its parameters join the student's optimiser.
+
+    ``align[level]`` maps the student feature to the teacher's width (1×1 conv or identity);
+    ``losses[level]`` takes a :class:`~raykd.distill.inputs.LevelInputs` and returns named
+    scalar terms. Teacher tensors are detached here, so the teacher never gets a gradient.
+    ``needs_logits``: whether any loss reads dense-head logits (the trainer may skip tapping
+    them otherwise; without logits such losses drop their logit terms).
+    """
+
+    def __init__(
+        self,
+        levels: Sequence[str],
+        align: Mapping[str, nn.Module],
+        losses: Mapping[str, nn.Module],
+        needs_logits: bool = False,
+    ):
+        super().__init__()
+        self.needs_logits = needs_logits
+        bad = [level for level in levels if not LEVEL_NAME.match(level)]
+        if bad:
+            raise ValueError(f"level names must use letters, digits and '_' only, got {bad}")
+        self.levels = tuple(levels)
+        self.align = nn.ModuleDict({level: align[level] for level in self.levels})
+        self.losses = nn.ModuleDict({level: losses[level] for level in self.levels})
+
+    def forward(
+        self,
+        student_feats: dict[str, Tensor],
+        teacher_feats: dict[str, Tensor],
+        student_logits: dict[str, Tensor] | None,
+        teacher_logits: dict[str, Tensor] | None,
+        boxes: list[Tensor],
+        image_size: tuple[int, int],
+    ) -> dict[str, Tensor]:
+        """Loss terms ``{f"{term}_{level}": scalar}`` summed by the trainer.
+
+        Features ``[N, C, H, W]`` per FPN level (student C_s, teacher C_t; same H, W);
+        logits ``[N, A·K, H, W]`` per level or None; ``boxes`` per image ``[K_i, 4]`` xyxy in
+        pixels of the batch tensor of size ``image_size = (H, W)``.
+        """
+        out: dict[str, Tensor] = {}
+        for level in self.levels:
+            student = self.align[level](student_feats[level])
+            teacher = teacher_feats[level].detach()
+            if student.shape != teacher.shape:
+                raise ValueError(
+                    f"level {level!r}: aligned student {tuple(student.shape)} != teacher {tuple(teacher.shape)}"
+                )
+            inputs = LevelInputs(
+                student=student,
+                teacher=teacher,
+                student_logits=student_logits[level] if student_logits is not None else None,
+                teacher_logits=teacher_logits[level].detach() if teacher_logits is not None else None,
+                boxes=boxes,
+                image_size=image_size,
+            )
+            for term, value in self.losses[level](inputs).items():
+                out[f"{term}_{level}"] = value
+        return out
+
+
+def _mask_settings(cfg: DistillConfig) -> MaskSettings:
+    return MaskSettings(
+        rule=cfg.mask_rule,
+        polarity=cfg.polarity,
+        source=cfg.attention_source,
+        spatial_ratio=cfg.mask_ratio,
+        channel_ratio=cfg.channel_mask_ratio,
+        tau=cfg.tau,
+    )
+
+
+def _samkd(cfg: DistillConfig, channels: int, num_classes: int) -> nn.Module:
+    return SAMKDLoss(
+        channels,
+        alpha=cfg.require("alpha"),
+        masks=_mask_settings(cfg),
+        branches=cfg.branches,
+        fusion=cfg.fusion,
+        scales=cfg.pyramid_scales,
+        pyramid_mode=cfg.pyramid_mode,
+        share_generators=cfg.share_generators,
+        sld_weight=cfg.require("beta") if cfg.sld else None,
+        num_classes=num_classes,
+        sld_weighting=cfg.sld_weighting,
+        sld_ratio=cfg.sld_ratio,
+        sld_tau=cfg.sld_tau,
+        sld_discrepancy=cfg.sld_discrepancy,
+        temperature=cfg.T_kd,
+    )
+
+
+# method -> builder of one level's loss module from (config, teacher channels, classes K)
+LOSS_BUILDERS: dict[str, Callable[[DistillConfig, int, int], nn.Module]] = {
+    "feature_mse": lambda cfg, c, k: FeatureMSELoss(cfg.require("weight")),
+    "mgd": lambda cfg, c, k: MGDLoss(c, cfg.require("alpha"), cfg.mask_ratio),
+    "fgd": lambda cfg, c, k: FGDLoss(
+        c, cfg.require("alpha"), cfg.require("beta"), cfg.require("gamma"), cfg.require("lambda_gl"), cfg.tau
+    ),
+    "cwd": lambda cfg, c, k: CWDLoss(cfg.require("weight"), cfg.cwd_tau),
+    "pkd": lambda cfg, c, k: PKDLoss(cfg.require("weight")),
+    "dmkd": lambda cfg, c, k: DMKDLoss(c, cfg.require("alpha"), _mask_settings(cfg), cfg.branches, cfg.fusion),
+    "samkd": _samkd,
+}
+
+_TERMS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "feature_mse": ("mse",),
+    "mgd": ("mgd",),
+    "fgd": ("fgd_fg", "fgd_bg", "fgd_at", "fgd_gl"),
+    "cwd": ("cwd",),
+    "pkd": ("pkd",),
+    "dmkd": ("dmkd",),
+    "samkd": ("sfd", "sld"),
+}
+
+
+def selected_levels(cfg: DistillConfig, levels: Sequence[str]) -> list[str]:
+    """``cfg.levels`` (in that order) if set, else every level of ``levels``; unknown names raise."""
+    if cfg.levels is None:
+        return list(levels)
+    unknown = [level for level in cfg.levels if level not in levels]
+    if unknown:
+        raise ValueError(f"distill.levels {unknown} are not among the model's levels {list(levels)}")
+    return list(cfg.levels)
+
+
+def term_names(cfg: DistillConfig, levels: Sequence[str], dense_head: bool = True) -> list[str]:
+    """Every key the distiller returns, level-major: e.g. ``["fgd_fg_0", "fgd_bg_0", ...]``.
+
+    ``dense_head=False`` (two-stage students, no logits) leaves out SAMKD's ``sld`` terms.
+    """
+    terms = [t for t in _TERMS[cfg.method] if not (t == "sld" and (not cfg.sld or not dense_head))]
+    return [f"{term}_{level}" for level in selected_levels(cfg, levels) for term in terms]
+
+
+def build_distiller(
+    cfg: DistillConfig, student_channels: int, teacher_channels: int, levels: Sequence[str], num_classes: int
+) -> Distiller | None:
+    """A :class:`Distiller` for ``cfg.method`` on ``cfg.levels`` (or all ``levels``); None for ``"none"``.
+
+    ``student_channels`` / ``teacher_channels``: FPN widths C_s, C_t; ``num_classes``: K of
+    the dense head including the background class 0 (used by SAMKD's SLD).
+    """
+    if cfg.method == "none":
+        return None
+    chosen = selected_levels(cfg, levels)
+    build = LOSS_BUILDERS[cfg.method]
+    return Distiller(
+        chosen,
+        align={level: align_conv(student_channels, teacher_channels) for level in chosen},
+        losses={level: build(cfg, teacher_channels, num_classes) for level in chosen},
+        needs_logits=cfg.method == "samkd" and cfg.sld,
+    )

@@ -1,0 +1,61 @@
+"""DMKD, dual masked knowledge distillation — a RECONSTRUCTION from the abstract of
+arXiv 2309.02719 (no public code), built on the exact MGD/FGD pieces; see METHODS.md.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from raykd.distill.config import Branches, FusionMode
+from raykd.distill.connectors import Fusion, GenerationBlock
+from raykd.distill.inputs import LevelInputs
+from raykd.distill.masks import MaskSettings, dual_masks
+
+
+class DualReconstruction(nn.Module):
+    """Generation blocks of the enabled branches and their fusion (``channels`` = C_t).
+
+    ``forward`` returns the un-weighted ``Σ (F − T)² / N`` where
+    ``F = fuse(G_s(S' ⊙ M_s), G_c(S' ⊙ M_c))``; with one branch ``F`` is that branch's
+    reconstruction; with ``fusion = "sum_losses"`` it is the sum of the two branches' losses.
+    """
+
+    def __init__(self, channels: int, branches: Branches, fusion: FusionMode):
+        super().__init__()
+        self.spatial = GenerationBlock(channels) if branches in ("spatial", "dual") else None
+        self.channel = GenerationBlock(channels) if branches in ("channel", "dual") else None
+        self.fuse = Fusion(fusion, channels) if branches == "dual" and fusion != "sum_losses" else None
+
+    def forward(
+        self, student: Tensor, teacher: Tensor, keep_spatial: Tensor | None, keep_channel: Tensor | None
+    ) -> Tensor:
+        n = student.shape[0]
+        parts = []
+        if self.spatial is not None:
+            parts.append(self.spatial(student * keep_spatial))
+        if self.channel is not None:
+            parts.append(self.channel(student * keep_channel))
+        if self.fuse is not None:
+            parts = [self.fuse(parts[0], parts[1])]
+        return torch.stack([(part - teacher).pow(2).sum() / n for part in parts]).sum()
+
+
+class DMKDLoss(nn.Module):
+    """``L = α · Σ (fuse(G_s(S' ⊙ M_s), G_c(S' ⊙ M_c)) − T)² / N`` on one level.
+
+    Masks from :func:`~raykd.distill.masks.dual_masks` on the whole map (one cell).
+    """
+
+    def __init__(self, channels: int, alpha: float, masks: MaskSettings, branches: Branches, fusion: FusionMode):
+        super().__init__()
+        self.alpha = alpha
+        self.masks = masks
+        self.reconstruction = DualReconstruction(channels, branches, fusion)
+
+    def forward(self, inputs: LevelInputs) -> dict[str, Tensor]:
+        recon = self.reconstruction
+        keep_s, keep_c = dual_masks(
+            inputs.student, inputs.teacher, self.masks, 1, recon.spatial is not None, recon.channel is not None
+        )
+        return {"dmkd": self.alpha * recon(inputs.student, inputs.teacher, keep_s, keep_c)}

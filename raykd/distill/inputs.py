@@ -1,0 +1,26 @@
+"""What every per-level loss module receives."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class LevelInputs:
+    """One FPN level of one batch.
+
+    ``student``: aligned student feature S' ``[N, C_t, H, W]``; ``teacher``: T, same shape,
+    detached. ``student_logits`` / ``teacher_logits``: dense-head classification logits
+    ``[N, A·K, H, W]`` or None (two-stage students). ``boxes``: per image ground truth
+    ``[K_i, 4]`` xyxy in pixels of the batch tensor, whose size is ``image_size = (H, W)``.
+    """
+
+    student: Tensor
+    teacher: Tensor
+    student_logits: Tensor | None
+    teacher_logits: Tensor | None
+    boxes: Sequence[Tensor]
+    image_size: tuple[int, int]

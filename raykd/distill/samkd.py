@@ -1,0 +1,110 @@
+"""SAMKD: spatially hierarchical feature masking (SFD) plus region-adaptive logit
+distillation (SLD) — a RECONSTRUCTION from the abstract of arXiv 2501.07101 (no public
+code), built on DMKD's masks and reconstructions; see METHODS.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from raykd.distill.cells import cell_grid
+from raykd.distill.config import Branches, FusionMode, PyramidMode, SLDDiscrepancy, SLDWeighting
+from raykd.distill.dmkd import DualReconstruction
+from raykd.distill.inputs import LevelInputs
+from raykd.distill.masks import MaskSettings, dual_masks
+from raykd.distill.sld import binary_kl, foreground_logits, region_discrepancy, region_weights
+
+
+class SAMKDLoss(nn.Module):
+    """``{"sfd": α · mean_g L_g, "sld": β · T² · Σ W · KL / (N·H·W)}`` on one level.
+
+    SFD, for every grid g of ``scales``: ``cells`` mode masks the full-resolution map per
+    g×g cell (local attention, see :func:`~raykd.distill.masks.dual_masks`); ``pooled`` mode
+    max-pools S' and T by g (kernel = stride = g, partial windows kept) and masks the pooled
+    map as a whole. ``L_g = Σ (F_g − T_g)² / N`` with DMKD's reconstruction and fusion —
+    one per grid, or one for all grids when ``share_generators``.
+
+    SLD (only when both logits are given and ``sld_weight`` is not None): discrepancy
+    ``D = mean_c (S' − T)²`` (``feature``) or the mean over anchors and foreground classes
+    of ``(z_s − z_t)²`` (``logit``), no gradient, averaged over the cells of the finest grid;
+    weights from :func:`~raykd.distill.sld.region_weights`; KL from
+    :func:`~raykd.distill.sld.binary_kl` over foreground classes (class 0 is dropped).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        alpha: float,
+        masks: MaskSettings,
+        branches: Branches,
+        fusion: FusionMode,
+        scales: Sequence[int],
+        pyramid_mode: PyramidMode,
+        share_generators: bool,
+        sld_weight: float | None,
+        num_classes: int,
+        sld_weighting: SLDWeighting,
+        sld_ratio: float,
+        sld_tau: float,
+        sld_discrepancy: SLDDiscrepancy,
+        temperature: float,
+    ):
+        super().__init__()
+        self.alpha = alpha
+        self.masks = masks
+        self.scales = tuple(scales)
+        self.pyramid_mode = pyramid_mode
+        count = 1 if share_generators else len(self.scales)
+        self.reconstructions = nn.ModuleList(DualReconstruction(channels, branches, fusion) for _ in range(count))
+        self.sld_weight = sld_weight
+        self.num_classes = num_classes
+        self.sld_weighting = sld_weighting
+        self.sld_ratio = sld_ratio
+        self.sld_tau = sld_tau
+        self.sld_discrepancy = sld_discrepancy
+        self.temperature = temperature
+
+    def forward(self, inputs: LevelInputs) -> dict[str, Tensor]:
+        per_grid = [self._grid_loss(i, g, inputs.student, inputs.teacher) for i, g in enumerate(self.scales)]
+        losses = {"sfd": self.alpha * torch.stack(per_grid).mean()}
+        if self.sld_weight is not None and inputs.student_logits is not None:
+            if inputs.teacher_logits is None:
+                raise ValueError("SLD needs teacher logits when student logits are given")
+            losses["sld"] = self._sld(inputs)
+        return losses
+
+    def _grid_loss(self, index: int, g: int, student: Tensor, teacher: Tensor) -> Tensor:
+        recon = self.reconstructions[index % len(self.reconstructions)]
+        cells = g
+        if self.pyramid_mode == "pooled":
+            student = F.max_pool2d(student, g, g, ceil_mode=True)
+            teacher = F.max_pool2d(teacher, g, g, ceil_mode=True)
+            cells = 1
+        keep_s, keep_c = dual_masks(
+            student, teacher, self.masks, cells, recon.spatial is not None, recon.channel is not None
+        )
+        return recon(student, teacher, keep_s, keep_c)
+
+    def _sld(self, inputs: LevelInputs) -> Tensor:
+        student, teacher = inputs.student, inputs.teacher
+        z_s = foreground_logits(inputs.student_logits, self.num_classes)
+        z_t = foreground_logits(inputs.teacher_logits, self.num_classes)
+        n, _, h, w = student.shape
+        if z_s.shape[-2:] != (h, w) or z_t.shape != z_s.shape:
+            raise ValueError(
+                f"logits {tuple(z_s.shape)} / {tuple(z_t.shape)} do not match the feature map {h}x{w}"
+            )
+        with torch.no_grad():
+            if self.sld_discrepancy == "feature":
+                discrepancy = (student - teacher).pow(2).mean(dim=1)
+            else:
+                discrepancy = (z_s - z_t).pow(2).mean(dim=(1, 2))
+            grid = cell_grid(h, w, max(self.scales), student.device)
+            per_cell = region_discrepancy(discrepancy, grid)
+            weights = region_weights(per_cell, grid, self.sld_weighting, self.sld_tau, self.sld_ratio)
+        kl = binary_kl(z_s, z_t, self.temperature)
+        return self.sld_weight * self.temperature**2 * (weights * kl).sum() / (n * h * w)
