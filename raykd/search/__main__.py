@@ -127,6 +127,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _present(value) -> bool:
+    """False for the nulls pandas gives conditional parameters (None or NaN)."""
+    return value is not None and not (isinstance(value, float) and value != value)
+
+
 def _summary(space: Space, paths, prep_s: float, search_s: float) -> None:
     from raykd.results import load
 
@@ -139,9 +144,10 @@ def _summary(space: Space, paths, prep_s: float, search_s: float) -> None:
     scored = trials[trials[col].notna()] if col in trials else trials.iloc[0:0]
     if len(scored):
         best = scored.sort_values(col, ascending=(mode == "min")).iloc[0]
-        keys = [k for k in space.params if k in best.index and best[k] is not None and best[k] == best[k]]
+        chosen = {k: best[k] for k in space.params if k in best.index and _present(best[k])}
         print(f"best trial {best['trial_id']}: {metric} {best[col]:.4f} after {best['epochs_run']} epochs — "
-              + ", ".join(f"{k}={best[k]}" for k in keys))
+              + ", ".join(f"{k}={list(v) if hasattr(v, '__len__') and not isinstance(v, str) else v}"
+                          for k, v in chosen.items()))
         if "distill.method" in trials:
             base = scored[scored["distill.method"] == "none"]
             full = base[base["epochs_run"] == base["epochs_total"]]

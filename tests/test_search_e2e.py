@@ -1,0 +1,105 @@
+"""End-to-end searches on tiny data: each executor, live tables, resume after the driver is killed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from raykd.results import load
+
+from proc_tools import kill_session
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def tiny_space(write_experiment, tiny_teacher, tmp_path):
+    def write(executor: str = "inline", num_samples: int = 3, epochs: int = 2, **extra) -> Path:
+        exp = write_experiment(teacher=tiny_teacher, train={"epochs": epochs})
+        raw = {
+            "experiment": str(exp), "metric": "bbox_mAP", "mode": "max",
+            "search": {"sampler": "tpe", "num_samples": num_samples, "max_concurrent": 2, "seed": 0},
+            "scheduler": {"type": "none"},
+            "resources": {"workers_per_trial": 1, "cpus_per_worker": 1, "executor": executor},
+            "space": {"distill.method": {"choice": ["none", "mgd", "samkd"]},
+                      "distill.alpha": {"loguniform": [1e-8, 1e-6], "when": {"distill.method": ["mgd", "samkd"]}},
+                      "distill.pyramid_scales": {"choice": [[1], [1, 2]], "when": {"distill.method": "samkd"}}},
+            "points_to_evaluate": ["baseline", {"distill.method": "samkd", "distill.pyramid_scales": [1, 2]}],
+            **extra,
+        }
+        path = tmp_path / f"space_{executor}.yaml"
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        return path
+
+    return write
+
+
+def _check_tables(root: Path, n_trials: int, epochs: int):
+    trials = load(root / "tables")
+    assert len(trials) == n_trials and trials["trial_id"].is_unique
+    assert set(trials["status"]) == {"TERMINATED"} and set(trials["epochs_run"]) == {epochs}
+    assert (trials["final_bbox_mAP"] >= 0).all()
+    samkd = trials[trials["distill.method"] == "samkd"]
+    assert len(samkd) >= 1 and [list(v) for v in samkd["distill.pyramid_scales"]][0] in ([1], [1, 2])
+    assert trials.loc[trials["distill.method"] == "none", "distill.alpha"].isna().all()  # conditional: null
+    epoch_rows = load(root / "tables", table="epochs")
+    for trial_id in trials["trial_id"]:
+        assert sorted(epoch_rows.loc[epoch_rows["trial_id"] == trial_id, "epoch"]) == list(range(1, epochs + 1))
+    return trials
+
+
+@pytest.mark.parametrize("executor", ["inline", "train"])
+def test_search_runs_with_each_executor(ray_local, tiny_space, tmp_path, executor, capsys):
+    from raykd.search.__main__ import main
+
+    epochs = 2 if executor == "inline" else 1
+    space = tiny_space(executor=executor, num_samples=3 if executor == "inline" else 2, epochs=epochs)
+    assert main([str(space), "--storage", str(tmp_path / "results"), "--name", executor]) == 0
+    out = capsys.readouterr().out
+    assert "best trial" in out and f"python -m raykd.analyze {tmp_path / 'results' / executor}" in out
+    trials = _check_tables(tmp_path / "results" / executor, 3 if executor == "inline" else 2, epochs)
+    assert set(trials["executor"]) == {executor}
+    assert (tmp_path / "results" / executor / "optuna.journal").is_file()
+    if executor == "inline":
+        assert set(trials["distill.method"]) >= {"none", "samkd"}  # the points to evaluate ran
+
+
+def test_resume_after_the_driver_is_killed(tiny_space, tmp_path):
+    space = tiny_space(executor="inline", num_samples=4, epochs=3)
+    storage = tmp_path / "results"
+    cmd = [sys.executable, "-m", "raykd.search", str(space), "--storage", str(storage), "--name", "crash",
+           "--num-cpus", "2"]
+    log_path = tmp_path / "driver.log"
+    sessions = []
+    try:
+        with open(log_path, "w") as log:
+            driver = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            sessions.append(driver.pid)
+            deadline = time.monotonic() + 400
+            while "epoch 2/3" not in log_path.read_text():  # trials are mid-run
+                assert driver.poll() is None, log_path.read_text()[-3000:]
+                assert time.monotonic() < deadline, "the search made no progress"
+                time.sleep(0.2)
+            driver.send_signal(signal.SIGKILL)
+            driver.wait()
+            kill_session(driver.pid)
+            before = load(storage / "crash" / "tables")
+            assert (before["status"] == "RUNNING").any()  # the table was readable mid-run
+            driver = subprocess.Popen(cmd + ["--resume"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+            sessions.append(driver.pid)
+            assert driver.wait(timeout=600) == 0, log_path.read_text()[-3000:]
+    finally:
+        for sid in sessions:
+            kill_session(sid)
+    _check_tables(storage / "crash", 4, 3)
+    runs = load(storage / "crash" / "tables", table="runs")
+    assert sorted(runs["resumed"]) == [False, True]
