@@ -122,8 +122,12 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def build_tuner(space: Space, paths: SearchPaths, teacher_checkpoint: str | None, *, quiet: bool = False):
-    """A new :class:`ray.tune.Tuner` for ``space`` writing under ``paths``."""
+def build_tuner(space: Space, paths: SearchPaths, teacher_checkpoint: str | None, *, quiet: bool = False,
+                extra_callbacks: list | None = None):
+    """A new :class:`ray.tune.Tuner` for ``space`` writing under ``paths``.
+
+    ``extra_callbacks``: more Tune callbacks (benchmarks use one to time trials).
+    """
     from raykd.results.callback import ParquetResultsCallback
 
     spec = space.spec
@@ -150,6 +154,7 @@ def build_tuner(space: Space, paths: SearchPaths, teacher_checkpoint: str | None
     callbacks = [
         ParquetResultsCallback(paths.tables, paths.name, param_types(space), flush_every_s=5.0),
         ProgressCallback(metrics[0], modes[0], epochs=epochs, quiet=quiet),
+        *(extra_callbacks or []),
     ]
     return tune.Tuner(
         make_trainable(space, paths, teacher_checkpoint),
