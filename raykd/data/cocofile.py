@@ -1,0 +1,274 @@
+"""Reading and validating a COCO annotation file: every problem named by file and key.
+
+:func:`read_coco` parses the JSON and walks ``images``, ``categories`` and ``annotations``,
+collecting :class:`Problem` s instead of stopping at the first one, so the ``check`` command
+can count them and the dataset can raise the first one as a :class:`UserError`.
+:func:`prepare_boxes` turns the valid annotations into training targets: xyxy boxes clipped
+to the image, crowd regions left out, degenerate boxes dropped and counted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from raykd.errors import UserError
+
+MIN_BOX_SIZE = 1e-3
+"""Boxes narrower or lower than this (pixels of the original image, after clipping) are degenerate."""
+
+OUTSIDE_TOLERANCE = 1.0
+"""Boxes may reach this many pixels past the image border before they count as outside."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong in an annotation file that makes the set unusable."""
+
+    kind: str  # e.g. "missing_key", "duplicate_image_id", "unknown_category_id"
+    key: str  # where, e.g. "annotations[12].bbox"
+    message: str  # what was expected
+
+
+@dataclass(frozen=True)
+class ImageEntry:
+    index: int  # position in the file's "images" list
+    id: int
+    file_name: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class AnnotationEntry:
+    index: int  # position in the file's "annotations" list
+    id: int
+    image_id: int
+    category_id: int
+    bbox: tuple[float, float, float, float]  # x, y, w, h in pixels
+    iscrowd: bool
+
+
+@dataclass
+class CocoFile:
+    """The valid entries of a COCO file (invalid ones are skipped and listed in ``problems``)."""
+
+    path: Path
+    data: dict[str, Any]  # the parsed JSON, with `area` and `iscrowd` filled in where missing
+    raw: bytes  # the file's bytes, for fingerprints
+    images: list[ImageEntry] = field(default_factory=list)
+    categories: dict[int, str] = field(default_factory=dict)  # id -> name
+    annotations: list[AnnotationEntry] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    def raise_first_problem(self) -> None:
+        """Raise the first problem as a :class:`UserError` naming the file and key."""
+        if self.problems:
+            n = len(self.problems) - 1
+            more = f" (and {n} more problems; run `python -m raykd.data check`)" if n else ""
+            raise UserError(self.problems[0].message + more, file=self.path, key=self.problems[0].key)
+
+
+def read_coco(path: str | Path) -> CocoFile:
+    """Parse and validate ``path``; raise :class:`UserError` only when nothing can be read."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError("annotation file not found", file=path) from None
+    except OSError as err:
+        raise UserError(f"cannot read the annotation file ({err.strerror})", file=path) from None
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        where = f" at line {err.lineno} column {err.colno}" if isinstance(err, json.JSONDecodeError) else ""
+        raise UserError(f"expected COCO JSON, the file is not valid JSON{where}", file=path) from None
+    if not isinstance(data, dict):
+        raise UserError("expected a JSON object with images, annotations and categories", file=path)
+    coco = CocoFile(path=path, data=data, raw=raw)
+    for key in ("images", "categories"):
+        if key not in data:
+            raise UserError("expected a list (missing key)", file=path, key=key)
+        if not isinstance(data[key], list):
+            raise UserError("expected a list", file=path, key=key)
+    data.setdefault("annotations", [])
+    if not isinstance(data["annotations"], list):
+        raise UserError("expected a list", file=path, key="annotations")
+    _read_categories(coco)
+    _read_annotations(coco, _read_images(coco))
+    return coco
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _entries(coco: CocoFile, section: str, required: dict[str, str]):
+    """Yield ``(index, key, entry)`` for the dict entries of ``section`` holding every required key."""
+    for i, entry in enumerate(coco.data[section]):
+        key = f"{section}[{i}]"
+        if not isinstance(entry, dict):
+            coco.problems.append(Problem("malformed", key, "expected an object"))
+            continue
+        missing = [name for name in required if name not in entry]
+        for name in missing:
+            coco.problems.append(Problem("missing_key", f"{key}.{name}", f"expected {required[name]} (missing key)"))
+        if not missing:
+            yield i, key, entry
+
+
+def _read_categories(coco: CocoFile) -> None:
+    required = {"id": "an integer category id", "name": "a category name"}
+    seen: set[int] = set()
+    for _, key, entry in _entries(coco, "categories", required):
+        if _new_id(coco, key, entry["id"], seen, "duplicate_category_id"):
+            coco.categories[entry["id"]] = str(entry["name"])
+    if not coco.categories and not coco.problems:
+        coco.problems.append(Problem("no_categories", "categories", "expected at least one category"))
+
+
+def _new_id(coco: CocoFile, key: str, value: Any, seen: set[int], kind: str) -> bool:
+    """Record an entry's id; False (and a problem) when it is not an integer or already seen."""
+    if not _is_int(value):
+        coco.problems.append(Problem("malformed", f"{key}.id", f"expected an integer, got {value!r}"))
+        return False
+    if value in seen:
+        what = kind.removeprefix("duplicate_").replace("_", " ")
+        coco.problems.append(Problem(kind, f"{key}.id", f"duplicate {what} {value}"))
+        return False
+    seen.add(value)
+    return True
+
+
+def _read_images(coco: CocoFile) -> set[int]:
+    """Read ``images``; returns every image id declared, valid entry or not."""
+    required = {
+        "id": "an integer image id",
+        "file_name": "the image's path relative to the image folder",
+        "width": "the image width in pixels",
+        "height": "the image height in pixels",
+    }
+    declared: set[int] = set()
+    for i, key, entry in _entries(coco, "images", required):
+        if not _new_id(coco, key, entry["id"], declared, "duplicate_image_id"):
+            continue
+        bad = []
+        if not isinstance(entry["file_name"], str) or not entry["file_name"]:
+            message = f"expected a relative path, got {entry['file_name']!r}"
+            bad.append(Problem("malformed", f"{key}.file_name", message))
+        for name in ("width", "height"):
+            value = entry[name]
+            if not (_is_number(value) and value >= 1 and value == int(value)):
+                bad.append(Problem("malformed", f"{key}.{name}", f"expected a positive integer, got {value!r}"))
+        coco.problems.extend(bad)
+        if not bad:
+            width, height = int(entry["width"]), int(entry["height"])
+            coco.images.append(ImageEntry(i, entry["id"], entry["file_name"], width, height))
+    return declared
+
+
+def _read_annotations(coco: CocoFile, declared_images: set[int]) -> None:
+    required = {
+        "id": "an integer annotation id",
+        "image_id": "the id of an image",
+        "category_id": "the id of a category",
+        "bbox": "[x, y, width, height]",
+    }
+    valid_images = {image.id for image in coco.images}
+    seen: set[int] = set()
+    for i, key, entry in _entries(coco, "annotations", required):
+        if not _new_id(coco, key, entry["id"], seen, "duplicate_annotation_id"):
+            continue
+        bbox = entry["bbox"]
+        if entry["image_id"] not in declared_images:
+            message = f"expected the id of an image, got {entry['image_id']!r}"
+            coco.problems.append(Problem("unknown_image_id", f"{key}.image_id", message))
+        elif entry["category_id"] not in coco.categories:
+            known = sorted(coco.categories)
+            coco.problems.append(
+                Problem(
+                    "unknown_category_id",
+                    f"{key}.category_id",
+                    f"expected one of the category ids {known[:20]}{'...' if len(known) > 20 else ''}, "
+                    f"got {entry['category_id']!r}",
+                )
+            )
+        elif not (
+            isinstance(bbox, list)
+            and len(bbox) == 4
+            and all(_is_number(v) and math.isfinite(v) for v in bbox)
+        ):
+            coco.problems.append(
+                Problem("malformed", f"{key}.bbox", f"expected [x, y, width, height] of 4 finite numbers, got {bbox!r}")
+            )
+        elif entry.get("iscrowd", 0) not in (0, 1):
+            coco.problems.append(Problem("malformed", f"{key}.iscrowd", f"expected 0 or 1, got {entry['iscrowd']!r}"))
+        elif entry["image_id"] in valid_images:  # else its image entry is broken, a problem already
+            x, y, w, h = (float(v) for v in bbox)
+            # COCOeval reads `area` and `iscrowd` from every ground-truth annotation.
+            entry.setdefault("iscrowd", 0)
+            entry.setdefault("area", max(w, 0.0) * max(h, 0.0))
+            crowd = entry["iscrowd"] == 1
+            coco.annotations.append(
+                AnnotationEntry(i, entry["id"], entry["image_id"], entry["category_id"], (x, y, w, h), crowd)
+            )
+
+
+@dataclass
+class Targets:
+    """Training targets of every image, in one flat array (cheap to share with loader workers).
+
+    Image ``j``'s boxes are ``boxes[offsets[j]:offsets[j + 1]]``.
+    """
+
+    boxes: np.ndarray  # float32 [A, 4], xyxy in pixels of the original image, clipped to it
+    category_ids: np.ndarray  # int64 [A]
+    offsets: np.ndarray  # int64 [num_images + 1]
+    degenerate: list[int]  # indices (in the file) of dropped degenerate annotations
+    outside: list[int]  # indices of annotations reaching > OUTSIDE_TOLERANCE px past the border (clipped, kept)
+    crowd: int  # crowd regions (kept for evaluation, not targets)
+
+
+def prepare_boxes(coco: CocoFile) -> Targets:
+    """xyxy targets per image in ``coco.images`` order: crowd regions left out, boxes clipped,
+    degenerate ones (width or height <= MIN_BOX_SIZE after clipping) dropped."""
+    size = {image.id: (image.width, image.height) for image in coco.images}
+    per_image: dict[int, list[tuple[tuple[float, ...], int]]] = {image.id: [] for image in coco.images}
+    degenerate, outside, crowd = [], [], 0
+    for ann in coco.annotations:
+        if ann.iscrowd:
+            crowd += 1
+            continue
+        width, height = size[ann.image_id]
+        x, y, w, h = ann.bbox
+        x1, y1, x2, y2 = max(x, 0.0), max(y, 0.0), min(x + w, width), min(y + h, height)
+        if w <= MIN_BOX_SIZE or h <= MIN_BOX_SIZE or x2 - x1 <= MIN_BOX_SIZE or y2 - y1 <= MIN_BOX_SIZE:
+            degenerate.append(ann.index)
+            continue
+        tol = OUTSIDE_TOLERANCE
+        if x < -tol or y < -tol or x + w > width + tol or y + h > height + tol:
+            outside.append(ann.index)
+        per_image[ann.image_id].append(((x1, y1, x2, y2), ann.category_id))
+    boxes, category_ids, offsets = [], [], [0]
+    for image in coco.images:
+        for box, category_id in per_image[image.id]:
+            boxes.append(box)
+            category_ids.append(category_id)
+        offsets.append(len(boxes))
+    return Targets(
+        boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+        category_ids=np.asarray(category_ids, dtype=np.int64),
+        offsets=np.asarray(offsets, dtype=np.int64),
+        degenerate=degenerate,
+        outside=outside,
+        crowd=crowd,
+    )
