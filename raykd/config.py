@@ -201,7 +201,8 @@ def get_dotted(raw: dict[str, Any], key: str, default: Any = None) -> Any:
     return node
 
 
-def _format_error(err: ValidationError) -> tuple[str, str]:
+def validation_message(err: ValidationError) -> tuple[str, str]:
+    """(dotted key, one-line message) of the first error pydantic found."""
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"]) or "(top level)"
     msg = first["msg"]
@@ -234,7 +235,7 @@ def experiment_from_dict(raw: dict[str, Any], *, file: str | Path | None = None)
     try:
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as err:
-        key, msg = _format_error(err)
+        key, msg = validation_message(err)
         raise UserError(msg, file=file, key=key) from None
     cfg.source = str(file) if file else None
     return cfg

@@ -14,7 +14,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from raykd.config import experiment_from_dict, get_dotted, load_experiment_dict, load_yaml, set_dotted
+from raykd.config import (
+    experiment_from_dict,
+    get_dotted,
+    load_experiment_dict,
+    load_yaml,
+    set_dotted,
+    validation_message,
+)
 from raykd.errors import UserError
 
 SAMPLERS = ("tpe", "random", "multivariate_tpe", "nsga2", "gp", "cmaes")
@@ -175,15 +182,7 @@ NAMED_POINTS: dict[str, dict[str, Any]] = {
 
 
 def _load_error(err: ValidationError, file: Path) -> UserError:
-    first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    msg = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        msg = "unknown key"
-    elif first["type"] == "missing":
-        msg = "required key is missing"
-    elif first["type"] not in ("value_error",):
-        msg = f"{msg} (got {first.get('input')!r})"
+    key, msg = validation_message(err)
     return UserError(msg, file=file, key=key)
 
 
@@ -333,8 +332,6 @@ class Space:
     def define_by_run(self) -> "DefineByRun":
         return DefineByRun({k: p.model_dump(exclude_unset=True) for k, p in self.params.items()})
 
-
-_MISSING = object()
 
 
 class DefineByRun:

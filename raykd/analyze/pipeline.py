@@ -1,0 +1,406 @@
+"""From results folders to an :class:`Analysis` (numbers) and a :class:`~raykd.analyze.report.Report`.
+
+:func:`analyze` reads the tables, scores every trial under the fidelity rule, and computes
+the leaderboard, one ablation table per factor, two-factor tables, one-factor-at-a-time
+comparisons, importances and the ablation path. :func:`build_report` formats them, with
+the plots; :func:`summary` is the few lines the command prints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from raykd.analyze import plots, tables
+from raykd.analyze.factors import BASELINE_METHOD, METHOD, SEED_COLUMNS, Factor, describe, is_null, level_frame
+from raykd.analyze.importance import ALL, Importances, importances
+from raykd.analyze.inputs import Inputs, read_inputs
+from raykd.analyze.report import Bullets, Plot, Report, Section, Table, Text
+from raykd.analyze.scores import Scores, score_trials
+from raykd.errors import UserError
+from raykd.results import METRICS
+
+SCALE = plots.SCALE  # AP in points, as papers print it
+TOP = 10
+
+
+@dataclass
+class Analysis:
+    """Everything the report shows, as numbers (metric units, not percent)."""
+
+    inputs: Inputs
+    metric: str
+    scores: Scores
+    factors: list[Factor]  # every factor (configurations are made of these)
+    levels: pd.DataFrame  # level label of every scored trial and factor
+    configs: tables.Configs
+    leaderboard: pd.DataFrame
+    ablations: list[tables.Ablation]
+    interactions: list[tuple[Factor, Factor, pd.DataFrame]]
+    ofat: pd.DataFrame
+    path: pd.DataFrame
+    importance: Importances
+    notes: list[str] = field(default_factory=list)
+
+
+def factor_names(inputs: Inputs) -> list[str]:
+    """The parameter columns that make a configuration: every parameter but the seed, and
+    ``experiment`` when the tables hold several."""
+    names = [p for p in inputs.params if p not in SEED_COLUMNS and p in inputs.trials.columns]
+    if inputs.trials["experiment"].nunique() > 1:
+        names.insert(0, "experiment")
+    return names
+
+
+def _check_by(by: Sequence[str] | None, names: list[str]) -> list[str]:
+    if not by:
+        return names
+    for name in by:
+        if name in SEED_COLUMNS:
+            raise UserError(f"{name!r} is the seed: results are aggregated over seeds, not tabulated by them",
+                            key="--by")
+        if name not in names:
+            raise UserError(f"unknown column {name!r}; factors: {', '.join(names) or '(none)'}", key="--by")
+    return list(dict.fromkeys(by))
+
+
+def _with_seed(trials: pd.DataFrame) -> pd.DataFrame:
+    """``seed``: the trial's recorded seed, else its ``train.seed`` parameter."""
+    trials = trials.copy()
+    if "train.seed" in trials:
+        trials["seed"] = trials["seed"].where(trials["seed"].notna(), trials["train.seed"])
+    return trials
+
+
+def analyze(paths: Sequence[str], *, metric: str = "bbox_mAP", by: Sequence[str] | None = None,
+            filters: Sequence[str] = (), fidelity: str = "auto") -> Analysis:
+    """Read the tables under ``paths`` and compute every table of the report."""
+    if metric not in METRICS:
+        raise UserError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}", key="--metric")
+    inputs = read_inputs(paths, filters)
+    inputs.trials = _with_seed(inputs.trials)
+    names = factor_names(inputs)
+    wanted = _check_by(by, names)
+    scores = score_trials(inputs.trials, inputs.epochs, metric, fidelity)
+    frame = scores.frame
+    notes = []
+    if frame.empty:
+        raise UserError(f"no trial has a {metric} value to compare yet ({len(scores.excluded)} trial(s), "
+                        f"none with a value under --fidelity {scores.fidelity})")
+    if scores.fidelity == "common-epoch":
+        full = inputs.trials["epochs_total"].max()
+        done = int((frame["stop_reason"] == "completed").sum())
+        if scores.epoch is not None and not pd.isna(full) and scores.epoch < full and done:
+            notes.append(f"Epoch {scores.epoch} of {int(full)} is early; `--fidelity completed` compares the "
+                         f"{done} trials that ran their full schedule instead (a subset the scheduler selected).")
+    names = [n for n in names if frame[n].map(lambda v: not is_null(v)).any()]
+    factors = describe(frame, names)
+    levels = level_frame(frame, factors)
+    by_name = {f.name: f for f in factors}
+    failed = inputs.trials[inputs.trials["status"] == "ERROR"]
+    ablations = []
+    for name in wanted:
+        factor = by_name.get(name)
+        if factor is None or levels[name].nunique() < 2:
+            notes.append(f"`{name}` takes a single value among the compared trials: no ablation table")
+            continue
+        failed_levels = failed[name].map(factor.level).dropna() if len(failed) else None
+        ablations.append(tables.ablation(frame, levels, factor, failed_levels))
+    configs = tables.group_configs(frame, names)
+    if configs.baseline is None:
+        notes.append(f"No compared trial has `{METHOD}` = `{BASELINE_METHOD}`: no baseline row and no ablation path.")
+    elif configs.baseline == configs.order[0]:
+        notes.append("The no-distillation baseline is the best configuration: no ablation path.")
+    interactions = [(a, b, tables.interaction(frame, levels, a, b))
+                    for a, b in tables.pick_pairs(ablations, levels)]
+    imp = importances(frame, names, conditions={f.name: f.condition for f in factors if f.condition})
+    return Analysis(
+        inputs=inputs, metric=metric, scores=scores, factors=factors, levels=levels,
+        configs=configs, leaderboard=tables.leaderboard(frame, configs, top=TOP, teacher=inputs.teacher, metric=metric),
+        ablations=ablations, interactions=interactions, ofat=tables.ofat(frame, configs),
+        path=tables.ablation_path(frame, levels, factors, configs), importance=imp, notes=notes)
+
+
+# --- formatting -------------------------------------------------------------------------
+
+
+def _num(value: float, digits: int = 2, sign: bool = False) -> str:
+    if value is None or pd.isna(value):
+        return "—"
+    return f"{value * SCALE:{'+' if sign else ''}.{digits}f}"
+
+
+def fmt_ci(mean: float, low: float, high: float) -> str:
+    """``38.12 ± 0.40`` (x100); the mean alone when the interval is undefined."""
+    if pd.isna(low) or pd.isna(high):
+        return _num(mean)
+    return f"{_num(mean)} ± {(high - low) / 2 * SCALE:.2f}"
+
+
+def fmt_diff(diff: float, low: float, high: float) -> str:
+    """``+1.23 [+0.50, +1.96]`` (x100); the difference alone when the interval is undefined."""
+    if pd.isna(diff):
+        return "—"
+    if pd.isna(low) or pd.isna(high):
+        return _num(diff, sign=True)
+    return f"{_num(diff, sign=True)} [{_num(low, sign=True)}, {_num(high, sign=True)}]"
+
+
+def _count(value: float) -> str:
+    return "—" if value is None or pd.isna(value) else str(int(value))
+
+
+def _status_counts(trials: pd.DataFrame) -> str:
+    counts = trials["stop_reason"].value_counts()
+    labels = {"completed": "completed", "early_stopped": "stopped early", "error": "failed", "running": "running"}
+    return ", ".join(f"{int(counts[k])} {v}" for k, v in labels.items() if counts.get(k, 0))
+
+
+def leaderboard_table(a: Analysis) -> Table:
+    lb = a.leaderboard
+    m = a.metric
+    display = pd.DataFrame({
+        "rank": [("" if pd.isna(r) else str(int(r))) for r in lb["rank"]],
+        "configuration": [c if role == "config" else f"{c} [{role}]" if role == "baseline" else c
+                          for c, role in zip(lb["config"], lb["role"])],
+        "n": [_count(n) for n in lb["n"]],
+        f"{m} (95% CI)": [fmt_ci(*v) for v in zip(lb["mean"], lb["ci_low"], lb["ci_high"])],
+        "Δ vs baseline (95% CI)": [fmt_diff(*v) for v in zip(lb["diff"], lb["diff_low"], lb["diff_high"])],
+        **{s: [_num(v) for v in lb[s]] for s in tables.SIZE_METRICS},
+        "device-h": ["—" if pd.isna(v) else f"{v:.3g}" for v in lb["cost_h"]],
+        "seeds": lb["seeds"],
+    })
+    return Table("leaderboard", f"Best configurations by {m}, seeds pooled", display, lb,
+                 f"mean ± 95% t-interval half-width over seeds (x100); Δ: Welch 95% interval; "
+                 f"{a.scores.note}")
+
+
+def ablation_table(a: Analysis, ab: tables.Ablation) -> Table:
+    t = ab.table
+    m = a.metric
+    display = pd.DataFrame({
+        ab.factor.name: [f"{lv} (ref)" if ref else lv for lv, ref in zip(t["level"], t["reference"])],
+        "n": [_count(n) for n in t["n"]],
+        f"{m} (95% CI)": [fmt_ci(*v) for v in zip(t["mean"], t["ci_low"], t["ci_high"])],
+        f"Δ vs {ab.reference} (95% CI)": [fmt_diff(*v) for v in zip(t["diff"], t["diff_low"], t["diff_high"])],
+        **{s: [_num(v) for v in t[s]] for s in tables.SIZE_METRICS},
+        "failed": [str(int(v)) for v in t["failed"]],
+    })
+    f = ab.factor
+    scope = (f"among the {ab.n_defined} trials where it is defined ({f.condition})" if f.condition
+             else f"among the {ab.n_defined} trials where it is defined" if f.conditional else "")
+    kind = (f"{'log-spaced' if f.log else 'equal-width'} bins" if f.kind == "bins" else "")
+    caption = "; ".join(p for p in (scope, kind) if p)
+    raw = t.copy()
+    raw.insert(0, "factor", f.name)
+    return Table(f"ablation_{f.name}", f"Ablation: {f.name}", display, raw, caption)
+
+
+def interaction_table(a: Analysis, fa: Factor, fb: Factor, long: pd.DataFrame) -> Table:
+    cells = {(r[fa.name], r[fb.name]): f"{fmt_ci(r['mean'], r['ci_low'], r['ci_high'])} ({int(r['n'])})"
+             for _, r in long.iterrows()}
+    rows_a = [lv for lv in fa.levels if any(k[0] == lv for k in cells)]
+    cols_b = [lv for lv in fb.levels if any(k[1] == lv for k in cells)]
+    display = pd.DataFrame([[lv, *(cells.get((lv, lb), "") for lb in cols_b)] for lv in rows_a],
+                           columns=[f"{fa.short} \\ {fb.short}", *cols_b])
+    return Table(f"interaction_{fa.name}__{fb.name}", f"Interaction: {fa.name} × {fb.name}", display, long,
+                 f"{a.metric} (x100), mean ± 95% CI half-width (n) over trials where both are defined")
+
+
+def ofat_table(a: Analysis) -> Table:
+    t = a.ofat
+    display = pd.DataFrame({
+        "change": ["best configuration" if f.startswith("(") else f"{f}: {b} → {v}"
+                   for f, b, v in zip(t["factor"], t["best"], t["value"])],
+        "n": [_count(n) for n in t["n"]],
+        f"{a.metric} (95% CI)": [fmt_ci(*v) for v in zip(t["mean"], t["ci_low"], t["ci_high"])],
+        "Δ vs best (95% CI)": [fmt_diff(*v) for v in zip(t["diff"], t["diff_low"], t["diff_high"])],
+    })
+    return Table("ofat", "One factor at a time around the best configuration", display, t,
+                 "configurations that differ from the best one in exactly one factor (the conditional "
+                 "factors it switches on or off aside)")
+
+
+def path_table(a: Analysis) -> Table:
+    t = a.path
+    display = pd.DataFrame({
+        "step": ["" if pd.isna(s) else str(int(s)) for s in t["step"]],
+        "change": [f if str(f).startswith("(") else f"{f}: {fr} → {to}"
+                   for f, fr, to in zip(t["factor"], t["from"], t["to"])],
+        "estimated gain": [_num(g, sign=True) for g in t["gain"]],
+        f"{a.metric}": [_num(v) for v in t["value"]],
+        "n at level": [_count(n) for n in t["n"]],
+    })
+    return Table("path_baseline_to_best", "Ablation path from the baseline to the best configuration", display, t,
+                 "greedy: at each step the single change toward the best configuration with the largest "
+                 "estimated gain; gains from an additive model of marginal level means (see Method)")
+
+
+def importance_table(a: Analysis) -> Table:
+    t = a.importance.frame
+    display = pd.DataFrame({
+        "scope": t["scope"], "parameter": t["parameter"], "n": t["n"].astype(str),
+        "fANOVA": ["—" if pd.isna(v) else f"{v:.3f}" for v in t["fanova"]],
+        "PED-ANOVA": [f"{v:.3f}" for v in t["ped_anova"]],
+    })
+    return Table("importance", f"Parameter importances for {a.metric}", display, t,
+                 "normalised to sum to 1 within each scope; conditional parameters on the sub-study where "
+                 "they are defined")
+
+
+def excluded_table(a: Analysis) -> Table:
+    t = a.scores.excluded
+    display = pd.DataFrame({
+        "trial": t["trial_id"], "status": t["status"], "epochs": [_count(e) for e in t["epochs_run"]],
+        "reason": t["reason"],
+        "error": ["" if is_null(e) else str(e).strip().splitlines()[-1][:160] for e in t["error"]],
+    })
+    return Table("excluded", "Trials not compared", display, t,
+                 "failed trials with the last line of their error; trials the fidelity rule leaves out")
+
+
+def _method_text(a: Analysis) -> Bullets:
+    return Bullets([
+        f"Compared value of each trial: {a.scores.note}.",
+        "Seeds are pooled: a configuration is a trial's value of every parameter except the seed "
+        "(`train.seed`); each trial counts once.",
+        "Intervals: two-sided 95% Student t-intervals of the mean, mean ± t(0.975, n−1)·s/√n; none for n = 1.",
+        "Differences: Welch's interval (unequal variances, Welch–Satterthwaite degrees of freedom) "
+        "of the difference of the two means; none when a side has n = 1.",
+        "Ablation tables tabulate every level of a categorical parameter and bin numeric ones with more than "
+        "6 distinct values into equal-width bins (log-spaced when max/min ≥ 30); the reference level is "
+        f"`{BASELINE_METHOD}` for `{METHOD}`, else the most common level. Conditional parameters are tabulated "
+        "among the trials where they are defined. The `failed` column counts failed trials at each level.",
+        "Importances: Optuna's fANOVA (random-forest functional ANOVA, 64 trees, seed 0) and PED-ANOVA "
+        "(target quantile max(0.1, 5/n), capped at 0.5) on the scored trials imported into an in-memory study; "
+        "lists and strings are categorical. fANOVA only sees parameters defined in every trial, so each set of "
+        "conditional parameters is evaluated on the sub-study of trials where it is defined.",
+        "Ablation path: a level's effect is its mean minus the mean of the trials where its factor is defined; "
+        "a configuration's estimated value is the observed baseline mean plus the effects it changes. From the "
+        "baseline, each step applies the change toward the best configuration with the largest estimated gain "
+        "(a conditional parameter only once its parent has the level that defines it). The last row is the "
+        "best configuration as observed: the gap to the last estimate is what the additive model misses.",
+    ])
+
+
+def build_report(a: Analysis, *, with_plots: bool = True) -> Report:
+    """The report of ``a``; ``with_plots=False`` skips drawing (for tables-only formats)."""
+    trials, s, m = a.inputs.trials, a.scores, a.metric
+    sections = []
+    lb = a.leaderboard
+    best = lb[lb["role"] != "teacher"].iloc[0]
+    summary = [
+        f"Trials: {len(trials)} ({_status_counts(trials)})"
+        + (f", of {a.inputs.total_trials} before --filter" if a.inputs.total_trials != len(trials) else "")
+        + f"; {len(s.frame)} compared, {len(s.excluded)} not compared (listed at the end).",
+        f"Compared value: {s.note}.",
+        f"Metric: `{m}`, shown in points (x100). Best configuration: {best['config']} — "
+        f"{fmt_ci(best['mean'], best['ci_low'], best['ci_high'])} (n={int(best['n'])}).",
+    ]
+    base = lb[lb["role"] == "baseline"]
+    if len(base):
+        b = base.iloc[0]
+        summary.append(f"No-distillation baseline: {fmt_ci(b['mean'], b['ci_low'], b['ci_high'])} (n={int(b['n'])}); "
+                       f"best − baseline: {fmt_diff(best['diff'], best['diff_low'], best['diff_high'])}.")
+    teacher = a.inputs.teacher or {}
+    if m in teacher:
+        summary.append(f"Teacher (teacher.json): {_num(teacher[m])}.")
+    sections.append(Section("Summary", [Bullets(summary + a.notes)]))
+    sections.append(Section("Leaderboard", [leaderboard_table(a)]))
+    blocks = [ablation_table(a, ab) for ab in a.ablations]
+    if with_plots and a.ablations:
+        blocks.append(Plot("effects", "Effect of each factor", plots.effects(a.ablations, m, teacher.get(m)),
+                           "mean and 95% t-interval per level; dashed: the reference level's mean; dotted: teacher"))
+    sections.append(Section("Ablation tables",
+                            blocks or [Text("No factor takes two values among the compared trials.")]))
+    if a.interactions:
+        sections.append(Section("Two-factor tables", [interaction_table(a, fa, fb, t) for fa, fb, t in a.interactions]))
+    if len(a.ofat):
+        sections.append(Section("One factor at a time", [ofat_table(a)]))
+    blocks = []
+    if len(a.importance.frame):
+        blocks.append(importance_table(a))
+        if with_plots:
+            blocks.append(Plot("importance", "Importances", plots.importance_bars(a.importance.frame),
+                               "fANOVA and PED-ANOVA, one panel per scope"))
+    blocks += [Text(n) for n in a.importance.notes]
+    sections.append(Section("Importances", blocks or [Text("Too few compared trials for importances.")]))
+    if len(a.path):
+        sections.append(Section("Ablation path", [path_table(a)]))
+    if with_plots:
+        sections.append(Section("Plots", _plots(a)))
+    if len(s.excluded):
+        sections.append(Section("Trials not compared", [excluded_table(a)]))
+    sections.append(Section("Method", [_method_text(a)]))
+    return Report(f"raykd ablation report: {m}", sections)
+
+
+def _plots(a: Analysis) -> list[Plot]:
+    s, m = a.scores, a.metric
+    out = []
+    if a.inputs.epochs is not None and not a.inputs.epochs.empty:
+        out.append(Plot("learning_curves", "Learning curves", plots.learning_curves(
+            a.inputs.epochs, a.inputs.trials, m, common_epoch=s.epoch),
+            "every trial's metric per epoch; black: mean over the non-failed trials that reached each epoch "
+            "(later epochs only hold the trials the scheduler kept)"))
+    if s.frame["cost_h"].notna().any():
+        out.append(Plot("cost", "Metric against cost", plots.cost(s.frame, m),
+                        "one point per compared trial; the step line is the Pareto front (more metric, less time)"))
+    objectives = a.inputs.objectives
+    if len(objectives) > 1 and all(o in s.frame for o, _ in objectives[:2]):
+        out.append(Plot("objectives", "Search objectives", plots.objectives(s.frame, objectives[0], objectives[1]),
+                        "the first two objectives of the multi-objective search, with their Pareto front"))
+    order = _importance_order(a)
+    if order:
+        out.append(Plot("parallel", "Parallel coordinates of the top trials",
+                        plots.parallel(s.frame, order[:8], m, top=TOP),
+                        "factors in order of importance; n/a: parameter undefined for that trial"))
+    return out
+
+
+def _importance_order(a: Analysis) -> list[Factor]:
+    """Factors with two or more levels, most important first (fANOVA over all trials, then spread)."""
+    imp = a.importance.frame
+    score = {}
+    for _, row in imp.iterrows():
+        value = row["fanova"] if not pd.isna(row["fanova"]) else row["ped_anova"]
+        weight = 1.0 if row["scope"] == ALL else 0.5
+        score[row["parameter"]] = max(score.get(row["parameter"], 0.0), weight * value)
+    spread = {ab.factor.name: tables.spread(ab) for ab in a.ablations}
+    varying = [f for f in a.factors if a.levels[f.name].nunique() > 1]
+    return sorted(varying, key=lambda f: (-score.get(f.name, 0.0), -spread.get(f.name, 0.0)))
+
+
+def summary(a: Analysis, out: str | None, written: Sequence[str]) -> list[str]:
+    """The lines the command prints."""
+    lb, s, m = a.leaderboard, a.scores, a.metric
+    best = lb[lb["role"] != "teacher"].iloc[0]
+    lines = [f"trials: {len(a.inputs.trials)} ({_status_counts(a.inputs.trials)}); {len(s.frame)} compared",
+             f"fidelity: {s.note}",
+             f"best: {best['config']}: {m} (x100) {fmt_ci(best['mean'], best['ci_low'], best['ci_high'])} "
+             f"(n={int(best['n'])})"]
+    base = lb[lb["role"] == "baseline"]
+    if len(base):
+        b = base.iloc[0]
+        lines.append(f"baseline ({METHOD}={BASELINE_METHOD}): {fmt_ci(b['mean'], b['ci_low'], b['ci_high'])} "
+                     f"(n={int(b['n'])}); best − baseline "
+                     f"{fmt_diff(best['diff'], best['diff_low'], best['diff_high'])}")
+    if a.inputs.teacher and m in a.inputs.teacher:
+        lines.append(f"teacher: {_num(a.inputs.teacher[m])}")
+    imp = a.importance.frame
+    imp = imp[imp.groupby("scope")["parameter"].transform("size") > 1]  # a lone parameter scores 1
+    top = (imp.assign(score=imp["fanova"].fillna(imp["ped_anova"])).sort_values("score", ascending=False)
+           .drop_duplicates("parameter").head(3))
+    if len(top):
+        lines.append("most important (fANOVA): " + ", ".join(
+            f"{p} {v:.2f}" + ("" if scope == ALL else f" [{scope}]")
+            for p, v, scope in zip(top["parameter"], top["score"], top["scope"])))
+    failed = s.excluded[s.excluded["status"] == "ERROR"]
+    if len(failed):
+        lines.append(f"failed: {len(failed)} trial(s), listed in the report")
+    lines += [f"note: {note}" for note in a.notes]
+    if out:
+        lines.append(f"report: {out} ({', '.join(written)})")
+    return lines

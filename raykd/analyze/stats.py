@@ -1,0 +1,131 @@
+"""Statistics on trial rows: means with t-intervals, Welch differences, rung alignment.
+
+Pure functions on numbers and DataFrames. Every interval is two-sided at ``confidence``
+(default 95 %). Sample standard deviations use ``ddof=1``; with fewer than two values an
+interval (or a difference's interval) is undefined and comes back as NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Mean of ``n`` values with its t-interval ``[low, high]``; ``std`` is the sample std."""
+
+    n: int
+    mean: float
+    std: float
+    low: float
+    high: float
+
+    @property
+    def half(self) -> float:
+        """Half-width of the interval (NaN when undefined)."""
+        return (self.high - self.low) / 2
+
+
+@dataclass(frozen=True)
+class Difference:
+    """``mean(a) - mean(b)`` with its Welch interval ``[low, high]`` and degrees of freedom."""
+
+    diff: float
+    low: float
+    high: float
+    dof: float
+
+
+def _clean(values: Iterable[float]) -> np.ndarray:
+    array = np.asarray(list(values) if not isinstance(values, (np.ndarray, pd.Series)) else values, dtype=float)
+    return array[~np.isnan(array)]
+
+
+def mean_ci(values: Iterable[float], confidence: float = CONFIDENCE) -> Interval:
+    """Mean and Student-t interval ``mean ± t_{(1+c)/2, n-1} · s / √n`` of ``values`` (NaNs dropped)."""
+    x = _clean(values)
+    n = len(x)
+    if n == 0:
+        return Interval(0, math.nan, math.nan, math.nan, math.nan)
+    mean = float(x.mean())
+    if n == 1:
+        return Interval(1, mean, math.nan, math.nan, math.nan)
+    std = float(x.std(ddof=1))
+    half = float(sps.t.ppf((1 + confidence) / 2, n - 1)) * std / math.sqrt(n)
+    return Interval(n, mean, std, mean - half, mean + half)
+
+
+def welch_diff(a: Iterable[float], b: Iterable[float], confidence: float = CONFIDENCE) -> Difference:
+    """``mean(a) - mean(b)`` with a Welch interval (unequal variances, Welch–Satterthwaite dof).
+
+    With fewer than two values on either side the interval is NaN; when both variances are
+    zero the interval collapses to the difference itself.
+    """
+    x, y = _clean(a), _clean(b)
+    if len(x) == 0 or len(y) == 0:
+        return Difference(math.nan, math.nan, math.nan, math.nan)
+    diff = float(x.mean() - y.mean())
+    if len(x) < 2 or len(y) < 2:
+        return Difference(diff, math.nan, math.nan, math.nan)
+    vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+    se2 = vx + vy
+    if se2 == 0:
+        return Difference(diff, diff, diff, math.inf)
+    dof = float(se2**2 / (vx**2 / (len(x) - 1) + vy**2 / (len(y) - 1)))
+    half = float(sps.t.ppf((1 + confidence) / 2, dof)) * math.sqrt(se2)
+    return Difference(diff, diff - half, diff + half, dof)
+
+
+def group_stats(frame: pd.DataFrame, by: str | Sequence[str], value: str,
+                confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """One row per group of ``by`` (rows where a ``by`` column is null are left out).
+
+    Columns: the ``by`` columns, ``n``, ``mean``, ``std``, ``ci_low``, ``ci_high``
+    (:func:`mean_ci` of ``value`` in the group); groups in order of first appearance.
+    """
+    keys = [by] if isinstance(by, str) else list(by)
+    rows = []
+    for group, part in frame.groupby(keys, sort=False, dropna=True):
+        group = group if isinstance(group, tuple) else (group,)
+        ci = mean_ci(part[value], confidence)
+        rows.append({**dict(zip(keys, group)), "n": ci.n, "mean": ci.mean, "std": ci.std,
+                     "ci_low": ci.low, "ci_high": ci.high})
+    return pd.DataFrame(rows, columns=[*keys, "n", "mean", "std", "ci_low", "ci_high"])
+
+
+def last_scored_epoch(epochs: pd.DataFrame, metric: str, keys: Sequence[str]) -> pd.Series:
+    """The last epoch with a non-null ``metric`` of every trial (index: ``keys``)."""
+    scored = epochs[epochs[metric].notna()]
+    return scored.groupby(list(keys))["epoch"].max()
+
+
+def common_epoch(last_epochs: Iterable[int]) -> int | None:
+    """The largest epoch every trial reached: the minimum of their last epochs (None if none)."""
+    values = [int(e) for e in last_epochs if e is not None and not pd.isna(e)]
+    return min(values) if values else None
+
+
+def rows_at_epoch(epochs: pd.DataFrame, epoch: int, metric: str) -> pd.DataFrame:
+    """The epoch rows of every trial at exactly ``epoch`` that have a ``metric`` value."""
+    return epochs[(epochs["epoch"] == epoch) & epochs[metric].notna()]
+
+
+def rows_at_best(epochs: pd.DataFrame, metric: str, keys: Sequence[str]) -> pd.DataFrame:
+    """Each trial's epoch row with its highest ``metric`` (the earliest such epoch on ties)."""
+    scored = epochs[epochs[metric].notna()].sort_values([*keys, "epoch"])
+    index = scored.groupby(list(keys))[metric].idxmax()
+    return scored.loc[index.to_numpy()]
+
+
+def rows_at_last(epochs: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """Each trial's epoch row at its last epoch."""
+    index = epochs.groupby(list(keys))["epoch"].idxmax()
+    return epochs.loc[index.to_numpy()]

@@ -1,0 +1,186 @@
+"""What a search job ships and runs: its runtime_env, entrypoint, submission id and metadata.
+
+The job's working_dir is the project (the folder holding ``pyproject.toml`` and ``raykd/``)
+without results, caches, checkpoints and ``.git``. A space or experiment file outside the
+project is copied to ``_raykd_job/`` of a staging folder whose other entries link to the
+project, so one package carries both. ``--no-package`` ships only the space and experiment
+files and relies on raykd being installed on the cluster.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+import shlex
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import raykd
+from raykd.errors import UserError
+from raykd.search.space import Space
+
+EXCLUDES = (".git", "/results", "/runs", "/data_cache", "/cache", "/benchmarks/out", "*.pt", "__pycache__")
+"""gitignore-style patterns left out of the package; top-level folders are anchored with ``/``
+(a bare ``results`` would also drop the ``raykd/results`` package)."""
+
+JOB_FILES = "_raykd_job"
+
+ENV_VARS = {
+    # Train blocks every report for up to this long (2 s by default, RAY_NOTES.md).
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+    # `stop` interrupts the search like Ctrl-C: Tune saves its state, so it can resume.
+    "RAY_JOB_STOP_SIGNAL": "SIGINT",
+    # Seconds Tune gets to save that state before the job is killed (Ray's default: 3).
+    "RAY_JOB_STOP_WAIT_TIME_S": "60",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "PYTHONUNBUFFERED": "1",
+}
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def project_root() -> Path | None:
+    """The source checkout raykd runs from, or None for an installed package."""
+    root = Path(raykd.__file__).resolve().parent.parent
+    return root if (root / "pyproject.toml").is_file() and (root / "raykd").is_dir() else None
+
+
+def resolve_storage(value: str) -> str:
+    """A URI as given; a path made absolute here (the job's cwd is a temporary folder)."""
+    if "://" in value:
+        return value.rstrip("/")
+    return str(Path(value).expanduser().resolve())
+
+
+def is_shared_uri(storage: str) -> bool:
+    """s3://, gs://, hdfs://, ... reach every node; ``file://`` and plain paths are node-local."""
+    return "://" in storage and not storage.startswith("file://")
+
+
+def check_storage(storage: str, nodes: int, shared: bool) -> None:
+    """Refuse node-local storage on a multi-node cluster unless marked shared."""
+    if nodes > 1 and not shared and not is_shared_uri(storage):
+        raise UserError(
+            f"the cluster has {nodes} nodes, so trials on other nodes cannot write to the node-local path "
+            f"{storage}: pass a URI every node reaches (s3://bucket/raykd, gs://...) or, if it is a shared "
+            "mount (NFS) visible at the same path on every node, add --shared-storage", key="--storage")
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise UserError(f"expected letters, digits, '.', '_' or '-', got {name!r}", key="--name")
+    return name
+
+
+def submission_id(name: str, attempt: int) -> str:
+    """``raykd-NAME`` for the first submission, ``raykd-NAME-rK`` for the K-th resume."""
+    return f"raykd-{name}" if attempt == 0 else f"raykd-{name}-r{attempt}"
+
+
+@dataclass
+class SearchJob:
+    """One submission of a search: everything ``JobSubmissionClient.submit_job`` needs."""
+
+    name: str
+    storage: str
+    entrypoint: str
+    submission_id: str
+    runtime_env: dict[str, Any]
+    metadata: dict[str, str]
+    space_in_package: str
+    entrypoint_num_cpus: float | None = None
+    entrypoint_num_gpus: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def results(self) -> str:
+        return f"{self.storage.rstrip('/')}/{self.name}"
+
+    def submit_kwargs(self) -> dict[str, Any]:
+        kwargs = dict(entrypoint=self.entrypoint, runtime_env=self.runtime_env, metadata=self.metadata,
+                      submission_id=self.submission_id)
+        if self.entrypoint_num_cpus is not None:
+            kwargs["entrypoint_num_cpus"] = self.entrypoint_num_cpus
+        if self.entrypoint_num_gpus is not None:
+            kwargs["entrypoint_num_gpus"] = self.entrypoint_num_gpus
+        return kwargs
+
+
+def stage(space: Space, staging: Path, root: Path | None) -> tuple[Path, str]:
+    """The working_dir to ship and the space file's path inside it.
+
+    With ``root`` (the project) and both files inside it, that is the project itself.
+    Otherwise ``staging`` gets the two files under ``_raykd_job/`` (their relative layout
+    kept; an absolute ``experiment:`` is rewritten to the copy) and, with ``root``, a link to
+    every top-level entry of the project.
+    """
+    space_file, exp_file = space.path.resolve(), space.experiment_path.resolve()
+    if root is not None and space_file.is_relative_to(root) and exp_file.is_relative_to(root):
+        return root, space_file.relative_to(root).as_posix()
+    staging.mkdir(parents=True, exist_ok=True)
+    if root is not None:
+        for entry in root.iterdir():
+            if entry.name not in (".git", JOB_FILES):
+                (staging / entry.name).symlink_to(entry, target_is_directory=entry.is_dir())
+    common = Path(os.path.commonpath([space_file.parent, exp_file.parent]))
+    space_copy = staging / JOB_FILES / space_file.relative_to(common)
+    exp_copy = staging / JOB_FILES / exp_file.relative_to(common)
+    for src, dst in ((space_file, space_copy), (exp_file, exp_copy)):
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+    raw = yaml.safe_load(space.text)
+    if Path(raw["experiment"]).expanduser().is_absolute():
+        raw["experiment"] = os.path.relpath(exp_copy, space_copy.parent)
+        space_copy.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return staging, space_copy.relative_to(staging).as_posix()
+
+
+def build_job(space: Space, *, name: str, storage: str, staging: Path, package: bool = True, resume: bool = False,
+              attempt: int = 0, num_samples: int | None = None, overrides: list[str] = (),
+              excludes: list[str] = (), driver_cpus: float | None = None,
+              driver_gpus: float | None = None) -> SearchJob:
+    """The job that runs ``python -m raykd.search`` on the cluster for ``space``.
+
+    ``storage`` must already be absolute or a URI (:func:`resolve_storage`); ``staging`` is
+    an empty temporary folder that must live until the job is submitted.
+    """
+    root = project_root() if package else None
+    if package and root is None:
+        raise UserError("raykd is installed as a package, not run from a source checkout: pass --no-package "
+                        "(with raykd installed on the cluster)", key="--no-package")
+    working_dir, space_rel = stage(space, staging, root)
+    patterns = list(EXCLUDES) + list(excludes)
+    if root is not None and "://" not in storage and Path(storage).is_relative_to(root):
+        patterns.append("/" + Path(storage).relative_to(root).as_posix())  # results kept inside the project
+    args = ["python", "-m", "raykd.search", space_rel, "--address", "auto", "--storage", storage, "--name", name]
+    if num_samples is not None:
+        args += ["--num-samples", str(num_samples)]
+    for item in overrides:
+        args += ["--set", item]
+    if resume:
+        args.append("--resume")
+    metadata = {"tool": "raykd", "space": space.name, "space_file": str(space.path), "name": name,
+                "storage": storage, "user": _user(), "resume": str(attempt) if resume else "0"}
+    job = SearchJob(
+        name=name, storage=storage, entrypoint=shlex.join(args), submission_id=submission_id(name, attempt),
+        runtime_env={"working_dir": str(working_dir), "excludes": patterns, "env_vars": dict(ENV_VARS)},
+        metadata=metadata, space_in_package=space_rel, entrypoint_num_cpus=driver_cpus,
+        entrypoint_num_gpus=driver_gpus,
+    )
+    if root is None:
+        job.notes.append("package: only the space and experiment files (raykd must be installed on the cluster)")
+    else:
+        job.notes.append(f"package: project {root} (without {', '.join(patterns)})")
+    return job
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
