@@ -48,6 +48,19 @@ def _storage(value: str) -> str:
     return str(Path(value).expanduser().resolve())
 
 
+def _check_writable(storage: str) -> None:
+    """Fail before any work when a local storage folder cannot be written."""
+    if "://" in storage:
+        return
+    try:
+        Path(storage).mkdir(parents=True, exist_ok=True)
+        probe = Path(storage) / f".raykd-write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"cannot write there ({err.strerror})", file=storage, key="--storage") from None
+
+
 def _pick_name(space: Space, storage: str, name: str | None, resume: bool) -> str:
     if name:
         return name
@@ -88,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.resume and "://" not in storage and Path(paths.root).exists():
         raise UserError(f"a search named {name!r} exists at {paths.root}; pass --resume or another --name",
                         key="--name")
+    _check_writable(storage)
     spec = space.spec
     print(f"search {name}: {spec.search.num_samples} samples × {spec.search.repeats} seeds, sampler "
           f"{spec.search.sampler}, scheduler {spec.scheduler.type}, executor {spec.resources.resolved_executor()}, "
