@@ -33,6 +33,7 @@ def tiny_space(write_experiment, tiny_teacher, tmp_path):
                       "distill.alpha": {"loguniform": [1e-8, 1e-6], "when": {"distill.method": ["mgd", "samkd"]}},
                       "distill.pyramid_scales": {"choice": [[1], [1, 2]], "when": {"distill.method": "samkd"}}},
             "points_to_evaluate": ["baseline", {"distill.method": "samkd", "distill.pyramid_scales": [1, 2]}],
+            "fixed": {"train.warmup_iters": 3},
             **extra,
         }
         path = tmp_path / f"space_{executor}.yaml"
@@ -47,6 +48,7 @@ def _check_tables(root: Path, n_trials: int, epochs: int):
     assert len(trials) == n_trials and trials["trial_id"].is_unique
     assert set(trials["status"]) == {"TERMINATED"} and set(trials["epochs_run"]) == {epochs}
     assert (trials["final_bbox_mAP"] >= 0).all()
+    assert trials["seed"].notna().all() and set(trials["train.warmup_iters"]) == {3}  # fixed keys are columns
     samkd = trials[trials["distill.method"] == "samkd"]
     assert len(samkd) >= 1 and [list(v) for v in samkd["distill.pyramid_scales"]][0] in ([1], [1, 2])
     assert trials.loc[trials["distill.method"] == "none", "distill.alpha"].isna().all()  # conditional: null

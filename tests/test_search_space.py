@@ -108,7 +108,7 @@ def test_cli_bad_space_is_one_line_and_starts_nothing(space_file, tmp_path):
 
 
 def test_conditions_in_define_by_run(space_file):
-    space = Space(space_file(space={
+    space = Space(space_file(fixed={"train.epochs": 1}, space={
         "distill.method": {"choice": ["none", "mgd", "samkd"]},
         "distill.alpha": {"loguniform": [1e-8, 1e-6], "when": {"distill.method": ["mgd", "samkd"]}},
         "distill.pyramid_scales": {"choice": [[1], [1, 2]], "when": {"distill.method": "samkd"}},
@@ -126,7 +126,7 @@ def test_conditions_in_define_by_run(space_file):
         assert ("distill.pyramid_scales" in trial.params) == (method == "samkd")
         if method == "samkd":
             assert trial.params["distill.pyramid_scales"] in ("1", "1,2")
-        assert constants == {"train.seed": 3}
+        assert constants == {"train.seed": 3, "train.epochs": 1}
         study.tell(trial, 0.0)
     assert seen == {"none", "mgd", "samkd"}
 

@@ -110,7 +110,8 @@ class TableWriter:
         """Record one Tune result (the trainer's metrics dict plus Tune's own keys)."""
         trial = self._trial(trial_id, config)
         trial.status, trial.error = "RUNNING", None
-        for name, cast in (("epochs_total", int), ("executor", str), ("num_workers", int), ("device", str)):
+        for name, cast in (("epochs_total", int), ("executor", str), ("num_workers", int), ("device", str),
+                           ("seed", int)):
             if result.get(name) is not None:
                 setattr(trial, name, cast(result[name]))
         self._advance_clock(trial, result)

@@ -330,24 +330,25 @@ class Space:
         return True
 
     def define_by_run(self) -> "DefineByRun":
-        return DefineByRun({k: p.model_dump(exclude_unset=True) for k, p in self.params.items()})
+        return DefineByRun({k: p.model_dump(exclude_unset=True) for k, p in self.params.items()}, self.spec.fixed)
 
 
 
 class DefineByRun:
     """Picklable Optuna define-by-run space (OptunaSearch pickles it when it checkpoints).
 
-    Keys are sampled in file order; a key whose ``when`` does not hold is not sampled, so it
-    stays absent from the trial's config (null in the tables). Fixed values are returned as
-    constants.
+    Keys are sampled in dependency order; a key whose ``when`` does not hold is not sampled,
+    so it stays absent from the trial's config (null in the tables). ``value:`` keys and the
+    space's ``fixed`` keys are returned as constants, so they reach the tables as columns.
     """
 
-    def __init__(self, params: dict[str, dict[str, Any]]):
+    def __init__(self, params: dict[str, dict[str, Any]], fixed: dict[str, Any] | None = None):
         self.params = params
+        self.fixed = dict(fixed or {})
 
     def __call__(self, trial) -> dict[str, Any] | None:
         values: dict[str, Any] = {}
-        constants: dict[str, Any] = {}
+        constants: dict[str, Any] = dict(self.fixed)
         for key, spec in self.params.items():
             param = Param.model_validate(spec)
             if not Space._active(param, values):

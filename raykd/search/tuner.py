@@ -76,11 +76,9 @@ def make_sampler(space: Space) -> optuna.samplers.BaseSampler:
 
 
 def param_types(space: Space) -> dict[str, Any]:
-    """Arrow type of every searched key, from the values a trial can receive."""
-    types = {}
-    for key, param in space.params.items():
-        values = param.candidates()
-        types[key] = arrow_type_for(values)
+    """Arrow type of every searched and fixed key, from the values a trial can receive."""
+    types = {key: arrow_type_for(param.candidates()) for key, param in space.params.items()}
+    types.update({key: arrow_type_for([value]) for key, value in space.spec.fixed.items() if key not in types})
     return types
 
 

@@ -1,0 +1,273 @@
+"""``python -m raykd.submit`` against a real one-node cluster this module starts and stops itself.
+
+The cluster is ``ray start --head --block`` in a process group of its own, with its own temp
+dir, free ports and a token (``RAY_AUTH_MODE=token``); it is stopped through the process ids
+it started, never with ``ray stop`` (which would stop every Ray on the machine).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import yaml
+
+from raykd.results import load, load_table
+from raykd.submit.__main__ import main
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+# ---------------------------------------------------------------------------- the cluster
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (from /proc, so nothing but the tree we started)."""
+    children = defaultdict(list)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children[ppid].append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def kill_pids(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+class RayHead:
+    """A one-node cluster (head with ``num_cpus`` CPUs and the dashboard on 127.0.0.1)."""
+
+    def __init__(self, num_cpus: int = 2):
+        self.temp_dir = tempfile.mkdtemp(prefix="rks", dir="/tmp")  # short: Ray's unix sockets live here
+        self.token = secrets.token_hex(16)
+        self.dashboard_port = free_port()
+        self.address = f"http://127.0.0.1:{self.dashboard_port}"
+        env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token,
+                   RAY_TMPDIR=self.temp_dir)
+        env.pop("RAY_ADDRESS", None)
+        ports = [free_port() for _ in range(5)]
+        command = [
+            sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
+            "--node-ip-address", "127.0.0.1", "--port", str(ports[0]), "--num-cpus", str(num_cpus),
+            "--include-dashboard=true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
+            "--ray-client-server-port", str(ports[1]), "--dashboard-agent-listen-port", str(ports[2]),
+            "--dashboard-agent-grpc-port", str(ports[3]), "--runtime-env-agent-port", str(ports[4]),
+            "--object-store-memory", str(200 * 1024 * 1024), "--disable-usage-stats", "--temp-dir", self.temp_dir,
+        ]
+        self.log = open(Path(self.temp_dir) / "ray_start.log", "w")
+        started = time.monotonic()
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env,
+                                        start_new_session=True)
+        try:
+            self._wait_ready(timeout_s=90)
+        except BaseException:
+            self.stop()
+            raise
+        self.start_s = time.monotonic() - started
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        request = urllib.request.Request(f"{self.address}/api/version",
+                                         headers={"Authorization": f"Bearer {self.token}"})
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ray start exited: {(Path(self.temp_dir) / 'ray_start.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(request, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the dashboard at {self.address} did not come up")
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        """SIGTERM to ``ray start --block`` (it drains and stops its processes), then SIGKILL what is left."""
+        pids = descendants(self.process.pid)
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        kill_pids(pids + descendants(self.process.pid))
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)  # our own process group, if anything is left in it
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One cluster for this module's tests (module scope: it is gone before other modules run)."""
+    head = RayHead()
+    print(f"\n[cluster] up in {head.start_s:.1f} s at {head.address}")
+    yield head
+    started = time.monotonic()
+    head.stop()
+    print(f"\n[cluster] stopped in {time.monotonic() - started:.1f} s")
+
+
+@pytest.fixture(autouse=True)
+def token(cluster, monkeypatch):
+    """The client side of token auth: Ray's standard variables."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", cluster.token)
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    return cluster.token
+
+
+# ---------------------------------------------------------------------------- tiny searches
+
+
+def write_space(folder: Path, experiment: Path, *, num_samples: int, epochs: int = 2) -> Path:
+    """A tiny inline search: ``num_samples`` random learning rates, two at a time, no early stopping."""
+    space = {
+        "experiment": str(experiment), "metric": "bbox_mAP", "mode": "max",
+        "search": {"sampler": "random", "num_samples": num_samples, "max_concurrent": 2, "seed": 0},
+        "scheduler": {"type": "none"},
+        "resources": {"workers_per_trial": 1, "cpus_per_worker": 1, "gpus_per_worker": 0, "executor": "inline"},
+        "fixed": {"train.epochs": epochs},
+        "space": {"train.lr": {"loguniform": [1.0e-4, 1.0e-3]}},
+    }
+    path = folder / "tiny_space.yaml"
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    return path
+
+
+def timings(out: str, job_id: str) -> dict[str, float]:
+    return {m[1]: float(m[2]) for m in re.finditer(rf"\[raykd\.submit\] {re.escape(job_id)}: (\w+) after ([\d.]+) s", out)}
+
+
+def report(capsys, line: str) -> None:
+    with capsys.disabled():
+        print(f"\n[timing] {line}")
+
+
+def test_demo_search_follows_to_success(cluster, write_experiment, tmp_path, capsys):
+    space = write_space(tmp_path, write_experiment(), num_samples=3)
+    storage = tmp_path / "results"
+    code = main([str(space), "--address", cluster.address, "--storage", str(storage), "--name", "demo", "--follow"])
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    assert "submitted job raykd-demo" in out
+    assert f"results: {storage}/demo" in out
+    trials = load(storage / "demo" / "tables")
+    assert len(trials) == 3 and trials["trial_id"].is_unique
+    assert set(trials["stop_reason"]) == {"completed"} and set(trials["epochs_run"]) == {2}
+    assert "search demo" in out and "done: 3 trials" in out  # the search's own summary, streamed
+    seen = timings(out, "raykd-demo")
+    assert seen["SUCCEEDED"] >= seen["RUNNING"]
+    report(capsys, f"demo job (3 trials x 2 epochs): submit->RUNNING {seen['RUNNING']:.1f} s, "
+                   f"submit->SUCCEEDED {seen['SUCCEEDED']:.1f} s")
+
+    # The same job through --status, --logs and --list.
+    assert main(["--status", "raykd-demo", "--address", cluster.address]) == 0
+    status = capsys.readouterr().out
+    assert "raykd-demo: SUCCEEDED" in status and f"results: {storage}/demo" in status
+    assert main(["--logs", "raykd-demo", "--address", cluster.address]) == 0
+    assert "done: 3 trials" in capsys.readouterr().out
+    assert main(["--list", "--address", cluster.address]) == 0
+    assert re.search(r"raykd-demo\s+SUCCEEDED .* search demo", capsys.readouterr().out)
+
+
+def test_stopped_search_resumes_with_every_trial_once(cluster, write_experiment, tmp_path, capsys):
+    from raykd.submit.client import JobsClient
+
+    space = write_space(tmp_path, write_experiment(), num_samples=4, epochs=3)
+    storage = tmp_path / "results"
+    args = [str(space), "--address", cluster.address, "--storage", str(storage), "--name", "stopme"]
+    assert main(args) == 0
+    capsys.readouterr()
+    client = JobsClient(cluster.address)
+    submitted = time.monotonic()
+    deadline = submitted + 120
+    while "epoch 1/3" not in client.logs("raykd-stopme"):  # the first trial is under way
+        assert client.status("raykd-stopme") not in ("SUCCEEDED", "FAILED", "STOPPED"), client.logs("raykd-stopme")
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    stop_at = time.monotonic()
+    assert main(["--stop", "raykd-stopme", "--address", cluster.address]) == 0
+    stop_s = time.monotonic() - stop_at
+    out = capsys.readouterr().out
+    assert "raykd-stopme: STOPPED" in out and "--resume --name stopme" in out
+    before = load(storage / "stopme" / "tables")
+    assert (before["stop_reason"] == "completed").sum() < 4  # stopped mid-search
+
+    code = main(args + ["--resume", "--follow"])
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    assert "submitted job raykd-stopme-r1 (resume of search stopme)" in out
+    trials = load(storage / "stopme" / "tables")
+    assert len(trials) == 4 and trials["trial_id"].is_unique, trials[["trial_id", "stop_reason"]]
+    assert set(trials["stop_reason"]) == {"completed"} and set(trials["epochs_run"]) == {3}
+    assert set(before["trial_id"]) <= set(trials["trial_id"])  # the same trials, continued
+    epochs = load_table(storage / "stopme" / "tables", table="epochs")
+    assert epochs.num_rows == 12
+    runs = load_table(storage / "stopme" / "tables", table="runs")
+    assert runs["resumed"].to_pylist() == [False, True]
+    seen = timings(out, "raykd-stopme-r1")
+    report(capsys, f"stop: --stop->STOPPED {stop_s:.1f} s (after {stop_at - submitted:.1f} s of running); resume "
+                   f"(4 trials x 3 epochs): submit->RUNNING {seen['RUNNING']:.1f} s, "
+                   f"submit->SUCCEEDED {seen['SUCCEEDED']:.1f} s")
+
+
+def test_bad_job_ids_and_tokens_are_one_line_errors(cluster, capsys, monkeypatch):
+    for action in ("--status", "--logs", "--stop"):
+        with pytest.raises(SystemExit) as exit_info:
+            _cli([action, "no-such-job", "--address", cluster.address])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "no job 'no-such-job'" in err, err
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "wrong-token")
+    with pytest.raises(SystemExit) as exit_info:
+        _cli(["--list", "--address", cluster.address])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and err.count("\n") == 0 and "rejected the token" in err, err
+    assert "wrong-token" not in err and cluster.token not in err
+    monkeypatch.delenv("RAY_AUTH_TOKEN")
+    monkeypatch.setenv("HOME", str(Path(tempfile.mkdtemp())))  # no ~/.ray/auth_token either
+    monkeypatch.delenv("RAY_AUTH_MODE")
+    with pytest.raises(SystemExit) as exit_info:
+        _cli(["--list", "--address", cluster.address])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and "requires a token" in err and "RAY_AUTH_TOKEN" in err, err
+
+
+def _cli(argv: list[str]) -> None:
+    from raykd.errors import run_cli
+
+    run_cli(lambda _: main(argv), "python -m raykd.submit")
