@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -127,6 +128,7 @@ class RayHead:
         except (ProcessLookupError, PermissionError):
             pass
         self.log.close()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -271,3 +273,15 @@ def _cli(argv: list[str]) -> None:
     from raykd.errors import run_cli
 
     run_cli(lambda _: main(argv), "python -m raykd.submit")
+
+
+def test_failed_search_follows_to_exit_1(cluster, write_experiment, tmp_path, capsys):
+    space = write_space(tmp_path, write_experiment(), num_samples=1)
+    # Valid here, impossible there: the search itself refuses GPU trials on a CPU-only cluster.
+    code = main([str(space), "--address", cluster.address, "--storage", str(tmp_path / "results"), "--name", "gpu",
+                 "--set", "resources.gpus_per_worker=1", "--follow"])
+    out = capsys.readouterr().out
+    assert code == 1, out[-3000:]
+    assert "note: the space asks for GPUs and the cluster has none now" in out
+    assert "each worker needs 1.0 GPU but the cluster has 0" in out
+    assert "job raykd-gpu FAILED" in out

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -66,6 +67,7 @@ class TwoNodes:
             os.killpg(self.process.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -86,11 +88,9 @@ def token(two_nodes, monkeypatch):
 
 def trial_nodes(client, root: Path) -> dict[str, str]:
     """Node id of every trial: Tune records the trial process's pid, the state API each actor's node."""
-    from ray.util.state.api import StateApiClient
     from ray.util.state.common import ListApiOptions, StateResource
 
-    state = StateApiClient(address=client.address, headers=dict(client._headers))
-    actors = state.list(StateResource.ACTORS, options=ListApiOptions(limit=10_000), raise_on_missing_output=False)
+    actors = client.state().list(StateResource.ACTORS, options=ListApiOptions(limit=10_000), raise_on_missing_output=False)
     node_of_pid = {a.pid: a.node_id for a in actors if a.pid}
     nodes = {}
     for result in root.glob("trial_*/result.json"):
@@ -139,9 +139,11 @@ def _serve(dashboard_port: int, agent_port: int) -> None:
 
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": dashboard_port,
-        "dashboard_agent_listen_port": agent_port, "node_ip_address": "127.0.0.1"})
+        "dashboard_agent_listen_port": agent_port})
     try:
-        workers = [cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1") for _ in range(2)]
+        # Real nodes unpack the job's working_dir on their own disks; here they share one, so each
+        # gets its own runtime_env folder (a node re-unpacking it would pull the driver's cwd away).
+        workers = [cluster.add_node(num_cpus=1, runtime_env_dir_name=f"runtime_resources_{i}") for i in range(2)]
         cluster.wait_for_nodes()
         print(json.dumps({"gcs": cluster.address, "head": cluster.head_node.node_id,
                           "workers": [w.node_id for w in workers]}), flush=True)

@@ -19,11 +19,11 @@ PROG = "python -m raykd.submit"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Run a search (python -m raykd.search) on a Ray cluster through the Ray Jobs API. The space "
-                    "file is validated here first; the project (or, with --no-package, only the space and "
-                    "experiment files) is shipped as the job's working_dir. The cluster address is the "
-                    "dashboard's (http://HEAD:8265; default: $RAY_ADDRESS). Token authentication uses Ray's "
-                    "variables: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token (RAY_AUTH_MODE=disabled "
+        description="Run a search (python -m raykd.search) on a Ray cluster through the Ray Jobs API.\n"
+                    "The space file is validated here first; the project (or, with --no-package, only the space\n"
+                    "and experiment files) is shipped as the job's working_dir. The cluster address is the\n"
+                    "dashboard's (http://HEAD:8265; default: $RAY_ADDRESS). Token authentication uses Ray's\n"
+                    "variables: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token (RAY_AUTH_MODE=disabled\n"
                     "sends none). See docs/cluster.md.",
         epilog="examples:\n"
                "  python -m raykd.submit search_spaces/demo.yaml --address http://127.0.0.1:8265 --follow\n"
@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def submit(args: argparse.Namespace, address: str) -> int:
     from raykd.search.space import Space
     from raykd.submit.client import JobsClient
-    from raykd.submit.package import build_job, check_name, check_storage, resolve_storage
+    from raykd.submit.package import build_job, check_name, check_storage, node_local_paths, resolve_storage
 
     space = Space(args.space, parse_overrides(args.overrides), num_samples=args.num_samples)
     spec = space.spec
@@ -105,6 +105,13 @@ def submit(args: argparse.Namespace, address: str) -> int:
     nodes = client.nodes()
     print(f"cluster {address}: {nodes}", flush=True)
     check_storage(storage, nodes.alive, args.shared_storage)
+    if nodes.alive > 1:
+        local = node_local_paths(space, parse_overrides(args.overrides))
+        if local:
+            print(f"note: {', '.join(local)} in {space.experiment_path.name} are relative: on the cluster they "
+                  "point into the job's package, which every node unpacks separately; a teacher or cache written "
+                  "there on one node is missing on the others (set them to shared paths, e.g. --set "
+                  "cache_dir=/shared/raykd/cache)")
     if res.gpus_per_worker > 0 and nodes.gpus == 0:
         print("note: the space asks for GPUs and the cluster has none now (an autoscaler may add them)")
     name, attempt = _name_and_attempt(client, space, args)
@@ -134,8 +141,16 @@ def submit(args: argparse.Namespace, address: str) -> int:
 
 def _name_and_attempt(client, space, args) -> tuple[str, int]:
     """The search name and, for a resume, the number of its earlier resumes plus one."""
+    from raykd.submit.client import TERMINAL
+
     if not args.resume:
-        return args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}", 0
+        if args.name is None:
+            return f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}", 0
+        taken = [j.submission_id for j in client.list() if j.metadata.get("name") == args.name]
+        if taken:
+            raise UserError(f"the cluster already ran search {args.name!r} (job {taken[0]}); pass --resume to "
+                            "continue it or another --name", key="--name")
+        return args.name, 0
     jobs = client.list()
     name = args.name
     if name is None:
@@ -144,7 +159,7 @@ def _name_and_attempt(client, space, args) -> tuple[str, int]:
             raise UserError(f"no earlier job of space {space.name!r} on this cluster: pass --name", key="--resume")
         name = mine[-1].metadata["name"]
     earlier = [j for j in jobs if j.metadata.get("name") == name]
-    running = [j.submission_id for j in earlier if str(j.status.value) not in ("SUCCEEDED", "FAILED", "STOPPED")]
+    running = [j.submission_id for j in earlier if str(j.status.value) not in TERMINAL]
     if running:
         raise UserError(f"search {name!r} is still running as job {running[0]}; stop it first "
                         f"({PROG} --stop {running[0]})", key="--resume")
@@ -153,7 +168,7 @@ def _name_and_attempt(client, space, args) -> tuple[str, int]:
 
 def _outcome(client, job_id: str, since: float, results: str | None = None) -> int:
     try:
-        final, seen = client.follow(job_id, since=since)
+        final, _ = client.follow(job_id, since=since)
     except KeyboardInterrupt:
         print(f"\nstopped following; job {job_id} keeps running (--stop {job_id} stops it)")
         return 130

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -19,6 +21,9 @@ from raykd.errors import UserError
 from raykd.submit.auth import HOW_TO, auth_headers
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+# Ray's INFO lines about package uploads and log sockets; the command prints its own.
+_CHATTY_LOGGERS = ("ray._private.runtime_env.packaging", "ray.dashboard.modules.dashboard_sdk",
+                   "ray.dashboard.modules.job.sdk")
 
 
 def resolve_address(value: str | None) -> str:
@@ -51,6 +56,8 @@ class JobsClient:
         self._headers = auth_headers()
         from ray.job_submission import JobSubmissionClient
 
+        for name in _CHATTY_LOGGERS:  # set after the import: Ray's modules set INFO when imported
+            logging.getLogger(name).setLevel(logging.WARNING)
         with self._errors():
             self._client = JobSubmissionClient(address, headers=dict(self._headers))
 
@@ -67,7 +74,7 @@ class JobsClient:
                 raise UserError(f"the cluster at {self.address} rejected the token ({HOW_TO})",
                                 key="RAY_AUTH_TOKEN") from None
             raise UserError(f"the cluster at {self.address} requires a token: {HOW_TO}", key="RAY_AUTH_MODE") from None
-        except ConnectionError as err:
+        except OSError as err:  # ConnectionError, and requests' errors once connected
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise UserError(f"cannot reach the Ray dashboard at {self.address} ({reason[:200]})",
                             key="--address") from None
@@ -82,15 +89,21 @@ class JobsClient:
 
     # ---------------------------------------------------------------- cluster
 
-    def nodes(self) -> ClusterNodes:
-        """Alive nodes and their total CPUs and GPUs, from the state API."""
+    def state(self):
+        """A ``ray.util.state`` client of the same cluster (nodes, actors, ...)."""
         from ray.util.state.api import StateApiClient
-        from ray.util.state.common import ListApiOptions, StateResource
 
         with self._errors():
-            client = StateApiClient(address=self.address, headers=dict(self._headers))
-            nodes = client.list(StateResource.NODES, options=ListApiOptions(filters=[("state", "=", "ALIVE")]),
-                                raise_on_missing_output=False)
+            return StateApiClient(address=self.address, headers=dict(self._headers))
+
+    def nodes(self) -> ClusterNodes:
+        """Alive nodes and their total CPUs and GPUs, from the state API."""
+        from ray.util.state.common import ListApiOptions, StateResource
+
+        state = self.state()
+        with self._errors():
+            nodes = state.list(StateResource.NODES, options=ListApiOptions(filters=[("state", "=", "ALIVE")]),
+                               raise_on_missing_output=False)
         totals = [n.resources_total if hasattr(n, "resources_total") else n["resources_total"] for n in nodes]
         return ClusterNodes(alive=len(nodes), cpus=sum(t.get("CPU", 0) for t in totals),
                             gpus=sum(t.get("GPU", 0) for t in totals))
@@ -98,8 +111,13 @@ class JobsClient:
     # ---------------------------------------------------------------- jobs
 
     def submit(self, **kwargs) -> str:
+        """Upload the working_dir if Ray has no copy of it yet, and submit; returns the job id."""
         with self._errors():
-            return self._client.submit_job(**kwargs)
+            try:
+                return self._client.submit_job(**kwargs)
+            except ValueError as err:  # Ray's runtime_env checks: package too large, bad paths
+                detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise UserError(f"Ray refused the job's runtime_env: {detail[:300]}", key="--exclude") from None
 
     def info(self, job_id: str):
         with self._errors(job_id):
@@ -135,12 +153,13 @@ class JobsClient:
             status = self.status(job_id)
         return status
 
-    def follow(self, job_id: str, *, out: TextIO = sys.stdout, since: float | None = None) -> tuple[str, dict]:
+    def follow(self, job_id: str, *, out: TextIO | None = None, since: float | None = None) -> tuple[str, dict]:
         """Stream the job's logs to ``out`` until it ends; print each status change.
 
         Returns the final status and the seconds from ``since`` (a ``time.monotonic()``
         value; default: now) at which each status was first seen.
         """
+        out = out or sys.stdout
         start = time.monotonic() if since is None else since
         seen: dict[str, float] = {}
         state = {"partial": False}
@@ -167,7 +186,8 @@ class JobsClient:
         async def stream() -> None:
             watcher = asyncio.create_task(watch_status())
             try:
-                with self._errors(job_id):
+                with self._errors(job_id), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DeprecationWarning)  # aiohttp's ssl=None inside Ray's client
                     async for chunk in self._client.tail_job_logs(job_id):
                         out.write(chunk)
                         out.flush()

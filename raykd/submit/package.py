@@ -14,6 +14,7 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import yaml
 
 import raykd
+from raykd.config import get_dotted, load_yaml
 from raykd.errors import UserError
 from raykd.search.space import Space
 
@@ -69,6 +71,28 @@ def check_storage(storage: str, nodes: int, shared: bool) -> None:
             f"the cluster has {nodes} nodes, so trials on other nodes cannot write to the node-local path "
             f"{storage}: pass a URI every node reaches (s3://bucket/raykd, gs://...) or, if it is a shared "
             "mount (NFS) visible at the same path on every node, add --shared-storage", key="--storage")
+
+
+PATH_KEYS = ("data.train.annotations", "data.train.images", "data.val.annotations", "data.val.images",
+             "data.synthetic.out_dir", "teacher.checkpoint", "cache_dir")
+
+
+def node_local_paths(space: Space, overrides: dict[str, Any]) -> list[str]:
+    """Keys of the experiment file holding relative paths (not overridden by the space or --set).
+
+    Relative paths resolve against the experiment file, which on the cluster lies in the
+    job's package: one copy per node.
+    """
+    raw = load_yaml(space.experiment_path)
+    overridden = set(space.spec.fixed) | set(overrides)
+    found = []
+    for key in PATH_KEYS:
+        value = get_dotted(raw, key, default=None)
+        if key not in overridden and isinstance(value, str) and "://" not in value and not value.startswith(("/", "~")):
+            found.append(key)
+    if "cache_dir" not in raw and "cache_dir" not in overridden and raw.get("teacher"):
+        found.append("cache_dir")  # its default, "cache", is relative too
+    return found
 
 
 def check_name(name: str) -> str:
@@ -168,7 +192,7 @@ def build_job(space: Space, *, name: str, storage: str, staging: Path, package: 
                 "storage": storage, "user": _user(), "resume": str(attempt) if resume else "0"}
     job = SearchJob(
         name=name, storage=storage, entrypoint=shlex.join(args), submission_id=submission_id(name, attempt),
-        runtime_env={"working_dir": str(working_dir), "excludes": patterns, "env_vars": dict(ENV_VARS)},
+        runtime_env={"working_dir": str(working_dir), "excludes": patterns, "env_vars": {**ENV_VARS, **git_env(root)}},
         metadata=metadata, space_in_package=space_rel, entrypoint_num_cpus=driver_cpus,
         entrypoint_num_gpus=driver_gpus,
     )
@@ -177,6 +201,21 @@ def build_job(space: Space, *, name: str, storage: str, staging: Path, package: 
     else:
         job.notes.append(f"package: project {root} (without {', '.join(patterns)})")
     return job
+
+
+def git_env(root: Path | None) -> dict[str, str]:
+    """``RAYKD_GIT_COMMIT`` / ``RAYKD_GIT_DIRTY`` of the shipped project: the package has no ``.git``,
+    so the job cannot find them itself (for the provenance table)."""
+    if root is None:
+        return {}
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    if head.returncode != 0:
+        return {}
+    return {"RAYKD_GIT_COMMIT": head.stdout.strip(), "RAYKD_GIT_DIRTY": "1" if status.stdout.strip() else "0"}
 
 
 def _user() -> str:
