@@ -74,7 +74,14 @@ def _version(package: str) -> str | None:
 
 
 def _git() -> tuple[str | None, bool | None]:
-    """(HEAD commit, whether the work tree has changes) of the current directory, or nulls."""
+    """(HEAD commit, whether the work tree has changes) of the current directory, or nulls.
+
+    A job sent by ``raykd.submit`` runs from a package without ``.git``; it carries the
+    submitter's commit in ``RAYKD_GIT_COMMIT`` / ``RAYKD_GIT_DIRTY``.
+    """
+    if os.environ.get("RAYKD_GIT_COMMIT"):
+        dirty = os.environ.get("RAYKD_GIT_DIRTY")
+        return os.environ["RAYKD_GIT_COMMIT"], None if dirty is None else dirty.lower() in ("1", "true", "yes")
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
         if head.returncode != 0:

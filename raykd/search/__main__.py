@@ -25,7 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "The space file is validated in full first; the data and the teacher are prepared once "
                     "(synthetic data generated, teacher trained and cached when missing); every trial is written "
                     "to Parquet tables under STORAGE/NAME/tables.",
-        epilog="example: python -m raykd.search search_spaces/demo.yaml --num-samples 6 --set train.epochs=3",
+        epilog="exit codes: 0 finished, 2 bad input (nothing started), 3 stopped with unfinished trials "
+               "(continue with --resume). example: python -m raykd.search search_spaces/demo.yaml "
+               "--num-samples 6 --set train.epochs=3",
     )
     parser.add_argument("space", help="search-space YAML file (see search_spaces/)")
     parser.add_argument("--resume", action="store_true",
@@ -132,12 +134,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_run(paths.tables, name, dataset_fingerprint=data_fingerprint(cfg), space_path=str(space.path),
               space_text=space.text, resumed=args.resume)
     tuner = restore_tuner(space, paths, teacher_ckpt) if args.resume else build_tuner(
-        space, paths, teacher_ckpt, quiet=args.quiet)
+        space, paths, teacher_ckpt, quiet=args.quiet, autoscaling=bool(args.address))
     print(f"running: results in {paths.root}", flush=True)
     search_start = time.perf_counter()
     tuner.fit()
     search_s = time.perf_counter() - search_start
-    _summary(space, paths, prep_s, search_s)
+    unfinished = _summary(space, paths, prep_s, search_s)
+    if unfinished:
+        print(f"\ninterrupted: {unfinished} trial(s) unfinished; continue with:\n"
+              f"  {PROG} {shlex.quote(str(args.space))} --resume --name {shlex.quote(name)}"
+              + (f" --storage {shlex.quote(storage)}" if args.storage != "results" else ""), flush=True)
+        return 3
     return 0
 
 
@@ -146,7 +153,8 @@ def _present(value) -> bool:
     return value is not None and not (isinstance(value, float) and value != value)
 
 
-def _summary(space: Space, paths, prep_s: float, search_s: float) -> None:
+def _summary(space: Space, paths, prep_s: float, search_s: float) -> int:
+    """Print the outcome; return the number of trials left unfinished (a stopped search)."""
     from raykd.results import load
 
     metric, mode = space.spec.metrics[0], space.spec.modes[0]
@@ -169,6 +177,7 @@ def _summary(space: Space, paths, prep_s: float, search_s: float) -> None:
                 print(f"no-distillation baseline: {metric} {full[col].mean():.4f} (n={len(full)})")
     print(f"tables: {paths.tables}")
     print(f"next:   python -m raykd.analyze {shlex.quote(paths.root)}")
+    return int((trials["status"] == "RUNNING").sum()) if len(trials) else 0
 
 
 if __name__ == "__main__":

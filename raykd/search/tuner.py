@@ -82,8 +82,14 @@ def param_types(space: Space) -> dict[str, Any]:
     return types
 
 
-def max_concurrent(space: Space) -> int:
-    """``search.max_concurrent`` capped by what the cluster can run at once."""
+def max_concurrent(space: Space, *, autoscaling: bool = False) -> int:
+    """``search.max_concurrent`` capped by what the cluster can run at once.
+
+    ``autoscaling`` (a cluster joined with ``--address``): nodes may still come, so only
+    ``search.max_concurrent`` caps it and missing resources are not an error.
+    """
+    if autoscaling:
+        return space.spec.search.max_concurrent
     res = space.spec.resources
     resources = ray.cluster_resources()
     per_trial_cpu = res.workers_per_trial * res.cpus_per_worker
@@ -121,7 +127,7 @@ def trial_dirname(trial) -> str:
 
 
 def build_tuner(space: Space, paths: SearchPaths, teacher_checkpoint: str | None, *, quiet: bool = False,
-                extra_callbacks: list | None = None):
+                extra_callbacks: list | None = None, autoscaling: bool = False):
     """A new :class:`ray.tune.Tuner` for ``space`` writing under ``paths``.
 
     ``extra_callbacks``: more Tune callbacks (benchmarks use one to time trials).
@@ -160,7 +166,7 @@ def build_tuner(space: Space, paths: SearchPaths, teacher_checkpoint: str | None
             search_alg=search_alg, scheduler=scheduler,
             metric=metrics[0] if single else None, mode=modes[0] if single else None,
             num_samples=spec.search.num_samples * spec.search.repeats,
-            max_concurrent_trials=max_concurrent(space),
+            max_concurrent_trials=max_concurrent(space, autoscaling=autoscaling),
             trial_dirname_creator=trial_dirname,
             # Reusing trial actors saves seconds per trial; with TorchTrainer trials it hung under
             # ASHA (RAY_NOTES.md), so only the inline executor reuses them.
