@@ -77,7 +77,7 @@ def test_metrics_equal_pycocotools_with_category_gaps_and_resizing(tmp_path):
     ours = coco_metrics(dataset.coco, results, dataset.image_ids)
     reference = _reference(gt_path, dataset.image_ids)
     for name in METRICS:
-        assert ours[name] == pytest.approx(reference[name], abs=2e-3), name
+        assert ours[name] == pytest.approx(reference[name], abs=1e-6), name
     assert 0.2 < ours["bbox_mAP"] < 1.0  # a non-trivial score: the comparison means something
 
 

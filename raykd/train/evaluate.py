@@ -43,7 +43,7 @@ def to_coco_results(
             if label == 0:  # one-stage heads also score the (never positive) background channel
                 continue
             results.append({"image_id": image_id, "category_id": label_to_cat_id(int(label)),
-                            "bbox": [round(v, 3) for v in box], "score": round(float(score), 5)})
+                            "bbox": box, "score": float(score)})
     return results
 
 
