@@ -468,3 +468,16 @@ def test_pickled_writer_keeps_its_configuration_and_flushes_on_time(tmp_path):
     writer.add_result("t1", CONFIG, result(1))
     assert writer.maybe_flush() == 2
     assert load_table(tmp_path)["distill.mask_ratio"].to_pylist() == [0.5]
+
+
+def test_seed_reported_by_a_trial_is_kept_when_the_config_has_none(tmp_path):
+    import pyarrow as pa
+
+    from raykd.results import TableWriter, load
+
+    writer = TableWriter(tmp_path, "e", {"distill.method": pa.string()}, flush_every_s=0)
+    writer.add_result("t1", {"distill.method": "mgd"},
+                      {"epoch": 1, "epochs_total": 1, "bbox_mAP": 0.1, "seed": 5, "time_total_s": 1.0})
+    writer.end_trial("t1", config={"distill.method": "mgd"})
+    writer.flush()
+    assert load(tmp_path)["seed"].tolist() == [5]

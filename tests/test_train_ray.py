@@ -20,7 +20,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray]
 def _kill_rank_after_first_checkpoint(storage: Path, pid_dir: Path, record: dict) -> None:
     deadline = time.time() + 240
     while time.time() < deadline:
-        if any("checkpoint" in p.name for p in storage.rglob("*") if p.is_dir()) and (pid_dir / "rank1.pid").exists():
+        # A persisted checkpoint (its state file is in the run's storage), not just its folder.
+        if any(storage.rglob("checkpoint_*/state.pt")) and (pid_dir / "rank1.pid").exists():
             pid = int((pid_dir / "rank1.pid").read_text())
             record["killed_pid"], record["time"] = pid, time.time()
             os.kill(pid, signal.SIGKILL)

@@ -208,10 +208,11 @@ class TableWriter:
         if config is not None:
             flat = _flatten(config)
             trial.config = {k: _coerce(k, flat.get(k), t) for k, t in self.params.items()}
-            try:
-                trial.seed = _coerce("train.seed", flat.get("train.seed"), pa.int64())
-            except ValueError:
-                trial.seed = None
+            if flat.get("train.seed") is not None:  # else keep the seed a result reported
+                try:
+                    trial.seed = _coerce("train.seed", flat.get("train.seed"), pa.int64())
+                except ValueError:
+                    trial.seed = None
         return trial
 
     def _advance_clock(self, trial: _Trial, result: Mapping) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import pyarrow.fs as pafs
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
@@ -86,10 +87,9 @@ def max_concurrent(space: Space, *, autoscaling: bool = False) -> int:
     """``search.max_concurrent`` capped by what the cluster can run at once.
 
     ``autoscaling`` (a cluster joined with ``--address``): nodes may still come, so only
-    ``search.max_concurrent`` caps it and missing resources are not an error.
+    ``search.max_concurrent`` caps it; one trial must fit in what is there now (keep one GPU
+    node up on autoscaling clusters), or the search fails at once instead of waiting forever.
     """
-    if autoscaling:
-        return space.spec.search.max_concurrent
     res = space.spec.resources
     resources = ray.cluster_resources()
     per_trial_cpu = res.workers_per_trial * res.cpus_per_worker
@@ -103,6 +103,8 @@ def max_concurrent(space: Space, *, autoscaling: bool = False) -> int:
     if limit < 1:
         raise UserError(f"one trial needs {per_trial_cpu:g} CPUs but the cluster has {resources.get('CPU', 0):g}",
                         file=space.path, key="resources.cpus_per_worker")
+    if autoscaling:
+        return space.spec.search.max_concurrent
     return max(1, min(space.spec.search.max_concurrent, limit))
 
 
@@ -120,6 +122,22 @@ def make_trainable(space: Space, paths: SearchPaths, teacher_checkpoint: str | N
         # The trial driver only waits on its TorchTrainer, whose workers ask for the real resources.
         request = {"CPU": 0.01}
     return tune.with_resources(fn, request)
+
+
+class DropFinishedCheckpoints(tune.Callback):
+    """Delete a trial's checkpoints once it has ended: they only serve to resume it in flight,
+    and each holds the student and its optimiser (about 150 MB for the demo's student)."""
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        storage = trial.storage
+        fs, folder = storage.storage_filesystem, storage.trial_fs_path
+        try:
+            entries = fs.get_file_info(pafs.FileSelector(folder))
+        except (OSError, FileNotFoundError):
+            return
+        for entry in entries:
+            if entry.type == pafs.FileType.Directory and entry.base_name.startswith("checkpoint_"):
+                fs.delete_dir(entry.path)
 
 
 def trial_dirname(trial) -> str:
@@ -158,6 +176,7 @@ def build_tuner(space: Space, paths: SearchPaths, teacher_checkpoint: str | None
     callbacks = [
         ParquetResultsCallback(paths.tables, paths.name, param_types(space), flush_every_s=5.0),
         ProgressCallback(metrics[0], modes[0], epochs=epochs, quiet=quiet),
+        DropFinishedCheckpoints(),
         *(extra_callbacks or []),
     ]
     return tune.Tuner(
@@ -175,7 +194,9 @@ def build_tuner(space: Space, paths: SearchPaths, teacher_checkpoint: str | None
         run_config=tune.RunConfig(
             name=paths.name, storage_path=paths.storage, callbacks=callbacks, verbose=0,
             failure_config=tune.FailureConfig(max_failures=1),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # Two, not one: the experiment snapshot may still name the previous checkpoint when
+            # the driver dies, and resuming from a deleted checkpoint fails the trial.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         ),
     )
 
