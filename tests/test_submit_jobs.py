@@ -263,7 +263,11 @@ def test_bad_job_ids_and_tokens_are_one_line_errors(cluster, capsys, monkeypatch
     monkeypatch.delenv("RAY_AUTH_TOKEN")
     monkeypatch.setenv("HOME", str(Path(tempfile.mkdtemp())))  # no ~/.ray/auth_token either
     monkeypatch.delenv("RAY_AUTH_MODE")
-    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)  # may be left by Ray tests run earlier
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    # Ray caches the token it loaded for an earlier ray.init in this process (the session fixture).
+    from ray._raylet import AuthenticationTokenLoader
+
+    AuthenticationTokenLoader.instance().reset_cache()
     with pytest.raises(SystemExit) as exit_info:
         _cli(["--list", "--address", cluster.address])
     err = capsys.readouterr().err.strip()
