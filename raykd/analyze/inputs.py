@@ -228,8 +228,9 @@ def _teacher(files: list[str]) -> dict[str, float] | None:
             continue
         if not isinstance(data, dict):
             continue
+        # pycocotools writes -1 for "no objects of this size": not a score.
         metrics = {k: float(v) for k, v in data.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and v != -1}
         if metrics:
             return metrics
     return None

@@ -101,13 +101,16 @@ def analyze(paths: Sequence[str], *, metric: str = "bbox_mAP", by: Sequence[str]
     by_name = {f.name: f for f in factors}
     failed = inputs.trials[inputs.trials["status"] == "ERROR"]
     ablations = []
+    constant = []
     for name in wanted:
         factor = by_name.get(name)
         if factor is None or levels[name].nunique() < 2:
-            notes.append(f"`{name}` takes a single value among the compared trials: no ablation table")
+            constant.append(f"`{name}`")
             continue
         failed_levels = failed[name].map(factor.level).dropna() if len(failed) else None
         ablations.append(tables.ablation(frame, levels, factor, failed_levels))
+    if constant:
+        notes.append(f"One value among the compared trials (no ablation table): {', '.join(constant)}")
     configs = tables.group_configs(frame, names)
     if configs.baseline is None:
         notes.append(f"No compared trial has `{METHOD}` = `{BASELINE_METHOD}`: no baseline row and no ablation path.")
