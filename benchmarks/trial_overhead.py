@@ -97,7 +97,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--out", default="benchmarks/out/trial_overhead.json")
     args = parser.parse_args()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # One CPU per worker plus the Ray Train trial driver's 0.01 CPU: 2 workers on a 2-core
+    # machine need a third logical CPU, or the worker group never starts.
+    ray.init(num_cpus=(os.cpu_count() or 2) + 1, include_dashboard=False, log_to_driver=False)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for executor, workers in (("inline", 1), ("train", 1), ("train", 2)):

@@ -261,15 +261,20 @@ def test_bad_job_ids_and_tokens_are_one_line_errors(cluster, capsys, monkeypatch
     assert exit_info.value.code == 2 and err.count("\n") == 0 and "rejected the token" in err, err
     assert "wrong-token" not in err and cluster.token not in err
     monkeypatch.delenv("RAY_AUTH_TOKEN")
-    monkeypatch.setenv("HOME", str(Path(tempfile.mkdtemp())))  # no ~/.ray/auth_token either
-    monkeypatch.delenv("RAY_AUTH_MODE")
-    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
-    # Ray caches the token it loaded for an earlier ray.init in this process (the session fixture).
+    # Ray caches the token it loaded for an earlier ray.init in this process: reset it here, and
+    # again once the environment is restored, so later Ray tests load their own token.
     from ray._raylet import AuthenticationTokenLoader
 
-    AuthenticationTokenLoader.instance().reset_cache()
-    with pytest.raises(SystemExit) as exit_info:
-        _cli(["--list", "--address", cluster.address])
+    try:
+        with monkeypatch.context() as env:
+            env.setenv("HOME", str(Path(tempfile.mkdtemp())))  # no ~/.ray/auth_token either
+            env.delenv("RAY_AUTH_MODE")
+            env.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+            AuthenticationTokenLoader.instance().reset_cache()
+            with pytest.raises(SystemExit) as exit_info:
+                _cli(["--list", "--address", cluster.address])
+    finally:
+        AuthenticationTokenLoader.instance().reset_cache()
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and "requires a token" in err and "RAY_AUTH_TOKEN" in err, err
 

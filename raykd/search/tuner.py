@@ -28,6 +28,7 @@ from raykd.search.space import Space, encode_choice
 from raykd.search.trainable import run_trial
 
 TABLES = "tables"
+TRAIN_DRIVER_CPU = 0.01  # Ray refuses 0 CPUs for a trial; its TorchTrainer workers hold the real ones
 JOURNAL = "optuna.journal"
 
 
@@ -92,7 +93,7 @@ def max_concurrent(space: Space, *, autoscaling: bool = False) -> int:
     """
     res = space.spec.resources
     resources = ray.cluster_resources()
-    per_trial_cpu = res.workers_per_trial * res.cpus_per_worker
+    per_trial_cpu = res.workers_per_trial * res.cpus_per_worker + TRAIN_DRIVER_CPU * (res.resolved_executor() == "train")
     limit = math.floor(resources.get("CPU", 1) / per_trial_cpu + 1e-9)
     if res.gpus_per_worker > 0:
         gpus = resources.get("GPU", 0)
@@ -101,8 +102,9 @@ def max_concurrent(space: Space, *, autoscaling: bool = False) -> int:
                             file=space.path, key="resources.gpus_per_worker")
         limit = min(limit, math.floor(gpus / (res.workers_per_trial * res.gpus_per_worker) + 1e-9))
     if limit < 1:
-        raise UserError(f"one trial needs {per_trial_cpu:g} CPUs but the cluster has {resources.get('CPU', 0):g}",
-                        file=space.path, key="resources.cpus_per_worker")
+        raise UserError(f"one trial needs {per_trial_cpu:g} CPUs but the cluster has {resources.get('CPU', 0):g} "
+                        "(a Ray Train trial adds 0.01 for its driver)", file=space.path,
+                        key="resources.cpus_per_worker")
     if autoscaling:
         return space.spec.search.max_concurrent
     return max(1, min(space.spec.search.max_concurrent, limit))
@@ -120,7 +122,7 @@ def make_trainable(space: Space, paths: SearchPaths, teacher_checkpoint: str | N
         request = {"CPU": res.cpus_per_worker, "GPU": res.gpus_per_worker}
     else:
         # The trial driver only waits on its TorchTrainer, whose workers ask for the real resources.
-        request = {"CPU": 0.01}
+        request = {"CPU": TRAIN_DRIVER_CPU}
     return tune.with_resources(fn, request)
 
 
