@@ -58,7 +58,7 @@ def _align(distiller, level: str, s: Tensor) -> Tensor:
     return F.conv2d(s, conv.weight, conv.bias)
 
 
-def _check(distiller, got: dict[str, Tensor], want: dict[str, Tensor], student: dict[str, Tensor]) -> None:
+def _assert_matches(distiller, got: dict[str, Tensor], want: dict[str, Tensor], student: dict[str, Tensor]) -> None:
     assert set(got) == set(want)
     for key in want:
         torch.testing.assert_close(got[key], want[key], rtol=1e-10, atol=1e-14)
@@ -81,7 +81,7 @@ def test_feature_mse_matches_formula():
     for k in SHAPES:
         diff = _align(d, k, student[k]) - teacher[k]
         want[f"mse_{k}"] = 0.7 * (diff**2).sum() / diff.numel()
-    _check(d, got, want, student)
+    _assert_matches(d, got, want, student)
 
 
 def _generation(block, x: Tensor) -> Tensor:
@@ -100,7 +100,7 @@ def test_mgd_matches_formula_on_the_same_draw():
         assert 0 < keep.sum() < keep.numel()
         gen = _generation(d.losses[k].generation, _align(d, k, student[k]) * keep)
         want[f"mgd_{k}"] = 3e-2 * sum(((gen[n] - teacher[k][n]) ** 2).sum() for n in range(N)) / N
-    _check(d, got, want, student)
+    _assert_matches(d, got, want, student)
 
 
 def _attention(x: Tensor, tau: float) -> tuple[Tensor, Tensor]:
@@ -162,7 +162,7 @@ def test_fgd_matches_formula():
             gl_l = gl_l + ((_gc_block(loss.context_student, s) - _gc_block(loss.context_teacher, t)) ** 2).sum()
         want.update({f"fgd_fg_{k}": a * fg_l / N, f"fgd_bg_{k}": b * bg_l / N,
                      f"fgd_at_{k}": g_ * at_l / N, f"fgd_gl_{k}": lam * gl_l / N})
-    _check(d, got, want, student)
+    _assert_matches(d, got, want, student)
 
 
 def test_fgd_box_masks_are_non_trivial_here():
@@ -191,7 +191,7 @@ def test_cwd_matches_formula():
                 p_s = torch.softmax(s_all[n, c].reshape(-1) / 2.0, 0)
                 kl = kl + (p_t * (torch.log(p_t) - torch.log(p_s))).sum()
         want[f"cwd_{k}"] = 3.0 * 2.0**2 / (CT * N) * kl
-    _check(d, got, want, student)
+    _assert_matches(d, got, want, student)
 
 
 def test_pkd_matches_formula():
@@ -212,7 +212,7 @@ def test_pkd_matches_formula():
     for k in SHAPES:
         diff = standardise(_align(d, k, student[k])) - standardise(teacher[k])
         want[f"pkd_{k}"] = 8.0 * (diff**2).sum() / diff.numel() / 2
-    _check(d, got, want, student)
+    _assert_matches(d, got, want, student)
 
 
 def test_align_is_identity_when_widths_match():
