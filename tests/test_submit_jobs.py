@@ -261,22 +261,15 @@ def test_bad_job_ids_and_tokens_are_one_line_errors(cluster, capsys, monkeypatch
     assert exit_info.value.code == 2 and err.count("\n") == 0 and "rejected the token" in err, err
     assert "wrong-token" not in err and cluster.token not in err
     monkeypatch.delenv("RAY_AUTH_TOKEN")
-    # Ray caches the token it loaded for an earlier ray.init in this process: reset it here, and
-    # again once the environment is restored, so later Ray tests load their own token.
-    from ray._raylet import AuthenticationTokenLoader
-
-    try:
-        with monkeypatch.context() as env:
-            env.setenv("HOME", str(Path(tempfile.mkdtemp())))  # no ~/.ray/auth_token either
-            env.delenv("RAY_AUTH_MODE")
-            env.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
-            AuthenticationTokenLoader.instance().reset_cache()
-            with pytest.raises(SystemExit) as exit_info:
-                _cli(["--list", "--address", cluster.address])
-    finally:
-        AuthenticationTokenLoader.instance().reset_cache()
-    err = capsys.readouterr().err.strip()
-    assert exit_info.value.code == 2 and "requires a token" in err and "RAY_AUTH_TOKEN" in err, err
+    # No token anywhere: a fresh process, since Ray caches in-process the token an earlier
+    # ray.init loaded (resetting that cache would break the session's other Ray tests).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    env["HOME"] = tempfile.mkdtemp()  # no ~/.ray/auth_token either
+    proc = subprocess.run([sys.executable, "-m", "raykd.submit", "--list", "--address", cluster.address],
+                          capture_output=True, text=True, env=env, timeout=120)
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and err.count("\n") == 0, err
+    assert "requires a token" in err and "RAY_AUTH_TOKEN" in err, err
 
 
 def _cli(argv: list[str]) -> None:

@@ -1,4 +1,7 @@
-"""``--workers 2`` through Ray Train: same metrics as one worker, resume after a worker is killed."""
+"""Ray Train worker: ``--workers 2`` reports like one worker and resumes after a worker is killed.
+
+Named to run before the submit tests, whose clusters change the token Ray caches in-process.
+"""
 
 from __future__ import annotations
 
