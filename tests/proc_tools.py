@@ -1,9 +1,11 @@
-"""Process helpers for tests that SIGKILL a driver: find and kill what its session started."""
+"""Process helpers for tests that start and kill Ray: free ports, process trees, sessions."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
+from collections import defaultdict
 from pathlib import Path
 
 
@@ -25,8 +27,35 @@ def session_processes(sid: int) -> list[int]:
 def kill_session(sid: int) -> None:
     """SIGKILL every process of session ``sid``: Ray's raylet, GCS and agents survive their
     driver and ignore SIGTERM, and live in their own process groups."""
-    for pid in session_processes(sid):
+    kill_pids(session_processes(sid))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (from /proc, so nothing but the tree we started)."""
+    children = defaultdict(list)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children[ppid].append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def kill_pids(pids: list[int]) -> None:
+    for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
+        except (ProcessLookupError, PermissionError):
             pass

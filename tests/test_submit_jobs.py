@@ -12,13 +12,11 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -27,41 +25,12 @@ import yaml
 from raykd.results import load, load_table
 from raykd.submit.__main__ import main
 
+from proc_tools import descendants, free_port, kill_pids
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 # ---------------------------------------------------------------------------- the cluster
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live process below ``pid`` (from /proc, so nothing but the tree we started)."""
-    children = defaultdict(list)
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children[ppid].append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        kids = children.get(todo.pop(), [])
-        found += kids
-        todo += kids
-    return found
-
-
-def kill_pids(pids: list[int]) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 class RayHead:

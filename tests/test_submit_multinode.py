@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_submit_jobs import descendants, free_port, kill_pids, report, write_space  # noqa: E402
+from proc_tools import descendants, free_port, kill_pids  # noqa: E402
+from test_submit_jobs import report, write_space  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
