@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,6 +23,15 @@ class UserError(Exception):
     def __str__(self) -> str:
         where = ": ".join(part for part in (self.file, self.key) if part)
         return f"{where}: {self.message}" if where else self.message
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An ``argparse`` parser whose usage errors are one line, like a :class:`UserError`:
+    ``prog: error: MESSAGE (see --help)`` on stderr and exit code 2 (no usage block)."""
+
+    def error(self, message: str):
+        message = " ".join(message.split())  # argparse messages may wrap
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int], prog: str) -> None:

@@ -9,14 +9,14 @@ from pathlib import Path
 
 from raykd.analyze.report import FORMATS, parse_formats, write
 from raykd.analyze.scores import FIDELITIES
-from raykd.errors import UserError, run_cli
+from raykd.errors import ArgumentParser, UserError, run_cli
 from raykd.results import METRICS
 
 PROG = "python -m raykd.analyze"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=PROG,
         description="Turn the Parquet trial tables of a raykd search into an ablation report:\n"
                     "  - a leaderboard of configurations (seeds pooled, mean ± 95% t-interval) beside the\n"

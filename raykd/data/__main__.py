@@ -9,13 +9,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from raykd.errors import UserError, run_cli
+from raykd.errors import ArgumentParser, UserError, run_cli
 
 PROG = "python -m raykd.data"
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=PROG,
         description="COCO-format detection data for raykd: generate the synthetic shapes set, or check a set.",
     )

@@ -12,14 +12,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from raykd.config import parse_overrides
-from raykd.errors import UserError, run_cli
+from raykd.errors import ArgumentParser, UserError, run_cli
 from raykd.search.space import Space
 
 PROG = "python -m raykd.search"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=PROG,
         description="Search distillation hyperparameters with Ray Tune (Optuna sampler, ASHA early stopping). "
                     "The space file is validated in full first; the data and the teacher are prepared once "

@@ -11,13 +11,13 @@ from datetime import datetime
 from pathlib import Path
 
 from raykd.config import parse_overrides
-from raykd.errors import UserError, run_cli
+from raykd.errors import ArgumentParser, UserError, run_cli
 
 PROG = "python -m raykd.submit"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=PROG,
         description="Run a search (python -m raykd.search) on a Ray cluster through the Ray Jobs API.\n"
                     "The space file is validated here first; the project (or, with --no-package, only the space\n"

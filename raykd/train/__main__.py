@@ -12,13 +12,13 @@ from pathlib import Path
 import yaml
 
 from raykd.config import load_experiment, parse_overrides
-from raykd.errors import UserError, run_cli
+from raykd.errors import ArgumentParser, UserError, run_cli
 
 PROG = "python -m raykd.train"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=PROG,
         description="Train the student of an experiment (distilled from its teacher when distill.method is not "
                     "'none'), with COCO evaluation every epoch. Checkpoints and metrics go to train.output_dir: "
