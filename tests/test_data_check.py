@@ -201,4 +201,4 @@ def test_cli_help_and_synth(tmp_path: Path) -> None:
     assert again.returncode == 0 and again.stdout.startswith("found (same parameters, kept) 6 train")
     bad = cli("synth", str(tmp_path / "t"), "--num-classes", "9")
     assert bad.returncode == 2
-    assert bad.stderr == "python -m raykd.data: error: num_classes: expected at most 6 shape classes, got 9\n"
+    assert bad.stderr == "python -m raykd.data: error: --num-classes: expected at most 6 shape classes, got 9\n"

@@ -39,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     synth.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: 0)")
     synth.add_argument(
-        "--image-size", type=int, default=160, metavar="P", help="square image side in pixels (default: 160)"
+        "--image-size", type=int, default=160, metavar="P",
+        help="square image side in pixels, at least 64 (default: 160)",
     )
     synth.add_argument("--num-classes", type=int, default=4, metavar="C", help="shape classes, 1 to 6 (default: 4)")
 
@@ -48,8 +49,9 @@ def _parser() -> argparse.ArgumentParser:
         help="check a COCO annotation file and its images",
         description=(
             "Check a COCO annotation file and its image folder: missing keys, duplicate ids, unknown "
-            "categories or images, missing or unreadable image files (each one is opened and decoded), "
-            "sizes that differ from the file, boxes outside the image and degenerate boxes. Prints a "
+            "categories or images, an empty image list, boxes of negative width or height, missing or "
+            "unreadable image files (each one is opened and decoded), sizes that differ from the file, "
+            "boxes outside the image and degenerate (zero-size) boxes. Prints a "
             "report; exits 0 when the set is usable (boxes outside the image are clipped and degenerate "
             "ones dropped by the loader) and 2 when it is not."
         ),
@@ -74,7 +76,12 @@ def _synth(args: argparse.Namespace) -> int:
     val_images = args.val_images if args.val_images is not None else max(args.images // 6, 1)
     before = _identity(args.out_dir / "synth.json")
     start = time.perf_counter()
-    paths = ensure_synthetic(args.out_dir, args.images, val_images, args.seed, args.image_size, args.num_classes)
+    try:
+        paths = ensure_synthetic(args.out_dir, args.images, val_images, args.seed, args.image_size, args.num_classes)
+    except UserError as err:
+        if err.key in _SYNTH_FLAGS:  # name the flag the value came from
+            raise UserError(err.message, file=err.file, key=_SYNTH_FLAGS[err.key]) from None
+        raise
     elapsed = time.perf_counter() - start
     present = before is not None and before == _identity(args.out_dir / "synth.json")  # not replaced
     train = json.loads(paths.train_annotations.read_text())
@@ -88,6 +95,10 @@ def _synth(args: argparse.Namespace) -> int:
     for name in ("train_annotations", "train_images", "val_annotations", "val_images"):
         print(f"  {name:<18} {getattr(paths, name)}")
     return 0
+
+
+_SYNTH_FLAGS = {"train_images": "--images", "val_images": "--val-images", "seed": "--seed",
+                "image_size": "--image-size", "num_classes": "--num-classes"}
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -104,7 +115,7 @@ def _check(args: argparse.Namespace) -> int:
     report = check_coco(args.annotations, args.images, progress=sys.stderr.isatty())
     print(report.format())
     if not report.usable:
-        raise UserError(report.summary(), file=args.annotations)
+        raise UserError(f"{report.summary()}; first: {report.first_fatal()}", file=args.annotations)
     print(report.summary())
     return 0
 

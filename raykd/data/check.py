@@ -24,8 +24,8 @@ class CheckReport:
     """What :func:`check_coco` found. ``problems`` counts each kind; ``examples`` holds the first
     few ``"key: message"`` of each. Kinds: ``missing_key``, ``malformed``, ``duplicate_image_id``,
     ``duplicate_annotation_id``, ``duplicate_category_id``, ``unknown_image_id``,
-    ``unknown_category_id``, ``no_categories``, ``missing_image``, ``unreadable_image``,
-    ``size_mismatch`` (all fatal) and ``outside_image``, ``degenerate_box`` (warnings)."""
+    ``unknown_category_id``, ``no_categories``, ``no_images``, ``negative_box_size``, ``missing_image``,
+    ``unreadable_image``, ``size_mismatch`` (all fatal) and ``outside_image``, ``degenerate_box`` (warnings)."""
 
     annotations_file: Path
     images_dir: Path
@@ -63,6 +63,10 @@ class CheckReport:
             return f"not usable: {self.fatal} fatal problems ({counts})"
         tail = f"; {self.warnings} warnings ({counts}) handled by clipping/dropping" if self.warnings else ""
         return f"usable: {self.images} images, {self.boxes} boxes, {len(self.categories)} classes{tail}"
+
+    def first_fatal(self) -> str | None:
+        """``"key: message"`` of the first fatal problem found, if any."""
+        return next((ex[0] for kind, ex in self.examples.items() if kind not in WARNING_KINDS and ex), None)
 
     def format(self) -> str:
         """The multi-line report printed by ``python -m raykd.data check``."""

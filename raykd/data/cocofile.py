@@ -100,7 +100,10 @@ def read_coco(path: str | Path) -> CocoFile:
     if not isinstance(data["annotations"], list):
         raise UserError("expected a list", file=path, key="annotations")
     _read_categories(coco)
-    _read_annotations(coco, _read_images(coco))
+    declared = _read_images(coco)
+    if not data["images"]:
+        coco.problems.append(Problem("no_images", "images", "expected at least one image, the list is empty"))
+    _read_annotations(coco, declared)
     return coco
 
 
@@ -189,8 +192,9 @@ def _read_annotations(coco: CocoFile, declared_images: set[int]) -> None:
         if not _new_id(coco, key, entry["id"], seen, "duplicate_annotation_id"):
             continue
         bbox = entry["bbox"]
+        which = f" (annotation id {entry['id']})"
         if entry["image_id"] not in declared_images:
-            message = f"expected the id of an image, got {entry['image_id']!r}"
+            message = f"expected the id of an image, got {entry['image_id']!r}{which}"
             coco.problems.append(Problem("unknown_image_id", f"{key}.image_id", message))
         elif entry["category_id"] not in coco.categories:
             known = sorted(coco.categories)
@@ -199,7 +203,7 @@ def _read_annotations(coco: CocoFile, declared_images: set[int]) -> None:
                     "unknown_category_id",
                     f"{key}.category_id",
                     f"expected one of the category ids {known[:20]}{'...' if len(known) > 20 else ''}, "
-                    f"got {entry['category_id']!r}",
+                    f"got {entry['category_id']!r}{which}",
                 )
             )
         elif not (
@@ -210,6 +214,9 @@ def _read_annotations(coco: CocoFile, declared_images: set[int]) -> None:
             coco.problems.append(
                 Problem("malformed", f"{key}.bbox", f"expected [x, y, width, height] of 4 finite numbers, got {bbox!r}")
             )
+        elif bbox[2] < 0 or bbox[3] < 0:  # zero-size boxes are degenerate (dropped), negative ones a mistake
+            message = f"expected [x, y, width, height] with width and height >= 0, got {bbox!r}{which}"
+            coco.problems.append(Problem("negative_box_size", f"{key}.bbox", message))
         elif entry.get("iscrowd", 0) not in (0, 1):
             coco.problems.append(Problem("malformed", f"{key}.iscrowd", f"expected 0 or 1, got {entry['iscrowd']!r}"))
         elif entry["image_id"] in valid_images:  # else its image entry is broken, a problem already

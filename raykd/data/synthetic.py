@@ -138,6 +138,13 @@ def ensure_synthetic(
     out_dir = Path(out_dir).absolute()
     if _is_complete(out_dir, params):
         return _paths(out_dir)
+    # Refused before the lock file is made. Other processes only ever put a complete set in place.
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError("expected a folder for the synthetic set, this is a file", file=out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and _recorded_parameters(out_dir) is None:
+        raise UserError(
+            "folder exists and is not a raykd synthetic set (no synth.json); not replacing it", file=out_dir
+        )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with open(out_dir.parent / f".{out_dir.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -146,10 +153,6 @@ def ensure_synthetic(
         for pattern in (f".{out_dir.name}.tmp-*", f".{out_dir.name}.old-*"):  # left by a killed run
             for stale in out_dir.parent.glob(pattern):
                 shutil.rmtree(stale, ignore_errors=True)
-        if out_dir.exists() and any(out_dir.iterdir()) and _recorded_parameters(out_dir) is None:
-            raise UserError(
-                "folder exists and is not a raykd synthetic set (no synth.json); not replacing it", file=out_dir
-            )
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
         try:
             generate_synthetic(tmp, train_images, val_images, seed, image_size, num_classes)
