@@ -201,10 +201,21 @@ def get_dotted(raw: dict[str, Any], key: str, default: Any = None) -> Any:
     return node
 
 
+_UNION_TAGS = {"str", "int", "float", "bool", "none", "list", "dict"}
+"""Bare tags pydantic puts in an error's location for members of a union (``metric: str | list``);
+composite ones carry brackets (``literal['max','min']``, ``list[str]``)."""
+
+
 def validation_message(err: ValidationError) -> tuple[str, str]:
     """(dotted key, one-line message) of the first error pydantic found."""
     first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    key = ""
+    for part in first["loc"]:
+        if isinstance(part, int):
+            key += f"[{part}]"
+        elif "[" not in part and part not in _UNION_TAGS:  # a union member's tag is not a key
+            key += f".{part}" if key else part
+    key = key or "(top level)"
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
@@ -252,9 +263,20 @@ def load_experiment_dict(path: str | Path, overrides: dict[str, Any] | None = No
     return raw
 
 
+def touches(key: str | None, keys) -> bool:
+    """Whether an error at dotted ``key`` concerns one of ``keys`` (the same key, inside it, or around it)."""
+    return key is not None and any(key == k or key.startswith(f"{k}.") or k.startswith(f"{key}.") for k in keys)
+
+
 def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
-    """Load, override (dotted keys) and validate an experiment YAML file."""
-    return experiment_from_dict(load_experiment_dict(path, overrides), file=path)
+    """Load, override (dotted keys) and validate an experiment YAML file; an error in an
+    overridden key names ``--set`` instead of the file."""
+    try:
+        return experiment_from_dict(load_experiment_dict(path, overrides), file=path)
+    except UserError as err:
+        if touches(err.key, overrides or {}):
+            raise UserError(err.message, file="--set", key=err.key) from None
+        raise
 
 
 def config_hash(*parts: Any) -> str:

@@ -20,6 +20,7 @@ from raykd.config import (
     load_experiment_dict,
     load_yaml,
     set_dotted,
+    touches,
     validation_message,
 )
 from raykd.errors import UserError
@@ -216,7 +217,7 @@ class Space:
             self.base_config = experiment_from_dict(copy.deepcopy(self.base), file=exp_path)
         except UserError as err:
             for source, keys in (("fixed", self.spec.fixed), ("--set", exp_overrides)):
-                if any(err.key == k or err.key.startswith(f"{k}.") or k.startswith(f"{err.key}.") for k in keys):
+                if touches(err.key, keys):
                     file = self.path if source == "fixed" else "--set"
                     key = f"fixed.{err.key}" if source == "fixed" else err.key
                     raise UserError(err.message, file=file, key=key) from None
@@ -244,6 +245,8 @@ class Space:
         try:
             experiment_from_dict(trial, file=self.path)
         except UserError as err:
+            if err.key == key and err.message == "unknown key":
+                raise UserError(f"unknown key: the experiment has no {key}", file=self.path, key=where) from None
             inner = f" for {err.key}" if err.key and err.key != "(top level)" else ""
             raise UserError(f"value {value!r} is not valid{inner}: {err.message}", file=self.path,
                             key=where) from None
