@@ -6,6 +6,8 @@ checkpoints load through :func:`load_weights` with ``torch.load(..., weights_onl
 
 from __future__ import annotations
 
+import pickle
+import warnings
 from pathlib import Path
 
 import torch
@@ -85,19 +87,39 @@ def build_detector(cfg: ModelConfig, num_classes: int, image_size: int) -> nn.Mo
 
 
 def load_weights(model: nn.Module, path: str | Path, *, what: str = "checkpoint") -> None:
-    """Load a raykd checkpoint (``{"model": state_dict, ...}``) or a bare state dict into ``model``."""
+    """Load a raykd checkpoint (``{"model": state_dict, ...}``) or a bare state dict into ``model``.
+
+    Read with ``weights_only=True``: a file holding other Python objects is refused, and
+    nothing in it runs. Errors name ``path`` and the config key ``what``.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError("checkpoint file not found", file=path, key=what)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. torch's note on the pickle protocol: the error says enough
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # not tensors and containers: Python objects, or garbage
+        reason = _unpickler_reason(err)
+        raise UserError(f"cannot read checkpoint: expected a PyTorch file of tensors, the weights-only loader "
+                        f"refused it without running anything ({reason})", file=path, key=what) from None
     except Exception as err:  # corrupt or not a torch file
-        raise UserError(f"cannot read checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:120]})",
-                        file=path, key=what) from None
+        first = (str(err).splitlines() or [""])[0].split(". ")[0][:160]
+        raise UserError(f"cannot read checkpoint ({type(err).__name__}: {first})", file=path, key=what) from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
+    if not isinstance(state, dict):
+        raise UserError(f"expected a state dict or {{'model': state dict}}, got a {type(state).__name__}",
+                        file=path, key=what)
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
         first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
         raise UserError(f"checkpoint does not match the configured model ({first[:160]})", file=path, key=what) from None
+
+
+def _unpickler_reason(err: Exception) -> str:
+    """The useful line of torch's weights-only error (after ``WeightsUnpickler error:``), shortened."""
+    _, found, rest = str(err).partition("WeightsUnpickler error:")
+    lines = [line.strip() for line in (rest if found else str(err)).splitlines() if line.strip()]
+    return lines[0].split(". ")[0][:160] if lines else type(err).__name__
