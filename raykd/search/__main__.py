@@ -54,6 +54,8 @@ def _check_writable(storage: str) -> None:
     """Fail before any work when a local storage folder cannot be written."""
     if "://" in storage:
         return
+    if Path(storage).exists() and not Path(storage).is_dir():
+        raise UserError("expected a folder to hold searches, this is a file", file=storage, key="--storage")
     try:
         Path(storage).mkdir(parents=True, exist_ok=True)
         probe = Path(storage) / f".raykd-write-test-{os.getpid()}"
@@ -109,12 +111,12 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{spec.search.sampler}, scheduler {spec.scheduler.type}, executor {spec.resources.resolved_executor()}, "
           f"{len(space.params)} searched keys", flush=True)
 
-    from raykd.train.setup import resolve_data
+    from raykd.train.setup import validate_data
     from raykd.train.teacher import data_fingerprint, ensure_teacher, teacher_metrics
 
     cfg = space.base_config
     started = time.perf_counter()
-    resolve_data(cfg.data)
+    validate_data(cfg.data)  # before Ray: annotation files and image files
     teacher_ckpt = None
     if cfg.teacher is not None:
         teacher_ckpt = ensure_teacher(cfg, log=lambda line: print(line, flush=True), progress=not args.quiet)

@@ -12,6 +12,7 @@ from torch import nn
 
 from raykd.config import DataConfig, ExperimentConfig, ScheduleConfig
 from raykd.data import CocoDetection, ensure_synthetic
+from raykd.data.cocofile import read_coco
 from raykd.errors import UserError
 from raykd.models import build_detector, inherit_neck_and_head, load_weights
 
@@ -35,20 +36,50 @@ def resolve_data(cfg: DataConfig) -> DataPaths:
                      str(paths.val_annotations), str(paths.val_images))
 
 
-def build_datasets(cfg: DataConfig) -> tuple[CocoDetection, CocoDetection]:
-    paths = resolve_data(cfg)
+def _check_paths(paths: DataPaths) -> None:
     for key, value in (("data.train.annotations", paths.train_annotations), ("data.val.annotations", paths.val_annotations)):
         if not os.path.isfile(value):
             raise UserError("annotation file not found", file=value, key=key)
     for key, value in (("data.train.images", paths.train_images), ("data.val.images", paths.val_images)):
         if not os.path.isdir(value):
             raise UserError("image folder not found", file=value, key=key)
+
+
+def _same_categories(train_ids: list[int], val_ids: list[int], val_file: str) -> None:
+    if train_ids != val_ids:
+        raise UserError(f"val categories {val_ids} differ from train categories {train_ids}", file=val_file,
+                        key="categories")
+
+
+def build_datasets(cfg: DataConfig) -> tuple[CocoDetection, CocoDetection]:
+    paths = resolve_data(cfg)
+    _check_paths(paths)
     train = CocoDetection(paths.train_annotations, paths.train_images, image_size=cfg.image_size, train=True)
     val = CocoDetection(paths.val_annotations, paths.val_images, image_size=cfg.image_size, train=False)
-    if train.cat_ids != val.cat_ids:
-        raise UserError(f"val categories {val.cat_ids} differ from train categories {train.cat_ids}",
-                        file=paths.val_annotations, key="categories")
+    _same_categories(train.cat_ids, val.cat_ids, paths.val_annotations)
     return train, val
+
+
+def validate_data(cfg: DataConfig) -> DataPaths:
+    """Check the configured data before anything starts (a synthetic block is generated first):
+    both annotation files read as COCO without a problem (:func:`~raykd.data.cocofile.read_coco`),
+    every image file they list exists, train and val have the same categories. Images are not
+    decoded here (``python -m raykd.data check`` does that); an unreadable one fails when read."""
+    paths = resolve_data(cfg)
+    _check_paths(paths)
+    categories = []
+    for annotations, images in ((paths.train_annotations, paths.train_images),
+                                (paths.val_annotations, paths.val_images)):
+        coco = read_coco(annotations)
+        coco.raise_first_problem()
+        missing = [image for image in coco.images if not os.path.isfile(os.path.join(images, image.file_name))]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise UserError(f"image file not found: {os.path.join(images, missing[0].file_name)}{more}",
+                            file=annotations, key=f"images[{missing[0].index}].file_name")
+        categories.append(sorted(coco.categories))
+    _same_categories(*categories, paths.val_annotations)
+    return paths
 
 
 def choose_device(cfg: ScheduleConfig, local_rank: int = 0) -> torch.device:
