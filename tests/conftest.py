@@ -77,3 +77,56 @@ def ray_local():
     yield ray
     if started:
         ray.shutdown()
+
+
+# --- hardening figures: faults injected/survived and bad inputs tried/answered ---------------
+# Fault tests call ``fault_ledger(...)``; tests under tests/bad_inputs/ count as one bad input
+# each. The totals are printed at the end of every run (and kept in pytest's cache under
+# raykd/hardening): the README's hardening table quotes them.
+
+_FAULTS: dict[str, dict] = {}
+_BAD_INPUTS: dict[str, bool] = {}
+
+
+@pytest.fixture
+def fault_ledger(request):
+    """``record(kind, injected=1, trials_expected=None, trials_found=None)``: the faults this test
+    injected (survived when the test passes) and, for searches, the trials it expected and found."""
+
+    def record(kind: str, injected: int = 1, trials_expected: int | None = None,
+               trials_found: int | None = None) -> None:
+        entry = _FAULTS.setdefault(request.node.nodeid, {"kinds": [], "injected": 0, "lost": 0, "passed": False})
+        entry["kinds"].append(kind)
+        entry["injected"] += injected
+        if trials_expected is not None:
+            entry["lost"] += max(trials_expected - (trials_found or 0), 0)
+
+    return record
+
+
+def pytest_runtest_logreport(report):
+    if report.when != "call" and not (report.when == "setup" and report.failed):
+        return
+    if report.nodeid in _FAULTS:
+        _FAULTS[report.nodeid]["passed"] = report.passed
+    if report.nodeid.startswith("tests/bad_inputs/") or "/bad_inputs/" in report.nodeid:
+        _BAD_INPUTS[report.nodeid] = report.passed
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not _FAULTS and not _BAD_INPUTS:
+        return
+    figures = {
+        "faults_injected": sum(e["injected"] for e in _FAULTS.values()),
+        "faults_survived": sum(e["injected"] for e in _FAULTS.values() if e["passed"]),
+        "trials_lost": sum(e["lost"] for e in _FAULTS.values()),
+        "fault_kinds": sorted({k for e in _FAULTS.values() for k in e["kinds"]}),
+        "bad_inputs_tried": len(_BAD_INPUTS),
+        "bad_inputs_answered_clearly": sum(_BAD_INPUTS.values()),
+    }
+    if getattr(config, "cache", None) is not None:  # absent under -p no:cacheprovider
+        config.cache.set("raykd/hardening", figures)
+    terminalreporter.write_line(
+        f"hardening: faults injected {figures['faults_injected']}, survived {figures['faults_survived']}, "
+        f"trials lost {figures['trials_lost']}; bad inputs tried {figures['bad_inputs_tried']}, "
+        f"answered with a clear error {figures['bad_inputs_answered_clearly']}")

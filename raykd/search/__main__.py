@@ -79,6 +79,35 @@ def _pick_name(space: Space, storage: str, name: str | None, resume: bool) -> st
     return f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def _check_resumable(paths) -> None:
+    """``--resume`` needs a search folder (local) or Tune state (URI) under that name."""
+    from ray.tune import Tuner
+
+    if Path(paths.root).is_dir() if "://" not in paths.storage else Tuner.can_restore(paths.root):
+        return
+    raise UserError(f"no search to resume at {paths.root} (nothing was started under that name)", key="--resume")
+
+
+def _restorable(paths) -> bool:
+    """Whether Tune saved a whole state to restore. Torn state sets (a driver killed while Tune
+    copied them) are set aside first; a local folder without any state (its driver died before
+    Tune saved one) starts over, unless trials already reached the tables."""
+    if "://" in paths.storage:
+        return True
+    from raykd.results import load_table
+    from raykd.search.snapshot import TORN_FOLDER, has_state, set_aside_torn
+
+    for session in set_aside_torn(paths.root):
+        print(f"resume: Tune's state of session {session} was torn when its driver died; moved to "
+              f"{Path(paths.root, TORN_FOLDER, session)}, resuming from the state before it", flush=True)
+    if has_state(paths.root):
+        return True
+    if Path(paths.tables, "trials").is_dir() and load_table(paths.tables).num_rows:
+        raise UserError("Tune's saved state is missing or torn but the tables hold trials: this search cannot "
+                        "continue; start a new one with another --name", file=paths.root, key="--resume")
+    return False
+
+
 def _init_ray(address: str | None, num_cpus: int | None) -> None:
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -105,6 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.resume and "://" not in storage and Path(paths.root).exists():
         raise UserError(f"a search named {name!r} exists at {paths.root}; pass --resume or another --name",
                         key="--name")
+    if args.resume:
+        _check_resumable(paths)
     _check_writable(storage)
     spec = space.spec
     print(f"search {name}: {spec.search.num_samples} samples × {spec.search.repeats} seeds, sampler "
@@ -112,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{len(space.params)} searched keys", flush=True)
 
     from raykd.train.setup import validate_data
-    from raykd.train.teacher import data_fingerprint, ensure_teacher, teacher_metrics
+    from raykd.train.teacher import check_teacher, data_fingerprint, ensure_teacher
 
     cfg = space.base_config
     started = time.perf_counter()
@@ -120,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     teacher_ckpt = None
     if cfg.teacher is not None:
         teacher_ckpt = ensure_teacher(cfg, log=lambda line: print(line, flush=True), progress=not args.quiet)
-        teacher = teacher_metrics(teacher_ckpt)
+        teacher = check_teacher(cfg, teacher_ckpt)
         print(f"teacher: {teacher_ckpt} (bbox_mAP {teacher.get('bbox_mAP', float('nan')):.4f})", flush=True)
     prep_s = time.perf_counter() - started
 
@@ -132,10 +163,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         Path(paths.root).mkdir(parents=True, exist_ok=True)
         if teacher_ckpt:
             Path(paths.root, "teacher.json").write_text(json.dumps(
-                {"checkpoint": teacher_ckpt, **teacher_metrics(teacher_ckpt)}, default=str))
+                {"checkpoint": teacher_ckpt, **teacher}, default=str))
     write_run(paths.tables, name, dataset_fingerprint=data_fingerprint(cfg), space_path=str(space.path),
               space_text=space.text, resumed=args.resume)
-    tuner = restore_tuner(space, paths, teacher_ckpt) if args.resume else build_tuner(
+    resumable = args.resume and _restorable(paths)
+    if args.resume and not resumable:
+        print(f"resume: no trial of {name} had started yet (the last driver stopped before Tune saved its "
+              "state); starting the search", flush=True)
+    tuner = restore_tuner(space, paths, teacher_ckpt) if resumable else build_tuner(
         space, paths, teacher_ckpt, quiet=args.quiet, autoscaling=bool(args.address))
     print(f"running: results in {paths.root}", flush=True)
     search_start = time.perf_counter()

@@ -8,16 +8,23 @@ CPU, see RAY_NOTES.md). Both resume from the trial's last checkpoint after a fai
 from __future__ import annotations
 
 import copy
+import io
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
+import torch
 from ray import tune
 
 from raykd.config import experiment_from_dict, get_dotted, set_dotted
+from raykd.errors import UserError
 from raykd.train.checkpoint import STATE_FILE, load_state, save_state
 
 SEED_KEY = "train.seed"
+FINISHED = "finished"
+EPOCH_FILE = "epoch.json"  # beside the state in each trial checkpoint
 
 
 def trial_experiment(config: dict[str, Any], base: dict[str, Any], threads: int | None) -> dict[str, Any]:
@@ -36,6 +43,46 @@ def trial_experiment(config: dict[str, Any], base: dict[str, Any], threads: int 
     return exp
 
 
+def resume_state_of(checkpoint: tune.Checkpoint | None) -> dict[str, Any] | None:
+    """The training state a restarted trial continues from.
+
+    Tune names the checkpoint of its last saved search state. After a driver was killed that
+    one can be stale (newer checkpoints were written since), deleted (``num_to_keep``, or the
+    trial finished) or torn; on a local disk the trial's newest readable checkpoint folder is
+    used instead, and with none the trial starts over (its results are re-reported and
+    replace the earlier rows in the tables).
+    """
+    if checkpoint is None:
+        return None
+    folder = Path(checkpoint.path)
+    if not isinstance(checkpoint.filesystem, pafs.LocalFileSystem):
+        with checkpoint.as_directory() as local:
+            return load_state(Path(local) / STATE_FILE)
+    for candidate in sorted(folder.parent.glob("checkpoint_*"), reverse=True):
+        try:
+            return load_state(candidate / STATE_FILE)
+        except UserError:  # torn by a kill while Tune copied it
+            continue
+    return None
+
+
+def reported_epoch(checkpoint: tune.Checkpoint) -> int:
+    """The epoch whose result was reported with ``checkpoint`` (0 when unknown)."""
+    try:
+        with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{EPOCH_FILE}") as stream:
+            return int(json.loads(stream.read())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def finished_marker() -> bytes:
+    """The bytes of the training state that says the trial has ended (see
+    :class:`raykd.search.tuner.ShrinkFinishedCheckpoints`)."""
+    buffer = io.BytesIO()
+    torch.save({FINISHED: True}, buffer)
+    return buffer.getvalue()
+
+
 def run_trial(config: dict[str, Any], *, base: dict[str, Any], teacher_checkpoint: str | None, executor: str,
               workers: int, cpus_per_worker: float, gpus_per_worker: float, storage_path: str) -> None:
     """Tune function trainable; ``tune.with_parameters`` binds everything but ``config``."""
@@ -45,15 +92,21 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], teacher_checkpoin
     if executor == "inline":
         from raykd.train.loop import fit
 
-        resume_state = None
         checkpoint = tune.get_checkpoint()
-        if checkpoint is not None:
-            with checkpoint.as_directory() as folder:
-                resume_state = load_state(Path(folder) / STATE_FILE)
+        resume_state = resume_state_of(checkpoint)
+        if resume_state is not None and resume_state.get(FINISHED):
+            return  # ended before the driver died; Tune's saved state had not recorded it
+        if resume_state is not None:
+            # Epochs past Tune's checkpoint whose results may never have reached the driver.
+            known = reported_epoch(checkpoint)
+            for metrics in resume_state.get("history", []):
+                if metrics["epoch"] > known:
+                    tune.report({**metrics, **extra})
 
         def report(metrics: dict[str, Any], make_state) -> None:
             with tempfile.TemporaryDirectory() as folder:
                 save_state(make_state(), Path(folder) / STATE_FILE)
+                (Path(folder) / EPOCH_FILE).write_text(json.dumps({"epoch": metrics["epoch"]}))
                 tune.report({**metrics, **extra}, checkpoint=tune.Checkpoint.from_directory(folder))
 
         fit(cfg, teacher_checkpoint=teacher_checkpoint, resume_state=resume_state, on_epoch_end=report,

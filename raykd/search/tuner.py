@@ -25,7 +25,8 @@ from raykd.errors import UserError
 from raykd.results import arrow_type_for
 from raykd.search.progress import ProgressCallback
 from raykd.search.space import Space, encode_choice
-from raykd.search.trainable import run_trial
+from raykd.search.trainable import finished_marker, run_trial
+from raykd.train.checkpoint import STATE_FILE
 
 TABLES = "tables"
 TRAIN_DRIVER_CPU = 0.01  # Ray refuses 0 CPUs for a trial; its TorchTrainer workers hold the real ones
@@ -48,6 +49,21 @@ class SearchPaths:
     @property
     def journal(self) -> str | None:
         return None if "://" in self.storage else os.path.join(self.root, JOURNAL)
+
+
+class ResumableOptunaSearch(OptunaSearch):
+    """OptunaSearch that tolerates results of a trial Optuna has already closed.
+
+    A driver killed after Optuna's journal recorded a trial's end, but before Tune's next
+    snapshot did, resumes that trial from its last checkpoint; it reports its last epochs
+    again (the same values: resume is exact), which Optuna refuses for a finished trial.
+    """
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        try:
+            super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self._completed_trials.add(trial_id)
 
 
 def make_sampler(space: Space) -> optuna.samplers.BaseSampler:
@@ -126,9 +142,15 @@ def make_trainable(space: Space, paths: SearchPaths, teacher_checkpoint: str | N
     return tune.with_resources(fn, request)
 
 
-class DropFinishedCheckpoints(tune.Callback):
-    """Delete a trial's checkpoints once it has ended: they only serve to resume it in flight,
-    and each holds the student and its optimiser (about 150 MB for the demo's student)."""
+class ShrinkFinishedCheckpoints(tune.Callback):
+    """Replace the training state in an ended trial's checkpoints by a few-byte "finished"
+    marker: they only serve to resume it in flight, and each holds the student and its
+    optimiser (about 150 MB for the demo's student).
+
+    The folders stay: if the driver dies before Tune's next saved state records the end,
+    the resumed search restarts the trial from one of them, finds the marker and ends it at
+    once (Tune refuses to restore from a missing folder).
+    """
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         storage = trial.storage
@@ -137,9 +159,11 @@ class DropFinishedCheckpoints(tune.Callback):
             entries = fs.get_file_info(pafs.FileSelector(folder))
         except (OSError, FileNotFoundError):
             return
+        marker = finished_marker()
         for entry in entries:
             if entry.type == pafs.FileType.Directory and entry.base_name.startswith("checkpoint_"):
-                fs.delete_dir(entry.path)
+                with fs.open_output_stream(f"{entry.path}/{STATE_FILE}") as out:
+                    out.write(marker)
 
 
 def trial_dirname(trial) -> str:
@@ -164,7 +188,7 @@ def build_tuner(space: Space, paths: SearchPaths, teacher_checkpoint: str | None
 
         Path(paths.journal).parent.mkdir(parents=True, exist_ok=True)
         storage = JournalStorage(JournalFileBackend(paths.journal))
-    searcher = OptunaSearch(
+    searcher = ResumableOptunaSearch(
         space=space.define_by_run(), metric=metrics[0] if single else metrics, mode=modes[0] if single else modes,
         points_to_evaluate=space.points or None, sampler=make_sampler(space), study_name=paths.name,
         storage=storage,
@@ -178,7 +202,7 @@ def build_tuner(space: Space, paths: SearchPaths, teacher_checkpoint: str | None
     callbacks = [
         ParquetResultsCallback(paths.tables, paths.name, param_types(space), flush_every_s=5.0),
         ProgressCallback(metrics[0], modes[0], epochs=epochs, quiet=quiet),
-        DropFinishedCheckpoints(),
+        ShrinkFinishedCheckpoints(),
         *(extra_callbacks or []),
     ]
     return tune.Tuner(

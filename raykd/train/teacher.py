@@ -103,3 +103,20 @@ def teacher_metrics(path: str | Path) -> dict:
     state = torch.load(path, map_location="cpu", weights_only=True)
     return dict(state.get("metrics", {})) if isinstance(state, dict) else {}
 
+
+
+def check_teacher(cfg: ExperimentConfig, path: str | Path) -> dict:
+    """Load ``path`` into the configured teacher model, as every trial will, and return its
+    stored metrics; a missing, corrupt or mismatched file is a one-line :class:`UserError`
+    (key ``teacher.checkpoint``) before any trial starts."""
+    from raykd.train.setup import build_teacher, resolve_data
+
+    val = resolve_data(cfg.data).val_annotations  # smaller than train, same categories
+    try:
+        with open(val, encoding="utf-8") as fh:
+            num_classes = len(json.load(fh)["categories"]) + 1
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"cannot read the categories ({type(err).__name__}: {err})", file=val,
+                        key="data.val.annotations") from None
+    build_teacher(cfg, num_classes, str(path))
+    return teacher_metrics(path)

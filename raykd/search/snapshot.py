@@ -1,0 +1,72 @@
+"""Tune's saved search state on a local disk: finding the newest whole one before a resume.
+
+Each driver session S of a search keeps one set of state files in the search folder
+(``experiment_state-S.json``, ``search_gen_state-S.json``, ``searcher-state-S.pkl``,
+``callback-states-S.pkl``) and rewrites it in place by copying from a staging folder, with no
+rename. A driver killed during that copy leaves a torn set; Tune's restore then fails and
+Tune quietly starts the search over, losing its trials. :func:`set_aside_torn` moves torn
+sets out of Tune's sight so that it restores the newest whole one.
+"""
+
+from __future__ import annotations
+
+import json
+import pickletools
+import re
+from pathlib import Path
+
+STATE_FILES = ("experiment_state-{}.json", "search_gen_state-{}.json", "searcher-state-{}.pkl",
+               "callback-states-{}.pkl")
+TORN_FOLDER = ".torn-state"
+_SESSION = re.compile(r"^(?:experiment_state|search_gen_state|searcher-state|callback-states)-(.+)\.(?:json|pkl)$")
+
+
+def is_whole(path: Path) -> bool:
+    """Whether a JSON or pickle state file reads to its end, whatever its suffix says
+    (``search_gen_state-*.json`` is a pickle). Pickles are walked opcode by opcode with
+    :mod:`pickletools` (nothing is unpickled)."""
+    try:
+        data = path.read_bytes()
+        if not data.startswith(b"\x80"):  # every pickle protocol >= 2 starts with PROTO
+            json.loads(data)
+            return True
+        last = None
+        for last, _, _ in pickletools.genops(data):
+            pass
+        return last is not None and last.name == "STOP"
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+
+
+def sessions(root: Path) -> list[str]:
+    """Session names with any state file under ``root``, oldest first (they are timestamps)."""
+    found = {m.group(1) for p in root.iterdir() if (m := _SESSION.match(p.name))}
+    return sorted(found)
+
+
+def set_aside_torn(root: str | Path) -> list[str]:
+    """Move the newest sessions' state sets that are torn (a file unreadable, or no
+    ``experiment_state``) into ``root/.torn-state/``; stop at the first whole set.
+
+    Returns the sessions moved, newest first. Sets older than a whole one are left alone:
+    Tune reads only the newest.
+    """
+    root = Path(root)
+    moved = []
+    for session in reversed(sessions(root)):
+        files = [root / pattern.format(session) for pattern in STATE_FILES]
+        present = [f for f in files if f.exists()]
+        if files[0].exists() and all(is_whole(f) for f in present):
+            break
+        aside = root / TORN_FOLDER / session
+        aside.mkdir(parents=True, exist_ok=True)
+        for f in present:
+            f.replace(aside / f.name)
+        moved.append(session)
+    return moved
+
+
+def has_state(root: str | Path) -> bool:
+    """Whether Tune saved a whole search state under ``root`` (its Tuner file and a state set)."""
+    root = Path(root)
+    return is_whole(root / "tuner.pkl") and any((root / STATE_FILES[0].format(s)).exists() for s in sessions(root))
