@@ -44,14 +44,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = parse_overrides(args.overrides)
     cfg = load_experiment(args.experiment, overrides)
     out = Path(cfg.train.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    state_path = out / "checkpoints" / "state.pt"
+    if args.resume and not state_path.is_file():
+        raise UserError("nothing to resume: no checkpoint", file=state_path, key="--resume")
+    from raykd.train.setup import validate_data
 
+    validate_data(cfg.data)  # before anything is written or started
     teacher_ckpt = None
     if cfg.teacher is not None and (cfg.distill.method != "none" or cfg.student.inherit):
-        from raykd.train.teacher import ensure_teacher
+        from raykd.train.teacher import check_teacher, ensure_teacher
 
         teacher_ckpt = ensure_teacher(cfg, progress=not args.no_progress)
+        check_teacher(cfg, teacher_ckpt)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     print(f"training {cfg.student.arch} {cfg.student.backbone}/FPN{cfg.student.fpn_channels}, "
           f"distill={cfg.distill.method}, {cfg.train.epochs} epochs, output {out}", flush=True)
     if args.workers == 1:
@@ -68,11 +74,7 @@ def _train_local(cfg, out: Path, teacher_ckpt, *, resume: bool, progress: bool) 
     from raykd.train.teacher import save_model
 
     state_path = out / "checkpoints" / "state.pt"
-    resume_state = None
-    if resume:
-        if not state_path.is_file():
-            raise UserError("nothing to resume: no checkpoint", file=state_path, key="--resume")
-        resume_state = load_state(state_path)
+    resume_state = load_state(state_path) if resume else None  # main checked that it exists
     metrics_path = out / "metrics.jsonl"
     if not resume:
         metrics_path.unlink(missing_ok=True)
