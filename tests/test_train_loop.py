@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import pickle
 import subprocess
 import sys
 
@@ -80,8 +81,11 @@ def test_non_finite_loss_stops_with_the_reason(write_experiment, monkeypatch):
         return total, losses
 
     monkeypatch.setattr(loop_module.DistillStep, "forward", poisoned)
-    with pytest.raises(NonFiniteLoss, match=r"non-finite loss at epoch 1 \(step 1: det_classification=nan"):
+    with pytest.raises(NonFiniteLoss, match=r"non-finite loss at epoch 1 \(step 1: det_classification=nan") as raised:
         _run(cfg)
+    # Ray pickles a trial's exception to the driver: it must come back whole.
+    again = pickle.loads(pickle.dumps(raised.value))
+    assert type(again) is NonFiniteLoss and str(again) == str(raised.value) and again.epoch == 1
 
 
 def test_train_cli_writes_checkpoints_and_resumes(write_experiment, tmp_path):

@@ -59,7 +59,7 @@ class ParquetResultsCallback(Callback):
         self._flush()
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.writer.end_trial(trial.trial_id, "ERROR", config=trial.config, error=_error_text(trial))
+        self.writer.end_trial(trial.trial_id, "ERROR", config=trial.config, error=trial_error_text(trial))
         self._flush()
 
     def on_experiment_end(self, trials, **info):
@@ -82,7 +82,7 @@ class ParquetResultsCallback(Callback):
             )
 
 
-def _error_text(trial) -> str:
+def trial_error_text(trial) -> str:
     """``Type: message`` of the exception that ended ``trial``.
 
     At ``on_trial_error`` Tune has written the error only to the trial's local folder

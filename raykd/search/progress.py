@@ -8,6 +8,8 @@ from typing import Any
 
 from ray.tune import Callback
 
+from raykd.results.callback import trial_error_text
+
 
 def _short(config: dict[str, Any]) -> str:
     parts = []
@@ -64,8 +66,7 @@ class ProgressCallback(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         self._counts["running"] -= 1
         self._counts["error"] += 1
-        message = str(getattr(trial, "error_msg", None) or "").strip().splitlines()
-        self._say(f"trial {trial.trial_id} FAILED: {message[-1] if message else 'see its error.txt'}")
+        self._say(f"trial {trial.trial_id} FAILED: {trial_error_text(trial)}")
 
     def on_step_end(self, iteration, trials, **info):
         if time.monotonic() - self._last_summary < self.summary_every_s:

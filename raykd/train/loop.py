@@ -40,7 +40,11 @@ class NonFiniteLoss(RuntimeError):
     def __init__(self, epoch: int, step: int, terms: dict[str, float]):
         bad = ", ".join(f"{k}={v}" for k, v in terms.items() if not math.isfinite(v)) or "total"
         super().__init__(f"non-finite loss at epoch {epoch} (step {step}: {bad})")
-        self.epoch = epoch
+        self.epoch, self.step, self.terms = epoch, step, terms
+
+    def __reduce__(self):
+        # Ray pickles a trial's exception to the driver; the default rebuilds from str(self).
+        return type(self), (self.epoch, self.step, self.terms)
 
 
 class DistillStep(nn.Module):
