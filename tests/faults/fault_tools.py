@@ -26,8 +26,10 @@ class SearchDriver:
     """
 
     def __init__(self, space: Path, storage: Path, name: str, logs: Path, extra: list[str] | None = None):
+        """``extra``: more flags; without ``--address`` the driver starts a local Ray of 2 CPUs."""
+        extra = list(extra or [])
         self.cmd = [sys.executable, "-m", "raykd.search", str(space), "--storage", str(storage), "--name", name,
-                    "--num-cpus", "2", *(extra or [])]
+                    *([] if "--address" in extra else ["--num-cpus", "2"]), *extra]
         self.logs = logs
         self.logs.mkdir(parents=True, exist_ok=True)
         self.sessions: list[int] = []

@@ -1,6 +1,8 @@
-"""Ray Train worker: ``--workers 2`` reports like one worker and resumes after a worker is killed.
+"""Ray Train worker: ``--workers 2`` reports like one worker and resumes from its checkpoint
+after a worker is SIGKILLed mid-epoch.
 
-Named to run before the submit tests, whose clusters change the token Ray caches in-process.
+In tests/faults/, which runs before the submit tests, whose clusters change the token Ray
+caches in-process.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def _kill_rank_after_first_checkpoint(storage: Path, pid_dir: Path, record: dict
         time.sleep(0.2)
 
 
-def test_two_workers_report_like_one_and_resume_after_a_kill(ray_local, write_experiment, tmp_path):
+def test_two_workers_report_like_one_and_resume_after_a_kill(ray_local, write_experiment, tmp_path, fault_ledger):
     from raykd.train.worker import make_trainer
 
     path = write_experiment(train={"epochs": 4})
@@ -51,6 +53,7 @@ def test_two_workers_report_like_one_and_resume_after_a_kill(ray_local, write_ex
     killer.start()
     result = trainer.fit()
     killer.join()
+    fault_ledger("Ray Train worker SIGKILL", trials_expected=1, trials_found=int(result.error is None))
     assert result.error is None
     assert "killed_pid" in record, "no checkpoint appeared to kill a worker after"
     assert int((pid_dir / "rank1.pid").read_text()) != record["killed_pid"]  # the group was restarted

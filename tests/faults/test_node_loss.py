@@ -1,0 +1,43 @@
+"""A worker node removed from a ``ray.cluster_utils.Cluster`` while its trial trains: the trial is
+retried on the other node, from its last checkpoint, and the search finishes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cluster_tools import TwoNodes
+from fault_tools import check_search
+from raykd.results import load
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+def test_a_node_lost_mid_trial_is_retried_on_another_node(fault_space, search_driver, tmp_path, fault_ledger):
+    cluster = TwoNodes()
+    try:
+        space = fault_space(num_samples=1, epochs=5, space={"distill.method": {"choice": ["mgd"]}})
+        driver = search_driver(space, name="node-loss", extra=["--address", cluster.gcs_address])
+        driver.start(env=cluster.env())
+        driver.wait_for(r"epoch 2/5")
+        removed = cluster.remove_node_running("ImplicitFunc")
+        assert removed["removed"] in cluster.info["workers"], removed
+        assert driver.finish() == 0, driver.text()[-3000:]
+    finally:
+        cluster.stop()
+
+    root = tmp_path / "results" / "node-loss"
+    trials = load(root / "tables")
+    fault_ledger("node removed", trials_expected=1, trials_found=len(trials))
+    (trial,) = check_search(root, trials_expected=1, epochs=5)["trial_id"]
+    assert driver.text().count(f"trial {trial} started") == 2  # first run, then the retry
+
+    reports = [json.loads(line) for line in (root / f"trial_{trial}" / "result.json").read_text().splitlines()]
+    before = [r["epoch"] for r in reports if r["pid"] == removed["pid"]]
+    after = [r["epoch"] for r in reports if r["pid"] != removed["pid"]]
+    assert before[:2] == [1, 2] and after and after[-1] == 5
+    # The retry ran on the surviving node (the removed node's processes are gone, the head has no
+    # CPU) and continued from a checkpoint: epoch 1 was not trained again.
+    assert len({r["pid"] for r in reports if r["pid"] != removed["pid"]}) == 1
+    assert min(after) >= 2, reports
