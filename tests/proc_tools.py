@@ -59,3 +59,41 @@ def kill_pids(pids: list[int]) -> None:
             os.kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def _hex_ip(text: str) -> str:
+    """An address of /proc/net/tcp{,6} (little-endian hex words) as text."""
+    raw = bytes.fromhex(text)
+    if len(raw) == 4:
+        return socket.inet_ntop(socket.AF_INET, raw[::-1])
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
+    return socket.inet_ntop(socket.AF_INET6, words)
+
+
+def listening_sockets(pids: list[int]) -> set[tuple[str, int, int]]:
+    """``(ip, port, pid)`` of every TCP socket in LISTEN state held by one of ``pids``."""
+    listening = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A":  # TCP_LISTEN
+                ip, port = fields[1].split(":")
+                listening[fields[9]] = (_hex_ip(ip), int(port, 16))
+    found = set()
+    for pid in pids:
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target[8:-1] in listening:
+                found.add((*listening[target[8:-1]], pid))
+    return found

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import shlex
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +16,7 @@ from raykd.errors import ArgumentParser, UserError, run_cli
 from raykd.search.space import Space
 
 PROG = "python -m raykd.search"
+PROBE_BYTES = 1 << 20  # written and removed before anything starts
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,13 +57,22 @@ def _check_writable(storage: str) -> None:
         return
     if Path(storage).exists() and not Path(storage).is_dir():
         raise UserError("expected a folder to hold searches, this is a file", file=storage, key="--storage")
+    probe = Path(storage) / f".raykd-write-test-{os.getpid()}"
     try:
         Path(storage).mkdir(parents=True, exist_ok=True)
-        probe = Path(storage) / f".raykd-write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
+        with probe.open("wb") as fh:  # real bytes: a full disk still creates empty files
+            fh.write(b"\0" * PROBE_BYTES)
+            fh.flush()
+            os.fsync(fh.fileno())
     except OSError as err:
-        raise UserError(f"cannot write there ({err.strerror})", file=storage, key="--storage") from None
+        full = err.errno in (errno.ENOSPC, errno.EDQUOT)
+        raise UserError(f"cannot write there ({err.strerror}{'; free some space' if full else ''})",
+                        file=storage, key="--storage") from None
+    finally:
+        try:
+            probe.unlink()
+        except OSError:
+            pass
 
 
 def _pick_name(space: Space, storage: str, name: str | None, resume: bool) -> str:

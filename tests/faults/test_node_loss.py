@@ -41,3 +41,9 @@ def test_a_node_lost_mid_trial_is_retried_on_another_node(fault_space, search_dr
     # CPU) and continued from a checkpoint: epoch 1 was not trained again.
     assert len({r["pid"] for r in reports if r["pid"] != removed["pid"]}) == 1
     assert min(after) >= 2, reports
+
+    # The driver ran with the cluster's token in its environment: it is in no log or file.
+    secret = cluster.token.encode()
+    assert secret not in driver.text().encode()
+    leaked = [p for p in (tmp_path / "results").rglob("*") if p.is_file() and secret in p.read_bytes()]
+    assert leaked == [], leaked
