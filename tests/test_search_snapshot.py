@@ -66,3 +66,45 @@ def test_a_set_without_its_experiment_state_is_torn_and_no_state_is_no_state(tmp
     _write_set(tmp_path, "2026-01-01_11-00-00")
     (tmp_path / "tuner.pkl").write_bytes(pickle.dumps({"tuner": 1})[:5])
     assert not has_state(tmp_path)  # a torn Tuner file cannot be restored either
+
+
+def _age(root, seconds: float = 5.0):
+    """Make every file under ``root`` look settled (modified ``seconds`` ago)."""
+    import os
+    import time
+
+    for path in root.rglob("*"):
+        if path.is_file():
+            stamp = time.time() - seconds
+            os.utime(path, (stamp, stamp))
+
+
+def test_a_backup_restores_a_first_session_torn_later(tmp_path):
+    from raykd.search.snapshot import BACKUP_FOLDER, back_up, restore_backup
+
+    (tmp_path / "tuner.pkl").write_bytes(pickle.dumps({"tuner": 1}))
+    _write_set(tmp_path, "2026-01-01_10-00-00")
+    assert back_up(tmp_path) is None  # just written: Tune may still be copying it
+    _age(tmp_path)
+    assert back_up(tmp_path) == "2026-01-01_10-00-00"
+    whole = {p.name: p.read_bytes() for p in (tmp_path / BACKUP_FOLDER).iterdir()}
+
+    _write_set(tmp_path, "2026-01-01_10-00-00", torn="searcher-state-{}.pkl")  # the next save tears
+    _age(tmp_path)
+    assert back_up(tmp_path) is None  # a torn set is never backed up...
+    assert {p.name: p.read_bytes() for p in (tmp_path / BACKUP_FOLDER).iterdir()} == whole  # ...nor lost
+
+    assert set_aside_torn(tmp_path) == ["2026-01-01_10-00-00"] and not has_state(tmp_path)
+    assert restore_backup(tmp_path) == "2026-01-01_10-00-00"
+    assert has_state(tmp_path) and {n: (tmp_path / n).read_bytes() for n in whole} == whole
+
+
+def test_a_backup_older_than_a_whole_set_is_left_alone(tmp_path):
+    from raykd.search.snapshot import back_up, restore_backup
+
+    _write_set(tmp_path, "2026-01-01_10-00-00")
+    _age(tmp_path)
+    assert back_up(tmp_path) == "2026-01-01_10-00-00"
+    _write_set(tmp_path, "2026-01-01_11-00-00")  # a later session's whole set
+    assert restore_backup(tmp_path) is None
+    assert sessions(tmp_path) == ["2026-01-01_10-00-00", "2026-01-01_11-00-00"]

@@ -13,6 +13,7 @@ import pyarrow as pa
 from ray import cloudpickle
 from ray.tune import Callback
 
+from raykd.results.store import STORAGE_GONE
 from raykd.results.writer import TableWriter
 
 log = logging.getLogger(__name__)
@@ -26,8 +27,9 @@ class ParquetResultsCallback(Callback):
     after they arrive (0: at once), when a trial completes or errors, when a trial
     registers a Tune checkpoint, when Tune snapshots its experiment state (so anything a
     restored run will not report again is already on disk) and at the end of the
-    experiment. A storage error during the run is logged and retried at the next flush;
-    at the end of the experiment it is raised.
+    experiment. A passing storage error during the run is logged and retried at the next
+    flush; full, over-quota or read-only storage (``STORAGE_GONE``) is raised at once, which
+    stops the search; at the end of the experiment any storage error is raised.
 
     ``params``: every config key of the trials (dotted, as in ``trial.config``) and its
     Arrow type, see :func:`raykd.results.arrow_type_for`. After ``Tuner.restore`` Tune
@@ -76,6 +78,8 @@ class ParquetResultsCallback(Callback):
         try:
             self.writer.maybe_flush() if due_only else self.writer.flush()
         except OSError as err:
+            if err.errno in STORAGE_GONE:
+                raise  # stops the search: the driver says so in one line, --resume continues
             log.warning(
                 "results: could not publish %d pending rows to %s (%s); retrying at the next flush",
                 self.writer.pending, self.writer.root, err,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import time
@@ -12,6 +13,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 TMP_PREFIX = ".tmp-"
+# Storage errors no retry fixes: full, over quota, read-only.
+STORAGE_GONE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 _counter = itertools.count()
 
 
@@ -69,3 +72,15 @@ def list_parts(fs: pafs.FileSystem, folder: str) -> list[str]:
         and info.base_name.endswith(".parquet")
         and not info.base_name.startswith((".", "_"))
     )
+
+
+def storage_failure(err: BaseException) -> OSError | None:
+    """The full / over-quota / read-only storage error behind ``err`` (its chain of causes),
+    or None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in STORAGE_GONE:
+            return err
+        err = err.__cause__ or err.__context__
+    return None

@@ -7,12 +7,14 @@ import errno
 import json
 import os
 import shlex
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from raykd.config import parse_overrides
 from raykd.errors import ArgumentParser, UserError, run_cli
+from raykd.results.store import storage_failure
 from raykd.search.space import Space
 
 PROG = "python -m raykd.search"
@@ -105,11 +107,15 @@ def _restorable(paths) -> bool:
     if "://" in paths.storage:
         return True
     from raykd.results import load_table
-    from raykd.search.snapshot import TORN_FOLDER, has_state, set_aside_torn
+    from raykd.search.snapshot import BACKUP_FOLDER, TORN_FOLDER, has_state, restore_backup, set_aside_torn
 
     for session in set_aside_torn(paths.root):
-        print(f"resume: Tune's state of session {session} was torn when its driver died; moved to "
-              f"{Path(paths.root, TORN_FOLDER, session)}, resuming from the state before it", flush=True)
+        print(f"resume: Tune's state of session {session} was torn when its driver stopped; moved to "
+              f"{Path(paths.root, TORN_FOLDER, session)}", flush=True)
+    restored = restore_backup(paths.root)
+    if restored:
+        print(f"resume: restored Tune's state of session {restored} from its last whole copy in "
+              f"{Path(paths.root, BACKUP_FOLDER)}", flush=True)
     if has_state(paths.root):
         return True
     if Path(paths.tables, "trials").is_dir() and load_table(paths.tables).num_rows:
@@ -183,14 +189,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     tuner = restore_tuner(space, paths, teacher_ckpt) if resumable else build_tuner(
         space, paths, teacher_ckpt, quiet=args.quiet, autoscaling=bool(args.address))
     print(f"running: results in {paths.root}", flush=True)
+    resume_cmd = (f"{PROG} {shlex.quote(str(args.space))} --resume --name {shlex.quote(name)}"
+                  + (f" --storage {shlex.quote(storage)}" if args.storage != "results" else ""))
     search_start = time.perf_counter()
-    tuner.fit()
+    try:
+        tuner.fit()
+    except Exception as err:
+        failure = storage_failure(err)
+        if failure is None:
+            raise
+        # The tables hold every part published before; nothing half-written is visible.
+        print(f"{PROG}: error: {storage}: --storage: cannot write the results ({failure.strerror}); "
+              f"free space or fix the storage, then continue with: {resume_cmd}", file=sys.stderr, flush=True)
+        return 3
     search_s = time.perf_counter() - search_start
     unfinished = _summary(space, paths, prep_s, search_s)
     if unfinished:
-        print(f"\ninterrupted: {unfinished} trial(s) unfinished; continue with:\n"
-              f"  {PROG} {shlex.quote(str(args.space))} --resume --name {shlex.quote(name)}"
-              + (f" --storage {shlex.quote(storage)}" if args.storage != "results" else ""), flush=True)
+        print(f"\ninterrupted: {unfinished} trial(s) unfinished; continue with:\n  {resume_cmd}", flush=True)
         return 3
     return 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from ray.tune.search.optuna import OptunaSearch
 from raykd.errors import UserError
 from raykd.results import arrow_type_for
 from raykd.search.progress import ProgressCallback
+from raykd.search.snapshot import back_up
 from raykd.search.space import Space, encode_choice
 from raykd.search.trainable import finished_marker, run_trial
 from raykd.train.checkpoint import STATE_FILE
@@ -166,6 +168,21 @@ class ShrinkFinishedCheckpoints(tune.Callback):
                     out.write(marker)
 
 
+class BackUpState(tune.Callback):
+    """Every ``every_s`` seconds, copy Tune's newest whole saved state of the search folder
+    ``root`` (local storage) to ``root/.state-backup/``: the fallback when a full disk or a
+    kill tears the state of a search's first session (see :mod:`raykd.search.snapshot`)."""
+
+    def __init__(self, root: str, every_s: float = 2.0):
+        self.root, self.every_s = root, every_s
+        self._last = 0.0
+
+    def on_step_end(self, iteration, trials, **info):
+        if time.monotonic() - self._last >= self.every_s:
+            self._last = time.monotonic()
+            back_up(self.root)
+
+
 def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
@@ -203,6 +220,7 @@ def build_tuner(space: Space, paths: SearchPaths, teacher_checkpoint: str | None
         ParquetResultsCallback(paths.tables, paths.name, param_types(space), flush_every_s=5.0),
         ProgressCallback(metrics[0], modes[0], epochs=epochs, quiet=quiet),
         ShrinkFinishedCheckpoints(),
+        *([BackUpState(paths.root)] if "://" not in paths.storage else []),
         *(extra_callbacks or []),
     ]
     return tune.Tuner(

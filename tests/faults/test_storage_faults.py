@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from fault_tools import check_parts, check_search
 from raykd.errors import UserError
 from raykd.results import load
 from raykd.results.writer import TableWriter
@@ -85,3 +86,35 @@ def test_bad_storage_is_one_clear_error_and_tables_stay_intact(fault_space, smal
     assert not (small_storage / "later").exists()
     assert sorted(load(small_storage / "earlier" / "tables")["trial_id"]) == ["a", "b"]
     assert not [p for p in small_storage.iterdir() if p.name.startswith(".raykd-write-test")]
+
+
+@pytest.mark.slow
+def test_storage_filling_up_mid_search_stops_it_cleanly_and_resume_finishes(fault_space, search_driver, tmp_path,
+                                                                           fault_ledger):
+    mount = tmp_path / "results"  # where search_driver's searches write
+    mount.mkdir()
+    _mount(mount, "size=800m")
+    try:
+        space = fault_space(num_samples=2, epochs=3, search={"sampler": "tpe", "num_samples": 2,
+                                                             "max_concurrent": 1, "seed": 0})
+        driver = search_driver(space, name="filling")
+        driver.start()
+        driver.wait_for(r"epoch 1/3")
+        _fill(mount)
+        code = driver.finish(timeout=300)
+        errors = [line for line in driver.text().splitlines() if line.startswith("python -m raykd.search: error:")]
+        root = mount / "filling"
+        check_parts(root / "tables")  # every published part reads: nothing torn is visible
+        seen = load(root / "tables")
+        assert code == 3, driver.text()[-3000:]
+        assert len(errors) == 1 and "No space left on device" in errors[0] and "--resume --name filling" in errors[0]
+
+        (mount / "ballast").unlink()
+        driver.start("--resume")
+        assert driver.finish() == 0, driver.text()[-3000:]
+        trials = load(root / "tables")
+        fault_ledger("storage filled mid-search", trials_expected=2, trials_found=len(trials))
+        check_search(root, trials_expected=2, epochs=3)
+        assert set(seen["trial_id"]) <= set(trials["trial_id"])
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
