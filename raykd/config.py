@@ -41,7 +41,7 @@ class SyntheticConfig(_Strict):
     train_images: int = Field(3000, ge=1)
     val_images: int = Field(500, ge=1)
     seed: int = 0
-    image_size: int = Field(160, ge=32)
+    image_size: int = Field(160, ge=64, description="side of the generated images, px (the generator needs 64+)")
 
 
 class DataConfig(_Strict):

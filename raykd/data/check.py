@@ -60,7 +60,7 @@ class CheckReport:
         """One line: usable or not, with the counts."""
         counts = ", ".join(f"{kind} {n}" for kind, n in sorted(self.problems.items()))
         if not self.usable:
-            return f"not usable: {self.fatal} fatal problems ({counts})"
+            return f"not usable: {self.fatal} fatal problem{'' if self.fatal == 1 else 's'} ({counts})"
         tail = f"; {self.warnings} warnings ({counts}) handled by clipping/dropping" if self.warnings else ""
         return f"usable: {self.images} images, {self.boxes} boxes, {len(self.categories)} classes{tail}"
 

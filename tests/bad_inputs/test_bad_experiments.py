@@ -27,6 +27,9 @@ CASES = [
      "less than or equal to 1 (got 1.5)"),
     ("distillation-without-teacher", {"distill": MGD, "teacher": None}, "(top level)",
      "distill.method 'mgd' needs a teacher block"),
+    ("synthetic-images-too-small", {"data": {"train": None, "val": None,
+                                             "synthetic": {"out_dir": "syn", "image_size": 48}}},
+     "data.synthetic.image_size", "greater than or equal to 64 (got 48)"),
     ("teacher-without-checkpoint-or-train", {"distill": MGD, "teacher": {"arch": "fcos", "fpn_channels": 64}},
      "teacher", "expected teacher.checkpoint or a teacher.train block"),
 ]
