@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import pickle
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import torch
 
 from raykd.config import load_experiment
 from raykd.train import loop as loop_module
+from raykd.train.checkpoint import load_state
 from raykd.train.loop import NonFiniteLoss, fit
 
 
@@ -100,6 +102,29 @@ def test_train_cli_writes_checkpoints_and_resumes(write_experiment, tmp_path):
     assert second.returncode == 0, second.stderr
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in lines] == [1, 2]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_train_cli_resumes_across_worker_counts(write_experiment, tmp_path):
+    """A Ray Train run (2 DDP workers) resumes with --resume, and a one-worker run resumes it."""
+    path = write_experiment(train={"epochs": 1})
+    cmd = [sys.executable, "-m", "raykd.train", str(path), "--no-progress"]
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    env.pop("RAY_ADDRESS", None)
+    run = tmp_path / "run"
+
+    def epochs_after(*args: str) -> list[int]:
+        proc = subprocess.run(cmd + list(args), capture_output=True, text=True, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+    assert epochs_after("--workers", "2") == [1]
+    assert epochs_after("--workers", "2", "--resume", "--set", "train.epochs=2") == [1, 2]
+    assert epochs_after("--resume", "--set", "train.epochs=3") == [1, 2, 3]
+    state = load_state(run / "checkpoints" / "state.pt")
+    assert [m["epoch"] for m in state["history"]] == [1, 2, 3]
+    assert [m["num_workers"] for m in state["history"]] == [2, 2, 1]
 
 
 def test_missing_teacher_checkpoint_is_a_clear_error(write_experiment, tmp_path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -44,9 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = parse_overrides(args.overrides)
     cfg = load_experiment(args.experiment, overrides)
     out = Path(cfg.train.output_dir)
-    state_path = out / "checkpoints" / "state.pt"
-    if args.resume and not state_path.is_file():
-        raise UserError("nothing to resume: no checkpoint", file=state_path, key="--resume")
+    resume_path = latest_state(out) if args.resume else None
+    if args.resume and resume_path is None:
+        raise UserError("nothing to resume: no checkpoint", file=out / "checkpoints" / "state.pt", key="--resume")
     from raykd.train.setup import validate_data
 
     validate_data(cfg.data)  # before anything is written or started
@@ -60,24 +59,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     print(f"training {cfg.student.arch} {cfg.student.backbone}/FPN{cfg.student.fpn_channels}, "
           f"distill={cfg.distill.method}, {cfg.train.epochs} epochs, output {out}", flush=True)
+    if resume_path is not None:
+        print(f"resuming from {resume_path}", flush=True)
     if args.workers == 1:
-        final = _train_local(cfg, out, teacher_ckpt, resume=args.resume, progress=not args.no_progress)
+        final = _train_local(cfg, out, teacher_ckpt, resume_path=resume_path, progress=not args.no_progress)
     else:
-        final = _train_ray(cfg, out, teacher_ckpt, workers=args.workers, gpus=args.gpus_per_worker)
+        final = _train_ray(cfg, out, teacher_ckpt, workers=args.workers, gpus=args.gpus_per_worker,
+                           resume_path=resume_path)
     print(json.dumps({k: final[k] for k in ("bbox_mAP", "AP50", "AP75", "AP_S", "AP_M", "AP_L") if k in final}))
     return 0
 
 
-def _train_local(cfg, out: Path, teacher_ckpt, *, resume: bool, progress: bool) -> dict:
+def latest_state(out: Path) -> Path | None:
+    """The newest training state under ``out``: a one-worker run's ``checkpoints/state.pt`` or a
+    Ray Train run's ``ray/*/checkpoint_*/state.pt``, so either kind resumes the other."""
+    candidates = [out / "checkpoints" / "state.pt", *out.glob("ray/*/checkpoint_*/state.pt")]
+    found = [p for p in candidates if p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
+
+
+def _train_local(cfg, out: Path, teacher_ckpt, *, resume_path: Path | None, progress: bool) -> dict:
     from raykd.train.checkpoint import load_state, save_state
     from raykd.train.loop import fit
     from raykd.train.teacher import save_model
 
     state_path = out / "checkpoints" / "state.pt"
-    resume_state = load_state(state_path) if resume else None  # main checked that it exists
+    resume_state = load_state(resume_path) if resume_path else None
     metrics_path = out / "metrics.jsonl"
-    if not resume:
+    if resume_state is None:
         metrics_path.unlink(missing_ok=True)
+    else:  # the history in the state is the truth (a Ray Train run wrote none of this file)
+        metrics_path.write_text("".join(json.dumps(m) + "\n" for m in resume_state.get("history", [])))
 
     def on_epoch_end(metrics, make_state):
         state = make_state()
@@ -91,7 +103,7 @@ def _train_local(cfg, out: Path, teacher_ckpt, *, resume: bool, progress: bool) 
                progress=progress)
 
 
-def _train_ray(cfg, out: Path, teacher_ckpt, *, workers: int, gpus: int | None) -> dict:
+def _train_ray(cfg, out: Path, teacher_ckpt, *, workers: int, gpus: int | None, resume_path: Path | None) -> dict:
     """Run the loop on ``workers`` DDP ranks through Ray Train; metrics and model land in ``out``."""
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -107,7 +119,7 @@ def _train_ray(cfg, out: Path, teacher_ckpt, *, workers: int, gpus: int | None) 
         ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=True)
     trainer = make_trainer(cfg.model_dump(mode="json"), workers=workers, use_gpu=use_gpu,
                            storage_path=str(out / "ray"), name=f"train-{cfg.name}",
-                           teacher_checkpoint=teacher_ckpt)
+                           teacher_checkpoint=teacher_ckpt, resume_path=str(resume_path) if resume_path else None)
     result = trainer.fit()
     if result.error:
         raise result.error

@@ -30,9 +30,11 @@ def train_worker(config: dict[str, Any]) -> None:
         Path(config["pid_dir"], f"rank{rank}.pid").write_text(str(os.getpid()))
     resume_state = None
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
+    if checkpoint is not None:  # this run's own: a restarted worker group
         with checkpoint.as_directory() as folder:
             resume_state = load_state(Path(folder) / STATE_FILE)
+    elif config.get("resume_path"):  # an earlier run's (``raykd.train --resume``)
+        resume_state = load_state(config["resume_path"])
 
     def report(metrics: dict[str, Any], make_state) -> None:
         with tempfile.TemporaryDirectory() as folder:
@@ -59,17 +61,20 @@ def make_trainer(
     pid_dir: str | None = None,
     callbacks: list | None = None,
     extra_metrics: dict[str, Any] | None = None,
+    resume_path: str | None = None,
 ) -> TorchTrainer:
     """A TorchTrainer running :func:`train_worker` on ``workers`` DDP ranks (gloo on CPU, NCCL on GPU).
 
     ``name`` must be stable for a trial so a retried run resumes from its own checkpoints;
-    ``extra_metrics`` are added to every report (e.g. the executor's name).
+    ``extra_metrics`` are added to every report (e.g. the executor's name); ``resume_path``: a
+    ``state.pt`` of an earlier run to continue from (the run's own checkpoints come first).
     """
     resources = {"CPU": cpus_per_worker} | ({"GPU": 1} if use_gpu else {})
     return TorchTrainer(
         train_worker,
         train_loop_config={"experiment": experiment, "teacher_checkpoint": teacher_checkpoint, "pid_dir": pid_dir,
-                           "extra_metrics": {"executor": "train", **(extra_metrics or {})}},
+                           "extra_metrics": {"executor": "train", **(extra_metrics or {})},
+                           "resume_path": resume_path},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
