@@ -1,6 +1,6 @@
 """The bench every bad-input case runs on: a working folder that already holds a search's tables.
 
-``bench.refused(cmd, argv, where=..., what=...)`` runs ``python -m raykd.<cmd>`` in-process and
+``bench.check_refused(cmd, argv, where=..., what=...)`` runs ``python -m raykd.<cmd>`` in-process and
 checks exit 2, one stderr line naming ``where`` and saying ``what``, no Ray, and that no file
 under the working folder (the earlier search's tables included) was created, changed or removed.
 """
@@ -107,7 +107,7 @@ class Bench:
         data = {"train": split, "val": {"annotations": str(val), "images": str(val_images)}, "image_size": 64}
         return self.experiment("data_exp.yaml", data=data), annotations
 
-    def refused(self, cmd: str, argv, *, where, what: str) -> str:
+    def check_refused(self, cmd: str, argv, *, where, what: str) -> str:
         where = [where] if isinstance(where, str) else list(where)
         return check_refused(cmd, [str(a) for a in argv], where=where, what=what, watch=self.root)
 

@@ -64,18 +64,18 @@ CHECK_CASES = [
 def test_data_check_refuses(bench, coco, key, what):
     annotations, images = bench.coco(**coco)
     where = [str(annotations)] + ([key] if key else [])
-    bench.refused("data", ["check", annotations, "--images", images], where=where, what=what)
+    bench.check_refused("data", ["check", annotations, "--images", images], where=where, what=what)
 
 
 def test_data_check_annotation_file_missing(bench):
     _, images = bench.coco()
-    bench.refused("data", ["check", bench.root / "nope.json", "--images", images], where=["nope.json"],
+    bench.check_refused("data", ["check", bench.root / "nope.json", "--images", images], where=["nope.json"],
                   what="annotation file not found")
 
 
 def test_data_check_image_folder_missing(bench):
     annotations, _ = bench.coco()
-    bench.refused("data", ["check", annotations, "--images", bench.root / "nowhere"],
+    bench.check_refused("data", ["check", annotations, "--images", bench.root / "nowhere"],
                   where=[str(annotations), "--images"], what="image folder not found")
 
 
@@ -102,7 +102,7 @@ def test_train_refuses_bad_data_before_starting(bench, coco, key, what):
     experiment, annotations = bench.coco_experiment(**coco)
     named = bench.root / "val.json" if key == "categories" else annotations
     where = [str(named)] + ([key] if key else [])
-    bench.refused("train", [experiment], where=where, what=what.format(images=bench.root / "set"))
+    bench.check_refused("train", [experiment], where=where, what=what.format(images=bench.root / "set"))
 
 
 SEARCH_CASES = [
@@ -118,4 +118,4 @@ def test_search_refuses_bad_data_before_starting(bench, coco, key, what):
     experiment, annotations = bench.coco_experiment(**coco)
     space = bench.space(exp=experiment)
     where = [str(annotations)] + ([key] if key else [])
-    bench.refused("search", [space, "--storage", bench.storage], where=where, what=what)
+    bench.check_refused("search", [space, "--storage", bench.storage], where=where, what=what)

@@ -38,23 +38,23 @@ CASES = [
 @pytest.mark.parametrize(("sections", "key", "what"), [pytest.param(*c[1:], id=c[0]) for c in CASES])
 def test_bad_experiment_file(bench, sections, key, what):
     experiment = bench.experiment(**sections)
-    bench.refused("train", [experiment], where=[str(experiment), key], what=what)
+    bench.check_refused("train", [experiment], where=[str(experiment), key], what=what)
 
 
 def test_experiment_without_data_section(bench):
     experiment = bench.experiment(drop=("data",))
-    bench.refused("train", [experiment], where=[str(experiment), "data"], what="required key is missing")
+    bench.check_refused("train", [experiment], where=[str(experiment), "data"], what="required key is missing")
 
 
 def test_experiment_file_missing(bench):
-    bench.refused("train", [bench.root / "nope.yaml"], where=["nope.yaml"], what="file not found")
+    bench.check_refused("train", [bench.root / "nope.yaml"], where=["nope.yaml"], what="file not found")
 
 
 def test_experiment_with_python_tag_runs_nothing(bench):
     marker = bench.root / "MARKER"
     experiment = bench.root / "evil.yaml"
     experiment.write_text(f"data: !!python/object/apply:os.system ['touch {marker}']\n")
-    bench.refused("train", [experiment], where=[str(experiment)], what="not valid YAML at line 1")
+    bench.check_refused("train", [experiment], where=[str(experiment)], what="not valid YAML at line 1")
     assert not marker.exists()
 
 
@@ -66,7 +66,7 @@ def test_data_paths_missing(bench, tiny_data, split, key, what):
     train = {"annotations": str(tiny_data / "annotations/train.json"), "images": str(tiny_data / "images/train")}
     train[split] = "missing_" + split  # relative: resolved against the experiment's folder
     experiment = bench.experiment(data={"train": train})
-    bench.refused("train", [experiment], where=[str(bench.root / train[split]), key], what=what)
+    bench.check_refused("train", [experiment], where=[str(bench.root / train[split]), key], what=what)
 
 
 # ---- teacher checkpoints: read with weights_only=True, refused before anything starts ----
@@ -107,7 +107,7 @@ def test_bad_teacher_checkpoint(bench, write, what):
     if write is not None:
         write(bench.teacher)
     experiment = bench.experiment(distill=MGD)
-    bench.refused("train", [experiment], where=[str(bench.teacher), "teacher.checkpoint"], what=what)
+    bench.check_refused("train", [experiment], where=[str(bench.teacher), "teacher.checkpoint"], what=what)
 
 
 def test_teacher_checkpoint_with_code_is_refused_unrun(bench):
@@ -120,7 +120,7 @@ def test_teacher_checkpoint_with_code_is_refused_unrun(bench):
     marker = bench.root / "MARKER"
     torch.save({"model": Payload(marker)}, bench.teacher)
     experiment = bench.experiment(distill=MGD)
-    bench.refused("train", [experiment], where=[str(bench.teacher), "teacher.checkpoint"],
+    bench.check_refused("train", [experiment], where=[str(bench.teacher), "teacher.checkpoint"],
                   what="refused it without running anything (Unsupported global: GLOBAL io.open")
     assert not marker.exists()
 
@@ -129,6 +129,6 @@ def test_search_refuses_a_teacher_checkpoint_with_code(bench):
     marker = bench.root / "MARKER"
     torch.save({"model": Payload(marker)}, bench.teacher)
     space = bench.space()
-    bench.refused("search", [space, "--storage", bench.storage], where=[str(bench.teacher), "teacher.checkpoint"],
+    bench.check_refused("search", [space, "--storage", bench.storage], where=[str(bench.teacher), "teacher.checkpoint"],
                   what="refused it without running anything (Unsupported global: GLOBAL io.open")
     assert not marker.exists()

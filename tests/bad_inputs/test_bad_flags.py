@@ -103,4 +103,4 @@ CASES = [
 
 @pytest.mark.parametrize(("cmd", "argv", "where", "what"), [pytest.param(*c[1:], id=c[0]) for c in CASES])
 def test_bad_flag(bench, cmd, argv, where, what):
-    bench.refused(cmd, argv(bench), where=where, what=what)
+    bench.check_refused(cmd, argv(bench), where=where, what=what)

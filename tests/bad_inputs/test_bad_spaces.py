@@ -67,13 +67,13 @@ CASES = [
 def test_bad_space_file(bench, changes, key, what):
     space = bench.space(**changes)
     where = [str(space)] + ([key] if key else [])
-    bench.refused("search", [space, "--storage", bench.storage], where=where, what=what)
+    bench.check_refused("search", [space, "--storage", bench.storage], where=where, what=what)
 
 
 def test_space_with_python_tag_runs_nothing(bench):
     marker = bench.root / "MARKER"
     space = bench.space(text=f"experiment: exp.yaml\nfixed: !!python/object/apply:os.system ['touch {marker}']\n")
-    bench.refused("search", [space, "--storage", bench.storage], where=[str(space)],
+    bench.check_refused("search", [space, "--storage", bench.storage], where=[str(space)],
                   what="could not determine a constructor for the tag "
                        "'tag:yaml.org,2002:python/object/apply:os.system'")
     assert not marker.exists()
@@ -82,5 +82,5 @@ def test_space_with_python_tag_runs_nothing(bench):
 def test_space_whose_experiment_is_invalid(bench):
     experiment = bench.experiment("bad_exp.yaml", student={"arch": "yolo"})
     space = bench.space(exp=experiment)
-    bench.refused("search", [space, "--storage", bench.storage], where=[str(experiment), "student.arch"],
+    bench.check_refused("search", [space, "--storage", bench.storage], where=[str(experiment), "student.arch"],
                   what="Input should be 'fcos', 'retinanet' or 'faster_rcnn' (got 'yolo')")
