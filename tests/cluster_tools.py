@@ -13,7 +13,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from proc_tools import descendants, free_port, kill_pids  # noqa: E402
+from proc_tools import descendants, free_port, stop_process_tree  # noqa: E402
 
 
 class TwoNodes:
@@ -72,19 +71,8 @@ class TwoNodes:
         return json.loads(line[0])
 
     def stop(self) -> None:
-        pids = descendants(self.process.pid)
-        if self.process.poll() is None:
-            self.process.stdin.close()  # the helper shuts the cluster down and exits
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        kill_pids(pids + descendants(self.process.pid))
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        # Closing stdin makes the helper shut the cluster down and exit.
+        stop_process_tree(self.process, self.process.stdin.close, timeout=60)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 

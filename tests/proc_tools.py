@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -60,3 +61,24 @@ def kill_pids(pids: list[int]) -> None:
         except (ProcessLookupError, PermissionError):
             pass
 
+
+
+def stop_process_tree(process, ask: Callable[[], None], timeout: float) -> None:
+    """Stop a helper that started Ray: ``ask`` it to stop (close its stdin, SIGTERM, ...), wait up
+    to ``timeout`` s, SIGKILL it if it is still there, then SIGKILL every process it had started
+    and anything left in its process group."""
+    import subprocess
+
+    pids = descendants(process.pid)
+    if process.poll() is None:
+        ask()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    kill_pids(pids + descendants(process.pid))
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

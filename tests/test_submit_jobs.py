@@ -11,7 +11,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ import yaml
 from raykd.results import load, load_table
 from raykd.submit.__main__ import main
 
-from proc_tools import descendants, free_port, kill_pids
+from proc_tools import free_port, stop_process_tree
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -83,19 +82,7 @@ class RayHead:
 
     def stop(self) -> None:
         """SIGTERM to ``ray start --block`` (it drains and stops its processes), then SIGKILL what is left."""
-        pids = descendants(self.process.pid)
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        kill_pids(pids + descendants(self.process.pid))
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)  # our own process group, if anything is left in it
-        except (ProcessLookupError, PermissionError):
-            pass
+        stop_process_tree(self.process, self.process.terminate, timeout=40)
         self.log.close()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
