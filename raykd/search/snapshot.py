@@ -52,6 +52,19 @@ def sessions(root: Path) -> list[str]:
     return sorted(found)
 
 
+def _present(root: Path, session: str) -> list[Path]:
+    """The state files of ``session`` under ``root``, ``experiment_state`` first when there."""
+    return [f for f in (root / pattern.format(session) for pattern in STATE_FILES) if f.exists()]
+
+
+def _whole_set(root: Path, session: str) -> list[Path] | None:
+    """The session's files when its ``experiment_state`` is there and every file is whole."""
+    present = _present(root, session)
+    if present and present[0].name == STATE_FILES[0].format(session) and all(is_whole(f) for f in present):
+        return present
+    return None
+
+
 def set_aside_torn(root: str | Path) -> list[str]:
     """Move the newest sessions' state sets that are torn (a file unreadable, or no
     ``experiment_state``) into ``root/.torn-state/``; stop at the first whole set.
@@ -62,13 +75,11 @@ def set_aside_torn(root: str | Path) -> list[str]:
     root = Path(root)
     moved = []
     for session in reversed(sessions(root)):
-        files = [root / pattern.format(session) for pattern in STATE_FILES]
-        present = [f for f in files if f.exists()]
-        if files[0].exists() and all(is_whole(f) for f in present):
+        if _whole_set(root, session):
             break
         aside = root / TORN_FOLDER / session
         aside.mkdir(parents=True, exist_ok=True)
-        for f in present:
+        for f in _present(root, session):
             f.replace(aside / f.name)
         moved.append(session)
     return moved
@@ -78,14 +89,6 @@ def has_state(root: str | Path) -> bool:
     """Whether Tune saved a whole search state under ``root`` (its Tuner file and a state set)."""
     root = Path(root)
     return is_whole(root / "tuner.pkl") and any((root / STATE_FILES[0].format(s)).exists() for s in sessions(root))
-
-
-def _whole_set(root: Path, session: str) -> list[Path] | None:
-    files = [root / pattern.format(session) for pattern in STATE_FILES]
-    present = [f for f in files if f.exists()]
-    if files[0].exists() and all(is_whole(f) for f in present):
-        return present
-    return None
 
 
 def back_up(root: str | Path) -> str | None:
