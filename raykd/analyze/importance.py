@@ -123,16 +123,13 @@ def importances(frame: pd.DataFrame, names: Sequence[str], *, conditions: dict[s
                 study = _study(part, params)
                 values["ped_anova"] = get_param_importances(
                     study, evaluator=PedAnovaImportanceEvaluator(target_quantile=quantile), params=params)
-                try:
-                    values["fanova"] = get_param_importances(
-                        study, evaluator=FanovaImportanceEvaluator(seed=seed), params=params)
-                except ImportError:
-                    notes.append("fANOVA needs scikit-learn (pip install scikit-learn); PED-ANOVA only")
+                values["fanova"] = get_param_importances(
+                    study, evaluator=FanovaImportanceEvaluator(seed=seed), params=params)
             finally:
                 optuna.logging.set_verbosity(previous)
         for name in params:
             rows.append({"scope": label, "parameter": name, "n": len(part),
-                         "fanova": float(values["fanova"][name]) if "fanova" in values else np.nan,
+                         "fanova": float(values["fanova"][name]),
                          "ped_anova": float(values["ped_anova"][name])})
     table = pd.DataFrame(rows, columns=["scope", "parameter", "n", "fanova", "ped_anova"])
     return Importances(table, list(dict.fromkeys(notes)))

@@ -13,22 +13,23 @@ from raykd.distill.inputs import LevelInputs
 
 
 def box_masks(
-    boxes: Sequence[Tensor], image_size: tuple[int, int], feat: Tensor
+    boxes: Sequence[Tensor], image_sizes: Sequence[tuple[int, int]], feat: Tensor
 ) -> tuple[Tensor, Tensor]:
     """Foreground and background masks of one level, both ``[N, 1, H, W]``.
 
-    Boxes ``[K_i, 4]`` (xyxy, pixels of an ``image_size = (H_img, W_img)`` batch) are scaled
-    to the level (``x · W / W_img``, ``y · H / H_img``) and cover the cells from
-    ``floor(x1)..ceil(x2)`` and ``floor(y1)..ceil(y2)``, both ends included, as in the
-    reference code; every covered cell takes ``max(current, 1 / box area in cells)`` with
-    that inclusive area. Background: ``1[fg = 0]`` divided by its count per image.
+    As the reference code (yzd-v/FGD ``fgd.py``): image i's boxes ``[K_i, 4]`` (xyxy, pixels)
+    are scaled by that image's resized, unpadded size ``image_sizes[i] = (h_i, w_i)`` to the
+    level's whole (padded) grid (``x · W / w_i``, ``y · H / h_i``) and cover the cells
+    ``floor(x1)..ceil(x2)`` and ``floor(y1)..ceil(y2)``, both ends included; every covered
+    cell takes ``max(current, 1 / box area in cells)``, that inclusive area computed as
+    ``1.0 / h / w`` in the default dtype (float32) like the reference. Background:
+    ``1[fg = 0]`` divided by its count per image.
     """
     n, _, h, w = feat.shape
-    img_h, img_w = image_size
     fg = feat.new_zeros(n, h, w)
     rows = torch.arange(h, device=feat.device)
     cols = torch.arange(w, device=feat.device)
-    for i, image_boxes in enumerate(boxes):
+    for i, (image_boxes, (img_h, img_w)) in enumerate(zip(boxes, image_sizes, strict=True)):
         if image_boxes.numel() == 0:
             continue
         b = image_boxes.to(feat.device)
@@ -36,7 +37,7 @@ def box_masks(
         x2 = torch.ceil(b[:, 2] / img_w * w).long()
         y1 = torch.floor(b[:, 1] / img_h * h).long()
         y2 = torch.ceil(b[:, 3] / img_h * h).long()
-        area = 1.0 / ((y2 + 1 - y1) * (x2 + 1 - x1)).to(feat.dtype)
+        area = (1.0 / (y2 + 1 - y1) / (x2 + 1 - x1)).to(feat.dtype)
         in_rows = (rows[None, :] >= y1[:, None]) & (rows[None, :] <= y2[:, None])  # [K, H]
         in_cols = (cols[None, :] >= x1[:, None]) & (cols[None, :] <= x2[:, None])  # [K, W]
         inside = in_rows[:, :, None] & in_cols[:, None, :]
@@ -65,7 +66,7 @@ class FGDLoss(nn.Module):
         n = student.shape[0]
         spatial_t, channel_t = spatial_attention(teacher, self.tau), channel_attention(teacher, self.tau)
         spatial_s, channel_s = spatial_attention(student, self.tau), channel_attention(student, self.tau)
-        fg, bg = box_masks(inputs.boxes, inputs.image_size, teacher)
+        fg, bg = box_masks(inputs.boxes, inputs.image_sizes, teacher)
         weighted = spatial_t * channel_t * (teacher - student).pow(2)
         attention = (channel_s - channel_t).abs().sum() / n + (spatial_s - spatial_t).abs().sum() / n
         relation = (self.context_student(student) - self.context_teacher(teacher)).pow(2).sum() / n

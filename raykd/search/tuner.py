@@ -82,15 +82,11 @@ def make_sampler(space: Space) -> optuna.samplers.BaseSampler:
     if kind == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed)
     if kind == "gp":
-        try:
-            import scipy  # noqa: F401
-        except ImportError:
-            raise UserError("sampler 'gp' needs scipy: pip install scipy", file=space.path, key="search.sampler") from None
         return optuna.samplers.GPSampler(seed=seed)
     try:
         import cmaes  # noqa: F401
     except ImportError:
-        raise UserError("sampler 'cmaes' needs the cmaes package: pip install cmaes", file=space.path,
+        raise UserError("sampler 'cmaes' needs the cmaes extra: pip install 'raykd[cmaes]'", file=space.path,
                         key="search.sampler") from None
     return optuna.samplers.CmaEsSampler(seed=seed)
 
