@@ -176,3 +176,35 @@ def test_without_epochs_table_completed_uses_the_final_columns():
     assert dict(zip(best.frame["trial_id"], best.frame["value"]))["t1"] == pytest.approx(0.30)
     with pytest.raises(UserError, match="needs the epochs table"):
         score_trials(trials_table(), None, "bbox_mAP", "common-epoch")
+
+
+def test_paired_difference_equals_scipy_ttest_rel():
+    a, b = [0.36, 0.35, 0.39, 0.33], [0.30, 0.31, 0.35, 0.30]
+    d = stats.paired_diff(a, b)
+    ref = sps.ttest_rel(a, b)
+    ci = ref.confidence_interval(0.95)
+    assert (d.paired, d.n, d.dof, d.test) == (True, 4, 3.0, "paired")
+    assert (d.diff, d.low, d.high) == (pytest.approx(np.mean(np.subtract(a, b))), pytest.approx(ci.low),
+                                        pytest.approx(ci.high))
+    # paired is narrower than Welch here: the seeds share most of their variance
+    assert d.high - d.low < stats.welch_diff(a, b).high - stats.welch_diff(a, b).low
+
+
+def test_compare_pairs_by_seed_not_by_position():
+    a, seeds_a = pd.Series([0.39, 0.36, 0.35]), pd.Series([2, 0, 1])
+    b, seeds_b = pd.Series([0.30, 0.31, 0.35]), pd.Series([0, 1, 2])
+    d = stats.compare(a, b, seeds_a, seeds_b)
+    ci = sps.ttest_rel([0.36, 0.35, 0.39], [0.30, 0.31, 0.35]).confidence_interval(0.95)
+    assert d.paired and d.n == 3 and (d.low, d.high) == (pytest.approx(ci.low), pytest.approx(ci.high))
+
+
+@pytest.mark.parametrize("seeds_a, seeds_b", [
+    ([0, 1, 2], [0, 1, 3]),  # different seed sets
+    ([0, 0, 1], [0, 1, 1]),  # a seed twice: no one-to-one pairing
+    ([0, 1, None], [0, 1, 2]),  # an unknown seed
+])
+def test_compare_falls_back_to_welch(seeds_a, seeds_b):
+    a, b = pd.Series([0.36, 0.35, 0.37]), pd.Series([0.30, 0.31, 0.29])
+    d = stats.compare(a, b, pd.Series(seeds_a, dtype=object), pd.Series(seeds_b, dtype=object))
+    ref = sps.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert not d.paired and d.test == "welch" and (d.low, d.high) == (pytest.approx(ref.low), pytest.approx(ref.high))

@@ -89,6 +89,7 @@ def test_ablation_table_matches_hand_computation():
     ref = sps.ttest_ind(mgd, none, equal_var=False).confidence_interval(0.95)
     assert t.loc["mgd", "diff"] == pytest.approx(0.05)
     assert (t.loc["mgd", "diff_low"], t.loc["mgd", "diff_high"]) == (pytest.approx(ref.low), pytest.approx(ref.high))
+    assert t.loc["mgd", "diff_test"] == "welch"  # seed 0 twice at the mgd level: not pairable
     assert math.isnan(t.loc["none", "diff"]) and t.loc["none", "reference"]
     assert t.loc["mgd", "AP_S"] == pytest.approx(0.175) and math.isnan(t.loc["mgd", "AP_L"])
     assert (t.loc["dmkd", "failed"], t.loc["mgd", "failed"], t.loc["none", "failed"]) == (2, 1, 0)
@@ -122,9 +123,11 @@ def test_leaderboard_pools_seeds_and_adds_baseline_and_teacher():
     first = board.iloc[0]
     assert (first["config"], first["n"], first["seeds"]) == ("method=mgd, mask_ratio=0.65", 3, "0, 1, 2")
     assert first["mean"] == pytest.approx(0.36)
-    ref = sps.ttest_ind([0.36, 0.35, 0.37], [0.30, 0.31, 0.29], equal_var=False).confidence_interval(0.95)
+    # both ran seeds 0, 1, 2: a paired interval over the three per-seed differences
+    ref = sps.ttest_rel([0.36, 0.35, 0.37], [0.30, 0.31, 0.29]).confidence_interval(0.95)
     assert (first["diff"], first["diff_low"], first["diff_high"]) == (
         pytest.approx(0.06), pytest.approx(ref.low), pytest.approx(ref.high))
+    assert (first["diff_test"], first["diff_n"]) == ("paired", 3)
     assert board.iloc[1]["config"] == "method=mgd, mask_ratio=0.45" and board.iloc[1]["rank"] == 2
     base = board.iloc[2]
     assert (base["rank"], base["config"], base["n"]) == (5, "method=none", 3)  # 5th of 5 configurations

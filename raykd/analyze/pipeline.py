@@ -142,13 +142,23 @@ def fmt_ci(mean: float, low: float, high: float) -> str:
     return f"{_num(mean)} ± {(high - low) / 2 * SCALE:.2f}"
 
 
-def fmt_diff(diff: float, low: float, high: float) -> str:
-    """``+1.23 [+0.50, +1.96]`` (x100); the difference alone when the interval is undefined."""
+def fmt_diff(diff: float, low: float, high: float, test: object = None, n: object = None) -> str:
+    """``+1.23 [+0.50, +1.96] paired n=3`` (x100; ``Welch`` when unpaired); the difference
+    alone when the interval is undefined."""
     if pd.isna(diff):
         return "—"
     if pd.isna(low) or pd.isna(high):
         return _num(diff, sign=True)
-    return f"{_num(diff, sign=True)} [{_num(low, sign=True)}, {_num(high, sign=True)}]"
+    how = "" if not isinstance(test, str) else (f" paired n={int(n)}" if test == "paired" else " Welch")
+    return f"{_num(diff, sign=True)} [{_num(low, sign=True)}, {_num(high, sign=True)}]{how}"
+
+
+def _diffs(t: pd.DataFrame) -> list[str]:
+    return [fmt_diff(*v) for v in zip(t["diff"], t["diff_low"], t["diff_high"], t["diff_test"], t["diff_n"])]
+
+
+DIFF_NOTE = ("Δ: 95% paired t-interval over seeds (n = pairs) where both sides ran the same seeds, "
+             "else Welch's interval")
 
 
 def _count(value: float) -> str:
@@ -170,14 +180,13 @@ def leaderboard_table(a: Analysis) -> Table:
                           for c, role in zip(lb["config"], lb["role"])],
         "n": [_count(n) for n in lb["n"]],
         f"{m} (95% CI)": [fmt_ci(*v) for v in zip(lb["mean"], lb["ci_low"], lb["ci_high"])],
-        "Δ vs baseline (95% CI)": [fmt_diff(*v) for v in zip(lb["diff"], lb["diff_low"], lb["diff_high"])],
+        "Δ vs baseline (95% CI)": _diffs(lb),
         **{s: [_num(v) for v in lb[s]] for s in tables.SIZE_METRICS},
         "device-h": ["—" if pd.isna(v) else f"{v:.3g}" for v in lb["cost_h"]],
         "seeds": lb["seeds"],
     })
     return Table("leaderboard", f"Best configurations by {m}, seeds pooled", display, lb,
-                 f"mean ± 95% t-interval half-width over seeds (x100); Δ: Welch 95% interval; "
-                 f"{a.scores.note}")
+                 f"mean ± 95% t-interval half-width over seeds (x100); {DIFF_NOTE}; {a.scores.note}")
 
 
 def ablation_table(a: Analysis, ab: tables.Ablation) -> Table:
@@ -187,7 +196,7 @@ def ablation_table(a: Analysis, ab: tables.Ablation) -> Table:
         ab.factor.name: [f"{lv} (ref)" if ref else lv for lv, ref in zip(t["level"], t["reference"])],
         "n": [_count(n) for n in t["n"]],
         f"{m} (95% CI)": [fmt_ci(*v) for v in zip(t["mean"], t["ci_low"], t["ci_high"])],
-        f"Δ vs {ab.reference} (95% CI)": [fmt_diff(*v) for v in zip(t["diff"], t["diff_low"], t["diff_high"])],
+        f"Δ vs {ab.reference} (95% CI)": _diffs(t),
         **{s: [_num(v) for v in t[s]] for s in tables.SIZE_METRICS},
         "failed": [str(int(v)) for v in t["failed"]],
     })
@@ -195,7 +204,7 @@ def ablation_table(a: Analysis, ab: tables.Ablation) -> Table:
     scope = (f"among the {ab.n_defined} trials where it is defined ({f.condition})" if f.condition
              else f"among the {ab.n_defined} trials where it is defined" if f.conditional else "")
     kind = (f"{'log-spaced' if f.log else 'equal-width'} bins" if f.kind == "bins" else "")
-    caption = "; ".join(p for p in (scope, kind) if p)
+    caption = "; ".join(p for p in (scope, kind, DIFF_NOTE) if p)
     raw = t.copy()
     raw.insert(0, "factor", f.name)
     return Table(f"ablation_{f.name}", f"Ablation: {f.name}", display, raw, caption)
@@ -219,11 +228,11 @@ def ofat_table(a: Analysis) -> Table:
                    for f, b, v in zip(t["factor"], t["best"], t["value"])],
         "n": [_count(n) for n in t["n"]],
         f"{a.metric} (95% CI)": [fmt_ci(*v) for v in zip(t["mean"], t["ci_low"], t["ci_high"])],
-        "Δ vs best (95% CI)": [fmt_diff(*v) for v in zip(t["diff"], t["diff_low"], t["diff_high"])],
+        "Δ vs best (95% CI)": _diffs(t),
     })
     return Table("ofat", "One factor at a time around the best configuration", display, t,
                  "configurations that differ from the best one in exactly one factor (the conditional "
-                 "factors it switches on or off aside)")
+                 f"factors it switches on or off aside); {DIFF_NOTE}")
 
 
 def path_table(a: Analysis) -> Table:
@@ -270,8 +279,10 @@ def _method_text(a: Analysis) -> Bullets:
         "Seeds are pooled: a configuration is a trial's value of every parameter except the seed "
         "(`train.seed`); each trial counts once.",
         "Intervals: two-sided 95% Student t-intervals of the mean, mean ± t(0.975, n−1)·s/√n; none for n = 1.",
-        "Differences: Welch's interval (unequal variances, Welch–Satterthwaite degrees of freedom) "
-        "of the difference of the two means; none when a side has n = 1.",
+        "Differences: when both sides ran the same set of at least two seeds (one trial per seed: same data "
+        "order and initialisation), the paired t-interval of the per-seed differences, d̄ ± t(0.975, n−1)·s_d/√n "
+        "over n pairs; otherwise Welch's interval (unequal variances, Welch–Satterthwaite degrees of freedom) "
+        "of the difference of the two means; none when a side has n = 1. Each Δ says which (paired n=… / Welch).",
         "Ablation tables tabulate every level of a categorical parameter and bin numeric ones with more than "
         "6 distinct values into equal-width bins (log-spaced when max/min ≥ 30); the reference level is "
         f"`{BASELINE_METHOD}` for `{METHOD}`, else the most common level. Conditional parameters are tabulated "
@@ -306,7 +317,7 @@ def build_report(a: Analysis, *, with_plots: bool = True) -> Report:
     if len(base):
         b = base.iloc[0]
         summary.append(f"No-distillation baseline: {fmt_ci(b['mean'], b['ci_low'], b['ci_high'])} (n={int(b['n'])}); "
-                       f"best − baseline: {fmt_diff(best['diff'], best['diff_low'], best['diff_high'])}.")
+                       f"best − baseline: {fmt_diff(best['diff'], best['diff_low'], best['diff_high'], best['diff_test'], best['diff_n'])}.")
     teacher = a.inputs.teacher or {}
     if m in teacher:
         summary.append(f"Teacher (teacher.json): {_num(teacher[m])}.")
@@ -389,7 +400,7 @@ def summary(a: Analysis, out: str | None, written: Sequence[str]) -> list[str]:
         b = base.iloc[0]
         lines.append(f"baseline ({METHOD}={BASELINE_METHOD}): {fmt_ci(b['mean'], b['ci_low'], b['ci_high'])} "
                      f"(n={int(b['n'])}); best − baseline "
-                     f"{fmt_diff(best['diff'], best['diff_low'], best['diff_high'])}")
+                     f"{fmt_diff(best['diff'], best['diff_low'], best['diff_high'], best['diff_test'], best['diff_n'])}")
     if a.inputs.teacher and m in a.inputs.teacher:
         lines.append(f"teacher: {_num(a.inputs.teacher[m])}")
     imp = a.importance.frame

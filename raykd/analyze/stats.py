@@ -1,4 +1,4 @@
-"""Statistics on trial rows: means with t-intervals, Welch differences, rung alignment.
+"""Statistics on trial rows: means with t-intervals, paired or Welch differences, rung alignment.
 
 Pure functions on numbers and DataFrames. Every interval is two-sided at ``confidence``
 (default 95 %). Sample standard deviations use ``ddof=1``; with fewer than two values an
@@ -36,12 +36,23 @@ class Interval:
 
 @dataclass(frozen=True)
 class Difference:
-    """``mean(a) - mean(b)`` with its Welch interval ``[low, high]`` and degrees of freedom."""
+    """``mean(a) - mean(b)`` with its interval ``[low, high]`` and degrees of freedom.
+
+    ``paired``: the interval is a paired t-interval over ``n`` pairs (same seeds on both
+    sides); otherwise Welch's, and ``n`` is the smaller side's count.
+    """
 
     diff: float
     low: float
     high: float
     dof: float
+    paired: bool = False
+    n: int = 0
+
+    @property
+    def test(self) -> str:
+        """``paired`` or ``welch``: which interval this is."""
+        return "paired" if self.paired else "welch"
 
 
 def _clean(values: Iterable[float]) -> np.ndarray:
@@ -70,18 +81,54 @@ def welch_diff(a: Iterable[float], b: Iterable[float], confidence: float = CONFI
     zero the interval collapses to the difference itself.
     """
     x, y = _clean(a), _clean(b)
+    n = min(len(x), len(y))
     if len(x) == 0 or len(y) == 0:
-        return Difference(math.nan, math.nan, math.nan, math.nan)
+        return Difference(math.nan, math.nan, math.nan, math.nan, n=n)
     diff = float(x.mean() - y.mean())
     if len(x) < 2 or len(y) < 2:
-        return Difference(diff, math.nan, math.nan, math.nan)
+        return Difference(diff, math.nan, math.nan, math.nan, n=n)
     vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
     se2 = vx + vy
     if se2 == 0:
-        return Difference(diff, diff, diff, math.inf)
+        return Difference(diff, diff, diff, math.inf, n=n)
     dof = float(se2**2 / (vx**2 / (len(x) - 1) + vy**2 / (len(y) - 1)))
     half = float(sps.t.ppf((1 + confidence) / 2, dof)) * math.sqrt(se2)
-    return Difference(diff, diff - half, diff + half, dof)
+    return Difference(diff, diff - half, diff + half, dof, n=n)
+
+
+def paired_diff(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE) -> Difference:
+    """``mean(a_i - b_i)`` with the paired t-interval ``d̄ ± t_{(1+c)/2, n-1} · s_d / √n``.
+
+    ``a[i]`` and ``b[i]`` are one pair (the same seed: same data order and initialisation).
+    Pairs with a NaN on either side are dropped; fewer than two pairs give a NaN interval.
+    """
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    d = (x - y)[~(np.isnan(x) | np.isnan(y))]
+    n = len(d)
+    if n == 0:
+        return Difference(math.nan, math.nan, math.nan, math.nan, paired=True, n=0)
+    diff = float(d.mean())
+    if n < 2:
+        return Difference(diff, math.nan, math.nan, math.nan, paired=True, n=1)
+    half = float(sps.t.ppf((1 + confidence) / 2, n - 1)) * float(d.std(ddof=1)) / math.sqrt(n)
+    return Difference(diff, diff - half, diff + half, float(n - 1), paired=True, n=n)
+
+
+def compare(a: pd.Series, b: pd.Series, seeds_a: pd.Series, seeds_b: pd.Series,
+            confidence: float = CONFIDENCE) -> Difference:
+    """``mean(a) - mean(b)``: paired over seeds when both sides ran the same set of at least two
+    distinct seeds, one value per seed each; Welch's interval otherwise.
+
+    ``seeds_a``/``seeds_b``: the seed of every value (same index as ``a``/``b``).
+    """
+    sa, sb = pd.Series(np.asarray(seeds_a)), pd.Series(np.asarray(seeds_b))
+    pairable = (len(sa) >= 2 and sa.notna().all() and sb.notna().all() and sa.is_unique and sb.is_unique
+                and set(sa) == set(sb))
+    if not pairable:
+        return welch_diff(a, b, confidence)
+    by_seed = pd.Series(np.asarray(b, dtype=float), index=sb.to_numpy())
+    matched = by_seed.loc[sa.to_numpy()].to_numpy()
+    return paired_diff(np.asarray(a, dtype=float), matched, confidence)
 
 
 def group_stats(frame: pd.DataFrame, by: str | Sequence[str], value: str,

@@ -4,7 +4,8 @@ Every function takes the scored trials (one row per trial, the compared metric i
 ``value``) and returns a DataFrame of raw numbers (metric units, not percent); the report
 formats them. Seeds are aggregated over: a *configuration* is a trial's values of every
 factor, and its statistics pool the trials (seeds) that share it. Intervals are 95 %
-t-intervals, differences carry Welch intervals (see :mod:`raykd.analyze.stats`).
+t-intervals; a difference is a paired t-interval over seeds when both sides ran the same
+seeds, a Welch interval otherwise (see :func:`raykd.analyze.stats.compare`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from raykd.analyze.factors import BASELINE_METHOD, METHOD, Factor, display, is_n
 
 SIZE_METRICS = ("AP_S", "AP_M", "AP_L")
 STAT_COLUMNS = ["n", "mean", "std", "ci_low", "ci_high"]
-DIFF_COLUMNS = ["diff", "diff_low", "diff_high"]
+DIFF_COLUMNS = ["diff", "diff_low", "diff_high", "diff_test", "diff_n"]
 
 
 def _key(value: object) -> object:
@@ -61,9 +62,14 @@ def _interval_row(values: pd.Series) -> dict[str, float]:
     return {"n": ci.n, "mean": ci.mean, "std": ci.std, "ci_low": ci.low, "ci_high": ci.high}
 
 
-def _diff_row(values: pd.Series, reference: pd.Series) -> dict[str, float]:
-    d = stats.welch_diff(values, reference)
-    return {"diff": d.diff, "diff_low": d.low, "diff_high": d.high}
+def _diff_row(part: pd.DataFrame, reference: pd.DataFrame) -> dict[str, object]:
+    """Difference of ``part``'s values to ``reference``'s: paired over seeds where possible."""
+    d = stats.compare(part["value"], reference["value"], part["seed"], reference["seed"])
+    return {"diff": d.diff, "diff_low": d.low, "diff_high": d.high, "diff_test": d.test, "diff_n": d.n}
+
+
+def _no_diff() -> dict[str, object]:
+    return dict.fromkeys(DIFF_COLUMNS, math.nan)
 
 
 def _size_means(part: pd.DataFrame) -> dict[str, float]:
@@ -113,7 +119,7 @@ def leaderboard(frame: pd.DataFrame, configs: Configs, *, top: int = 10,
     interval, mean AP_S/M/L, mean device-hours ``cost_h``, and the ``seeds`` pooled.
     """
     shown = varying(frame, configs.names) or configs.names
-    base_values = configs.rows(frame, configs.baseline)["value"] if configs.baseline is not None else None
+    base_rows = configs.rows(frame, configs.baseline) if configs.baseline is not None else None
     picked = list(configs.order[:top])
     if configs.baseline is not None and configs.baseline not in picked:
         picked.append(configs.baseline)
@@ -126,18 +132,18 @@ def leaderboard(frame: pd.DataFrame, configs: Configs, *, top: int = 10,
                "config": config_label(values, shown),
                **{n: display(values[n]) for n in configs.names},
                **_interval_row(part["value"])}
-        row.update(_diff_row(part["value"], base_values) if base_values is not None and config != configs.baseline
-                   else dict.fromkeys(DIFF_COLUMNS, math.nan))
+        row.update(_diff_row(part, base_rows) if base_rows is not None and config != configs.baseline
+                   else _no_diff())
         row.update(_size_means(part))
         row["cost_h"] = float(part["cost_h"].mean())
         row["seeds"] = ", ".join(str(s) for s in sorted({int(s) for s in part["seed"] if not is_null(s)}))
         rows.append(row)
     if teacher and metric in teacher:
-        base_mean = float(base_values.mean()) if base_values is not None else math.nan
+        base_mean = float(base_rows["value"].mean()) if base_rows is not None else math.nan
         rows.append({"rank": math.nan, "role": "teacher", "config": "teacher",
                      **{n: None for n in configs.names},
                      "n": 1, "mean": teacher[metric], "std": math.nan, "ci_low": math.nan, "ci_high": math.nan,
-                     "diff": teacher[metric] - base_mean, "diff_low": math.nan, "diff_high": math.nan,
+                     **_no_diff(), "diff": teacher[metric] - base_mean,
                      **{m: teacher.get(m, math.nan) for m in SIZE_METRICS}, "cost_h": math.nan, "seeds": ""})
     return pd.DataFrame(rows).astype({"rank": "Int64", "n": "Int64"})
 
@@ -166,8 +172,8 @@ def reference_level(factor: Factor, counts: Mapping[str, int]) -> str:
 
 def ablation(frame: pd.DataFrame, levels: pd.DataFrame, factor: Factor,
              failed_levels: pd.Series | None = None) -> Ablation:
-    """Mean metric per level of ``factor`` with its t-interval, the Welch difference to the
-    reference level, n, mean AP_S/M/L, and the number of failed trials at that level.
+    """Mean metric per level of ``factor`` with its t-interval, the difference to the
+    reference level (paired over seeds where possible, else Welch), n, mean AP_S/M/L, and the number of failed trials at that level.
 
     ``levels``: the level label of every scored trial (same index as ``frame``);
     ``failed_levels``: the level of every failed trial.
@@ -176,7 +182,7 @@ def ablation(frame: pd.DataFrame, levels: pd.DataFrame, factor: Factor,
     defined = level.notna()
     counts = level[defined].value_counts().to_dict()
     reference = reference_level(factor, counts)
-    ref_values = frame.loc[level == reference, "value"]
+    ref_rows = frame[level == reference]
     failed = failed_levels.value_counts().to_dict() if failed_levels is not None else {}
     rows = []
     for lv in factor.levels:
@@ -184,7 +190,7 @@ def ablation(frame: pd.DataFrame, levels: pd.DataFrame, factor: Factor,
         if part.empty and not failed.get(lv):
             continue
         row = {"level": lv, **_interval_row(part["value"])}
-        row.update(_diff_row(part["value"], ref_values) if lv != reference else dict.fromkeys(DIFF_COLUMNS, math.nan))
+        row.update(_diff_row(part, ref_rows) if lv != reference else _no_diff())
         row.update(_size_means(part))
         row["failed"] = int(failed.get(lv, 0))
         row["reference"] = lv == reference
@@ -234,16 +240,16 @@ def ofat(frame: pd.DataFrame, configs: Configs) -> pd.DataFrame:
     different values and every other factor is equal or undefined in one of them (the
     conditional factors that F switches on or off). Columns: ``factor``, ``best`` and
     ``value`` (its value in the best and in the other configuration), the stats of the
-    other configuration and its Welch difference to the best one. Empty when the search
+    other configuration and its difference to the best one (paired over seeds where possible). Empty when the search
     holds no such neighbours.
     """
     if not configs.order:
         return pd.DataFrame(columns=["factor", "best", "value", *STAT_COLUMNS, *DIFF_COLUMNS])
     best = configs.order[0]
     best_key = configs.keys[best]
-    best_values = configs.rows(frame, best)["value"]
-    rows = [{"factor": "(best configuration)", "best": "", "value": "", **_interval_row(best_values),
-             **dict.fromkeys(DIFF_COLUMNS, math.nan)}]
+    best_rows = configs.rows(frame, best)
+    rows = [{"factor": "(best configuration)", "best": "", "value": "", **_interval_row(best_rows["value"]),
+             **_no_diff()}]
     for config in configs.order[1:]:
         key = configs.keys[config]
         changed = [i for i, (x, y) in enumerate(zip(best_key, key)) if x != y and x is not None and y is not None]
@@ -254,7 +260,7 @@ def ofat(frame: pd.DataFrame, configs: Configs) -> pd.DataFrame:
         raw = part.iloc[0][configs.names[i]]
         best_raw = configs.rows(frame, best).iloc[0][configs.names[i]]
         rows.append({"factor": configs.names[i], "best": display(best_raw), "value": display(raw),
-                     **_interval_row(part["value"]), **_diff_row(part["value"], best_values)})
+                     **_interval_row(part["value"]), **_diff_row(part, best_rows)})
     table = pd.DataFrame(rows)
     return table if len(table) > 1 else table.iloc[0:0]
 
