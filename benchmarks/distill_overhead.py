@@ -117,7 +117,7 @@ def _step(student: FCOS, teacher: FCOS | None, distiller: nn.Module | None, opti
             "teacher_logits": dict(zip(t_feats, _per_level_logits(t_logits, list(t_feats.values()))))
             if need_logits else None,
             "boxes": [t["boxes"] for t in tgts],
-            "image_size": tuple(batch.tensors.shape[-2:]),
+            "image_sizes": [(int(h), int(w)) for h, w in batch.image_sizes],
         }
         if distiller is not None:
             total = total + sum(distiller(**taps).values())
@@ -253,7 +253,7 @@ def count_flops(args: dict[str, Any], method: str) -> dict[str, float]:
             "student_logits": leaf(out["student"], k) if logits else None,
             "teacher_logits": leaf(out["student"], k) if logits else None,
             "boxes": [torch.tensor([[8.0, 8.0, width / 2, height / 2]], device=meta)] * n,
-            "image_size": (height, width),
+            "image_sizes": [(args["height"], args["width"])] * n,
         }
         sum(distiller(**taps).values()).backward()
 

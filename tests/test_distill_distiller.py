@@ -25,7 +25,7 @@ def _one_thread():
 # P3-P7 of a 128-px input, FCOS/RetinaNet level names
 LEVELS = {"0": 16, "1": 8, "2": 4, "p6": 2, "p7": 1}
 N, CS, CT, K, A = 2, 16, 32, 4, 1
-IMAGE = (128, 128)
+IMAGE_SIZES = [(128, 128), (128, 96)]  # unpadded, per image
 BOXES = [torch.tensor([[8.0, 16.0, 70.0, 90.0], [100.0, 100.0, 128.0, 128.0]]), torch.tensor([[0.0, 0.0, 30.0, 20.0]])]
 DISTILLING = [m for m in METHODS if m != "none"]
 
@@ -48,7 +48,7 @@ def _build(cfg: DistillConfig) -> Distiller:
 def _assert_finite_step(cfg: DistillConfig, seed: int = 0) -> dict[str, torch.Tensor]:
     distiller = _build(cfg)
     sf, tf, sl, tl = _batch(seed)
-    out = distiller(sf, tf, sl, tl, BOXES, IMAGE)
+    out = distiller(sf, tf, sl, tl, BOXES, IMAGE_SIZES)
     assert list(out) == term_names(cfg, list(LEVELS)), cfg
     for key, value in out.items():
         assert value.dim() == 0 and torch.isfinite(value), (cfg, key, value)
@@ -77,7 +77,7 @@ def test_every_method_default_is_finite_and_keys_are_clean(method):
 def test_teacher_never_receives_a_gradient(method):
     distiller = _build(DistillConfig(method=method))
     sf, tf, sl, tl = _batch(teacher_grad=True)
-    out = distiller(sf, tf, sl, tl, BOXES, IMAGE)
+    out = distiller(sf, tf, sl, tl, BOXES, IMAGE_SIZES)
     sum(out.values()).backward()
     assert all(t.grad is None for t in tf.values())
     assert all(t.grad is None for t in tl.values())
@@ -102,7 +102,7 @@ def test_levels_subset_and_unknown_levels():
     cfg = DistillConfig(method="mgd", levels=["p6", "0"])
     distiller = _build(cfg)
     sf, tf, sl, tl = _batch()
-    out = distiller(sf, tf, None, None, BOXES, IMAGE)
+    out = distiller(sf, tf, None, None, BOXES, IMAGE_SIZES)
     assert list(out) == ["mgd_p6", "mgd_0"] == term_names(cfg, list(LEVELS))
     with pytest.raises(ValueError, match="pool"):
         build_distiller(DistillConfig(method="mgd", levels=["pool"]), CS, CT, list(LEVELS), num_classes=K)
@@ -115,7 +115,7 @@ def test_samkd_without_logits_runs_sfd_only():
     assert not _build(DistillConfig(method="samkd", sld=False)).needs_logits
     assert not any(_build(DistillConfig(method=m)).needs_logits for m in DISTILLING if m != "samkd")
     sf, tf, _, _ = _batch()
-    out = distiller(sf, tf, None, None, BOXES, IMAGE)
+    out = distiller(sf, tf, None, None, BOXES, IMAGE_SIZES)
     assert list(out) == term_names(cfg, list(LEVELS), dense_head=False)
     assert all(key.startswith("sfd_") for key in out) and len(out) == len(LEVELS)
     assert "sld_p7" in term_names(cfg, list(LEVELS))
@@ -127,7 +127,7 @@ def test_mismatched_shapes_raise():
     sf, tf, _, _ = _batch()
     tf["1"] = tf["1"][:, :, :4, :4]
     with pytest.raises(ValueError, match="level '1'"):
-        distiller(sf, tf, None, None, BOXES, IMAGE)
+        distiller(sf, tf, None, None, BOXES, IMAGE_SIZES)
 
 
 _DMKD_SWITCHES = list(
@@ -164,5 +164,5 @@ def test_every_samkd_switch_combination_is_finite():
 def test_loss_is_zero_without_boxes_for_fgd_foreground():
     distiller = _build(DistillConfig(method="fgd"))
     sf, tf, _, _ = _batch()
-    out = distiller(sf, tf, None, None, [torch.zeros(0, 4), torch.zeros(0, 4)], IMAGE)
+    out = distiller(sf, tf, None, None, [torch.zeros(0, 4), torch.zeros(0, 4)], IMAGE_SIZES)
     assert all(out[f"fgd_fg_{k}"] == 0 for k in LEVELS) and all(out[f"fgd_bg_{k}"] > 0 for k in LEVELS)

@@ -24,10 +24,11 @@ def _one_thread():
 
 N, CS, CT = 2, 3, 4
 SHAPES = {"0": (8, 6), "1": (4, 3)}
-IMAGE = (64, 48)  # strides 8 and 16
+# Resized, unpadded size per image; the batch tensor is 64×48 (strides 8 and 16), image 1 is padded.
+IMAGE_SIZES = [(64, 48), (40, 44)]
 BOXES = [
     torch.tensor([[3.0, 5.0, 20.0, 30.0], [10.0, 0.0, 48.0, 64.0]]),  # second box touches the border
-    torch.zeros(0, 4),
+    torch.tensor([[1.5, 2.0, 17.0, 13.5], [30.0, 20.0, 44.0, 40.0]]),
 ]
 
 
@@ -76,7 +77,7 @@ def _assert_matches(distiller, got: dict[str, Tensor], want: dict[str, Tensor], 
 def test_feature_mse_matches_formula():
     student, teacher = _inputs()
     d = _build("feature_mse", weight=0.7)
-    got = d(student, teacher, None, None, BOXES, IMAGE)
+    got = d(student, teacher, None, None, BOXES, IMAGE_SIZES)
     want = {}
     for k in SHAPES:
         diff = _align(d, k, student[k]) - teacher[k]
@@ -92,7 +93,7 @@ def test_mgd_matches_formula_on_the_same_draw():
     student, teacher = _inputs()
     d = _build("mgd", alpha=3e-2, mask_ratio=0.4)
     torch.manual_seed(123)
-    got = d(student, teacher, None, None, BOXES, IMAGE)
+    got = d(student, teacher, None, None, BOXES, IMAGE_SIZES)
     torch.manual_seed(123)
     want = {}
     for k, (h, w) in SHAPES.items():
@@ -113,18 +114,24 @@ def _attention(x: Tensor, tau: float) -> tuple[Tensor, Tensor]:
     return a_s, a_c
 
 
-def _box_masks_reference(boxes: Tensor, h: int, w: int) -> tuple[Tensor, Tensor]:
-    """The reference code's loop with slicing."""
+def _box_masks_reference(boxes: Tensor, img_shape: tuple[int, int], h: int, w: int) -> tuple[Tensor, Tensor]:
+    """yzd-v/FGD ``fgd.py`` (commit c03a6cf) for one image, transcribed: boxes scaled by the
+    image's own ``img_shape``, integer bounds, area ``1.0/dh/dw`` (default dtype), slicing loop."""
     fg = torch.zeros(h, w, dtype=torch.float64)
-    for x1, y1, x2, y2 in boxes.tolist():
-        wmin, wmax = math.floor(x1 / IMAGE[1] * w), math.ceil(x2 / IMAGE[1] * w)
-        hmin, hmax = math.floor(y1 / IMAGE[0] * h), math.ceil(y2 / IMAGE[0] * h)
-        area = 1.0 / (hmax + 1 - hmin) / (wmax + 1 - wmin)
-        region = fg[hmin : hmax + 1, wmin : wmax + 1]
-        fg[hmin : hmax + 1, wmin : wmax + 1] = torch.clamp(region, min=area)
-    bg = (fg == 0).double()
-    if bg.sum():
-        bg = bg / bg.sum()
+    new = torch.ones_like(boxes)
+    new[:, 0] = boxes[:, 0] / img_shape[1] * w
+    new[:, 2] = boxes[:, 2] / img_shape[1] * w
+    new[:, 1] = boxes[:, 1] / img_shape[0] * h
+    new[:, 3] = boxes[:, 3] / img_shape[0] * h
+    wmin, wmax = torch.floor(new[:, 0]).int(), torch.ceil(new[:, 2]).int()
+    hmin, hmax = torch.floor(new[:, 1]).int(), torch.ceil(new[:, 3]).int()
+    area = 1.0 / (hmax.view(1, -1) + 1 - hmin.view(1, -1)) / (wmax.view(1, -1) + 1 - wmin.view(1, -1))
+    for j in range(len(boxes)):
+        region = fg[hmin[j] : hmax[j] + 1, wmin[j] : wmax[j] + 1]
+        fg[hmin[j] : hmax[j] + 1, wmin[j] : wmax[j] + 1] = torch.maximum(region, area[0][j])
+    bg = torch.where(fg > 0, 0.0, 1.0).double()
+    if torch.sum(bg):
+        bg = bg / torch.sum(bg)
     return fg, bg
 
 
@@ -144,7 +151,7 @@ def test_fgd_matches_formula():
     student, teacher = _inputs()
     a, b, g_, lam, tau = 1e-1, 5e-2, 3e-2, 2e-2, 0.7
     d = _build("fgd", alpha=a, beta=b, gamma=g_, lambda_gl=lam, tau=tau)
-    got = d(student, teacher, None, None, BOXES, IMAGE)
+    got = d(student, teacher, None, None, BOXES, IMAGE_SIZES)
     want = {}
     for k, (h, w) in SHAPES.items():
         s_all = _align(d, k, student[k])
@@ -153,7 +160,7 @@ def test_fgd_matches_formula():
             s, t = s_all[n], teacher[k][n]
             as_t, ac_t = _attention(t, tau)
             as_s, ac_s = _attention(s, tau)
-            fg, bg = _box_masks_reference(BOXES[n], h, w)
+            fg, bg = _box_masks_reference(BOXES[n], IMAGE_SIZES[n], h, w)
             err = (t - s) ** 2 * as_t[None] * ac_t[:, None, None]
             fg_l = fg_l + (err * fg[None]).sum()
             bg_l = bg_l + (err * bg[None]).sum()
@@ -166,8 +173,23 @@ def test_fgd_matches_formula():
 
 
 def test_fgd_box_masks_are_non_trivial_here():
-    fg, bg = _box_masks_reference(BOXES[0], *SHAPES["0"])
-    assert (fg > 0).any() and (bg > 0).any() and fg.max() < 1
+    for n in range(N):
+        fg, bg = _box_masks_reference(BOXES[n], IMAGE_SIZES[n], *SHAPES["0"])
+        assert (fg > 0).any() and (bg > 0).any() and fg.max() < 1
+    # the padded image's own size moves its foreground: scaling by the batch size would differ
+    own, _ = _box_masks_reference(BOXES[1], IMAGE_SIZES[1], *SHAPES["0"])
+    batch, _ = _box_masks_reference(BOXES[1], IMAGE_SIZES[0], *SHAPES["0"])
+    assert not torch.equal(own, batch)
+
+
+def test_fgd_area_is_computed_in_the_default_dtype_like_the_reference():
+    """A 3×7-cell box: the float64 mask holds float32(1/3)/7, not the float64 1/21."""
+    from raykd.distill.fgd import box_masks
+
+    feat = torch.zeros(1, 1, 8, 8, dtype=torch.float64)
+    fg, _ = box_masks([torch.tensor([[0.0, 0.0, 6.0, 2.0]])], [(8, 8)], feat)
+    want = (torch.tensor(1.0 / 3, dtype=torch.float32) / 7).double()
+    assert fg[0, 0, 0, 0].item() == want.item() != 1.0 / 21
 
 
 def test_fgd_global_block_starts_as_identity():
@@ -180,7 +202,7 @@ def test_fgd_global_block_starts_as_identity():
 def test_cwd_matches_formula():
     student, teacher = _inputs()
     d = _build("cwd", weight=3.0, cwd_tau=2.0)
-    got = d(student, teacher, None, None, BOXES, IMAGE)
+    got = d(student, teacher, None, None, BOXES, IMAGE_SIZES)
     want = {}
     for k in SHAPES:
         s_all, t_all = _align(d, k, student[k]), teacher[k]
@@ -197,7 +219,7 @@ def test_cwd_matches_formula():
 def test_pkd_matches_formula():
     student, teacher = _inputs()
     d = _build("pkd", weight=8.0)
-    got = d(student, teacher, None, None, BOXES, IMAGE)
+    got = d(student, teacher, None, None, BOXES, IMAGE_SIZES)
 
     def standardise(x: Tensor) -> Tensor:
         out = torch.empty_like(x)

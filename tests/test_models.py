@@ -33,7 +33,7 @@ def test_tap_losses_equal_the_models_own(arch):
         torch.testing.assert_close(taps.losses[name], reference[name])
     levels = ["0", "1", "2", "3"] if arch == "faster_rcnn" else ["0", "1", "2", "p6", "p7"]
     assert list(taps.student_feats) == levels == list(taps.teacher_feats)
-    assert taps.image_size == (64, 64)
+    assert taps.image_sizes == [(64, 48), (50, 64)]  # unpadded, per image (the batch tensor is 64×64)
     for level in levels:
         s, t = taps.student_feats[level], taps.teacher_feats[level]
         assert s.shape[:2] == (2, 32) and t.shape[:2] == (2, 64) and s.shape[2:] == t.shape[2:]

@@ -52,14 +52,16 @@ class Distiller(nn.Module):
         student_logits: dict[str, Tensor] | None,
         teacher_logits: dict[str, Tensor] | None,
         boxes: list[Tensor],
-        image_size: tuple[int, int],
+        image_sizes: Sequence[tuple[int, int]],
     ) -> dict[str, Tensor]:
         """Loss terms ``{f"{term}_{level}": scalar}`` summed by the trainer.
 
         Features ``[N, C, H, W]`` per FPN level (student C_s, teacher C_t; same H, W);
         logits ``[N, A·K, H, W]`` per level or None; ``boxes`` per image ``[K_i, 4]`` xyxy in
-        pixels of the batch tensor of size ``image_size = (H, W)``.
+        pixels of the batch tensor; ``image_sizes`` per image its resized, unpadded ``(h_i, w_i)``.
         """
+        if len(image_sizes) != len(boxes) or any(len(size) != 2 for size in image_sizes):
+            raise ValueError(f"expected one (h, w) per image for {len(boxes)} images, got {image_sizes!r}")
         out: dict[str, Tensor] = {}
         for level in self.levels:
             student = self.align[level](student_feats[level])
@@ -74,7 +76,7 @@ class Distiller(nn.Module):
                 student_logits=student_logits[level] if student_logits is not None else None,
                 teacher_logits=teacher_logits[level].detach() if teacher_logits is not None else None,
                 boxes=boxes,
-                image_size=image_size,
+                image_sizes=image_sizes,
             )
             for term, value in self.losses[level](inputs).items():
                 out[f"{term}_{level}"] = value

@@ -15,7 +15,8 @@ class LevelInputs:
     ``student``: aligned student feature S' ``[N, C_t, H, W]``; ``teacher``: T, same shape,
     detached. ``student_logits`` / ``teacher_logits``: dense-head classification logits
     ``[N, A·K, H, W]`` or None (two-stage students). ``boxes``: per image ground truth
-    ``[K_i, 4]`` xyxy in pixels of the batch tensor, whose size is ``image_size = (H, W)``.
+    ``[K_i, 4]`` xyxy in pixels of the batch tensor; ``image_sizes``: per image its resized,
+    unpadded size ``(h_i, w_i)`` in pixels (torchvision's ``ImageList.image_sizes``).
     """
 
     student: Tensor
@@ -23,4 +24,4 @@ class LevelInputs:
     student_logits: Tensor | None
     teacher_logits: Tensor | None
     boxes: Sequence[Tensor]
-    image_size: tuple[int, int]
+    image_sizes: Sequence[tuple[int, int]]

@@ -27,7 +27,7 @@ class TapOutput:
         dense heads (A anchors per location, K classes incl. background channel 0); None for
         Faster R-CNN or when not requested.
     boxes: ground-truth boxes per image, ``[K_i, 4]`` xyxy, pixels of the batch tensor.
-    image_size: (H, W) of the padded batch tensor, px.
+    image_sizes: per image (h_i, w_i), px: its resized size before padding (ImageList.image_sizes).
     """
 
     losses: dict[str, Tensor]
@@ -36,7 +36,7 @@ class TapOutput:
     student_logits: dict[str, Tensor] | None
     teacher_logits: dict[str, Tensor] | None
     boxes: list[Tensor]
-    image_size: tuple[int, int]
+    image_sizes: list[tuple[int, int]]
 
 
 def is_dense(model: nn.Module) -> bool:
@@ -113,5 +113,5 @@ def forward_taps(
         student_logits=s_logits,
         teacher_logits=t_logits,
         boxes=[t["boxes"] for t in tgts],
-        image_size=tuple(batch.tensors.shape[-2:]),
+        image_sizes=[(int(h), int(w)) for h, w in batch.image_sizes],
     )

@@ -72,7 +72,7 @@ class DistillStep(nn.Module):
         if self.distiller is not None:
             f32 = lambda d: None if d is None else {k: v.float() for k, v in d.items()}  # noqa: E731
             kd = self.distiller(f32(taps.student_feats), f32(taps.teacher_feats), f32(taps.student_logits),
-                                f32(taps.teacher_logits), taps.boxes, taps.image_size)
+                                f32(taps.teacher_logits), taps.boxes, taps.image_sizes)
             losses.update({f"kd_{k}": v for k, v in kd.items()})
         return sum(losses.values()), losses
 
