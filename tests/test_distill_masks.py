@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import Tensor
 
 from raykd.distill.attention import channel_attention, spatial_attention
 from raykd.distill.cells import cell_grid, cell_mean
@@ -134,13 +135,23 @@ def test_attention_sampled_masks_the_right_count_and_follows_attention():
     assert (keep_s[0, 0, :2] == 0).all()
 
 
-def test_random_mask_is_the_documented_draw():
+def _mgd_reference_mask(n: int, h: int, w: int, lambda_mgd: float) -> Tensor:
+    """yzd-v/MGD ``det/mmdet/distillation/losses/mgd.py:63-64`` (commit 2c9da0b), as written."""
+    mat = torch.rand((n, 1, h, w)).to(CPU)
+    return torch.where(mat > 1 - lambda_mgd, 0, 1).to(CPU)
+
+
+def test_random_mask_is_the_reference_draw():
     feat = torch.zeros(2, 3, 5, 7, dtype=torch.float64)
+    for ratio in (0.65, 0.45, 0.5):
+        torch.manual_seed(5)
+        keep = random_spatial_mask(feat, ratio)
+        torch.manual_seed(5)
+        expected = _mgd_reference_mask(2, 5, 7, ratio).double()
+        assert keep.dtype == torch.float64 and torch.equal(keep, expected)
     torch.manual_seed(5)
-    keep = random_spatial_mask(feat, 0.65)
-    torch.manual_seed(5)
-    expected = (torch.rand((2, 1, 5, 7), dtype=torch.float32) >= 0.65).double()
-    assert keep.dtype == torch.float64 and torch.equal(keep, expected)
+    u = torch.rand((2, 1, 5, 7))
+    assert not torch.equal(expected, (u >= 0.5).double())  # keeping u >= λ would mask other positions
     torch.manual_seed(6)
     big = random_spatial_mask(torch.zeros(4, 1, 100, 100), 0.65)
     assert abs(float(1 - big.mean()) - 0.65) < 0.02
@@ -165,11 +176,12 @@ def test_random_dual_masks_draw_spatial_then_channel_per_cell():
     torch.manual_seed(8)
     u_s = torch.rand((2, 1, 4, 5), dtype=torch.float32)
     u_c = torch.rand((2, 3, 4), dtype=torch.float32)
-    assert torch.equal(keep_s, (u_s >= 0.65).double())
+    assert torch.equal(keep_s, (u_s <= 1 - 0.65).double())
     grid = cell_grid(4, 5, 2, CPU)
     expected_c = (u_c >= 0.4).double()[:, :, grid.cell_of].reshape(2, 3, 4, 5)
     assert torch.equal(keep_c, expected_c)
     torch.manual_seed(8)
     _, keep_c1 = dual_masks(feat, feat, settings, 1, False, True)  # g = 1: one [N, C, 1, 1] draw
     torch.manual_seed(8)
-    assert torch.equal(keep_c1, (torch.rand((2, 3, 1, 1), dtype=torch.float32) >= 0.4).double())
+    mat = torch.rand((2, 3, 1, 1))  # MGD's channel form (cls/mmcls/distillation/losses/mgd.py)
+    assert torch.equal(keep_c1, torch.where(mat < 0.4, 0, 1).double())

@@ -1,9 +1,12 @@
 """Keep-masks (1 = kept, 0 = masked) for feature-masking distillation.
 
-Random draws are ``torch.rand(shape, dtype=torch.float32, device=feature.device)`` from the
-global generator of that device; a position is kept where ``u >= ratio`` (masked with
-probability ``ratio``). Two methods that draw the same shapes in the same order after the
-same ``torch.manual_seed`` get the same masks. :func:`dual_masks` draws the spatial mask
+Random draws are the reference code's call, ``torch.rand(shape).to(feature.device)``: the
+global CPU generator in the default dtype (float32), moved to the feature's device, so a seeded
+run draws the same numbers on CPU and GPU. MGD's spatial mask masks where ``u > 1 − ratio``
+(yzd-v/MGD ``det/mmdet/distillation/losses/mgd.py``, commit 2c9da0b, and mmrazor's MGD), the
+per-channel draw where ``u < ratio`` (MGD's ``[N, C, 1, 1]`` form, ``cls/.../mgd.py``); both
+mask with probability ``ratio``. Two methods that draw the same shapes in the same order after
+the same ``torch.manual_seed`` get the same masks. :func:`dual_masks` draws the spatial mask
 before the channel mask.
 """
 
@@ -19,13 +22,13 @@ from raykd.distill.config import AttentionSource, MaskRule, Polarity
 
 
 def _uniform(shape: tuple[int, ...], device: torch.device) -> Tensor:
-    return torch.rand(shape, dtype=torch.float32, device=device)
+    return torch.rand(shape).to(device)
 
 
 def random_spatial_mask(feat: Tensor, ratio: float) -> Tensor:
-    """MGD's mask: ``[N, C, H, W]`` -> ``[N, 1, H, W]``, each position masked with probability ``ratio``."""
+    """MGD's mask: ``[N, C, H, W]`` -> ``[N, 1, H, W]``, masked (0) where ``u > 1 − ratio``."""
     n, _, h, w = feat.shape
-    return (_uniform((n, 1, h, w), feat.device) >= ratio).to(feat.dtype)
+    return (_uniform((n, 1, h, w), feat.device) <= 1 - ratio).to(feat.dtype)
 
 
 def _gumbel(shape: tuple[int, ...], device: torch.device) -> Tensor:
