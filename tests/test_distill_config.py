@@ -9,7 +9,7 @@ from raykd.distill import METHODS, DistillConfig
 
 
 def test_methods_registry_matches_literal():
-    assert METHODS == ("none", "feature_mse", "mgd", "fgd", "cwd", "pkd", "dmkd", "samkd")
+    assert METHODS == ("none", "feature_mse", "mgd", "fgd", "cwd", "pkd", "dmkd", "samkd", "amd")
 
 
 @pytest.mark.parametrize(
@@ -81,6 +81,7 @@ def test_string_booleans_and_floats_are_accepted():
         ("feature_mse", {"weight": 1.0}),
         ("dmkd", {"alpha": 2e-5}),
         ("samkd", {"alpha": 2e-5, "beta": 1.0}),
+        ("amd", {"alpha": 2e-5}),
     ],
 )
 def test_resolved_fills_published_defaults(method, expected):

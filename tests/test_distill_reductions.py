@@ -203,3 +203,49 @@ def test_sfd_matches_formula(mode):
     want = alpha * (losses[0] + losses[1]) / 2
     torch.testing.assert_close(got, want, rtol=1e-10, atol=0)
     torch.testing.assert_close(torch.autograd.grad(got, s)[0], torch.autograd.grad(want, s)[0], rtol=1e-9, atol=1e-14)
+
+
+@pytest.mark.parametrize("mask_rule", ["topk", "random"])
+def test_amd_without_channel_adapter_equals_dmkd_spatial(mask_rule):
+    student, teacher, _, _ = _feats()
+    amd = _build(method="amd", channel_adapter=False, mask_rule=mask_rule)
+    dmkd = _build(method="dmkd", branches="spatial", mask_rule=mask_rule)
+    dmkd.load_state_dict(amd.state_dict())
+    out_a, grads_a = _run(amd, 3, student, teacher)
+    out_d, grads_d = _run(dmkd, 3, student, teacher)
+    for level in LEVELS:
+        assert torch.equal(out_a[f"amd_{level}"], out_d[f"dmkd_{level}"])
+    for a, b in zip(grads_a, grads_d):
+        assert torch.equal(a, b)
+
+
+def test_amd_matches_formula():
+    """``α Σ (G(SE(S') ⊙ M_s) − T)² / N``, M_s the top-λ teacher spatial attention, written out."""
+    student, teacher, _, _ = _feats()
+    d = _build(method="amd", alpha=0.3, mask_ratio=0.5)
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for p in d.parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    out, _ = _run(d, 0, student, teacher)
+    want = {}
+    for level, (h, w) in LEVELS.items():
+        loss = d.losses[level]
+        s = F.conv2d(student[level], d.align[level].weight, d.align[level].bias)
+        se = loss.adapter
+        pooled = s.mean(dim=(2, 3), keepdim=True)
+        s = s * torch.sigmoid(F.conv2d(torch.relu(F.conv2d(pooled, se.squeeze.weight, se.squeeze.bias)),
+                                       se.excite.weight, se.excite.bias))
+        total = 0.0
+        for n in range(N):
+            scores = teacher[level][n].abs().mean(0).reshape(-1)
+            k = round(0.5 * h * w) if h * w >= 2 else 0
+            keep = torch.ones(h * w, dtype=torch.float64)
+            keep[scores.argsort(descending=True, stable=True)[:k]] = 0.0
+            gen = loss.reconstruction.spatial
+            x = (s[n] * keep.reshape(1, h, w))[None]
+            x = F.conv2d(torch.relu(F.conv2d(x, gen[0].weight, gen[0].bias, padding=1)), gen[2].weight, gen[2].bias, padding=1)
+            total = total + ((x[0] - teacher[level][n]) ** 2).sum()
+        want[f"amd_{level}"] = 0.3 * total / N
+    for key in want:
+        torch.testing.assert_close(out[key], want[key], rtol=1e-10, atol=1e-14)

@@ -15,7 +15,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-Method = Literal["none", "feature_mse", "mgd", "fgd", "cwd", "pkd", "dmkd", "samkd"]
+Method = Literal["none", "feature_mse", "mgd", "fgd", "cwd", "pkd", "dmkd", "samkd", "amd"]
 METHODS: tuple[str, ...] = get_args(Method)
 
 MaskRule = Literal["topk", "random", "attention_sampled"]
@@ -39,6 +39,7 @@ DEFAULT_WEIGHTS: dict[str, dict[str, float]] = {
     "pkd": {"weight": 6.0},
     "dmkd": {"alpha": 2e-5},
     "samkd": {"alpha": 2e-5, "beta": 1.0},
+    "amd": {"alpha": 2e-5},
 }
 
 LEVEL_NAME = re.compile(r"^[A-Za-z0-9_]+$")
@@ -76,7 +77,8 @@ class DistillConfig(BaseModel):
     DMKD/SAMKD switches (reconstructions): ``mask_rule``, ``polarity``, ``attention_source``,
     ``branches``, ``fusion``. SAMKD: ``pyramid_scales`` (grids g), ``pyramid_mode``,
     ``share_generators``, ``sld`` and its ``sld_weighting``, ``sld_ratio`` (ρ), ``sld_tau``
-    (τ_w), ``sld_discrepancy``, ``T_kd``. See METHODS.md for the equations.
+    (τ_w), ``sld_discrepancy``, ``T_kd``. AMD (reconstruction; DMKD's mask switches apply):
+    ``channel_adapter`` (the squeeze-and-excitation module on S'). See METHODS.md for the equations.
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -110,6 +112,8 @@ class DistillConfig(BaseModel):
     sld_tau: float = Field(default=1.0, gt=0.0, allow_inf_nan=False)
     sld_discrepancy: SLDDiscrepancy = "feature"
     T_kd: float = Field(default=1.0, gt=0.0, allow_inf_nan=False)
+
+    channel_adapter: bool = True
 
     @field_validator("levels", mode="before")
     @classmethod

@@ -84,3 +84,21 @@ class ContextBlock(nn.Module):
         weights = torch.softmax(self.mask(x).reshape(n, 1, h * w), dim=2)  # [N, 1, HW]
         context = (x.reshape(n, c, h * w) * weights).sum(dim=2).reshape(n, c, 1, 1)
         return x + self.add(context)
+
+
+class ChannelAdapter(nn.Module):
+    """Squeeze-and-excitation channel re-weighting, ``[N, C, H, W]`` -> same.
+
+    ``x ⊙ σ(W₂ ReLU(W₁ mean_{hw}(x)))`` with 1×1 convs (bias on) ``C → max(C // reduction, 1) → C``
+    at PyTorch's default initialisation. AMD's "channel-adaptive module" (a reconstruction).
+    """
+
+    def __init__(self, channels: int, reduction: int = 16):
+        super().__init__()
+        hidden = max(channels // reduction, 1)
+        self.squeeze = nn.Conv2d(channels, hidden, kernel_size=1)
+        self.excite = nn.Conv2d(hidden, channels, kernel_size=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        pooled = x.mean(dim=(2, 3), keepdim=True)
+        return x * torch.sigmoid(self.excite(torch.relu(self.squeeze(pooled))))

@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from torch import Tensor, nn
 
+from raykd.distill.amd import AMDLoss
 from raykd.distill.config import LEVEL_NAME, DistillConfig
 from raykd.distill.connectors import align_conv
 from raykd.distill.cwd import CWDLoss
@@ -125,6 +126,7 @@ LOSS_BUILDERS: dict[str, Callable[[DistillConfig, int, int], nn.Module]] = {
     "pkd": lambda cfg, c, k: PKDLoss(cfg.require("weight")),
     "dmkd": lambda cfg, c, k: DMKDLoss(c, cfg.require("alpha"), _mask_settings(cfg), cfg.branches, cfg.fusion),
     "samkd": _samkd,
+    "amd": lambda cfg, c, k: AMDLoss(c, cfg.require("alpha"), _mask_settings(cfg), cfg.channel_adapter),
 }
 
 _TERMS: dict[str, tuple[str, ...]] = {
@@ -136,6 +138,7 @@ _TERMS: dict[str, tuple[str, ...]] = {
     "pkd": ("pkd",),
     "dmkd": ("dmkd",),
     "samkd": ("sfd", "sld"),
+    "amd": ("amd",),
 }
 
 

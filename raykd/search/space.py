@@ -179,6 +179,8 @@ NAMED_POINTS: dict[str, dict[str, Any]] = {
     "dmkd_defaults": {"distill.method": "dmkd", "distill.mask_ratio": 0.65, "distill.channel_mask_ratio": 0.5,
                       "distill.polarity": "salient", "distill.fusion": "learned", "distill.branches": "dual"},
     "samkd_defaults": {"distill.method": "samkd", "distill.pyramid_scales": [1, 2, 4], "distill.sld": True},
+    "amd_defaults": {"distill.method": "amd", "distill.mask_ratio": 0.65, "distill.mask_rule": "topk",
+                     "distill.polarity": "salient", "distill.channel_adapter": True},
 }
 
 
