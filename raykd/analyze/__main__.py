@@ -7,7 +7,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from raykd.analyze.report import FORMATS, parse_formats, write
+from raykd.analyze.report import FORMATS, parse_formats, write, write_summary
 from raykd.analyze.scores import FIDELITIES
 from raykd.errors import ArgumentParser, UserError, run_cli
 from raykd.results import METRICS
@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "    coordinates of the top trials.\n"
                     "Works on a search that is still running.",
         epilog="writes, under --out: report.md, report.html (self-contained), report.tex (+ tex/NAME.tex),\n"
-               "csv/NAME.csv (the raw numbers of every table) and plots/NAME.png\n\n"
+               "csv/NAME.csv (the raw numbers of every table), plots/NAME.png and summary.json (best, baseline,\n"
+               "delta with its paired or Welch 95% interval, fidelity: the lines raykd.search closes with)\n\n"
                "examples:\n"
                "  python -m raykd.analyze results/demo-20250101-120000\n"
                "  python -m raykd.analyze results/demo-*/ --metric AP50 --by distill.method,distill.fusion\n"
@@ -81,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = build_report(analysis, with_plots=bool({"png", "html"} & set(formats)))
     try:
         written = write(report, out, formats)
+        written.append(write_summary(analysis.verdict, out))
     except OSError as err:
         raise UserError(f"cannot write the report: {err}", file=out) from err
     names = sorted({p.relative_to(out).parts[0] + ("/" if len(p.relative_to(out).parts) > 1 else "")

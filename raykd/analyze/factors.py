@@ -26,6 +26,8 @@ LOG_SPAN = 30.0
 SEED_COLUMNS = ("train.seed",)
 """Parameter columns that are seeds: aggregated over, never a factor."""
 
+SCALE = 100.0
+"""AP in points, as papers print it: tables, plots and closing lines show metric × SCALE."""
 BASELINE_METHOD = "none"
 METHOD = "distill.method"
 

@@ -14,15 +14,16 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from raykd.analyze import plots, tables
-from raykd.analyze.factors import BASELINE_METHOD, METHOD, SEED_COLUMNS, Factor, describe, is_null, level_frame
+from raykd.analyze.factors import BASELINE_METHOD, METHOD, SCALE, SEED_COLUMNS, Factor, describe, is_null, level_frame
 from raykd.analyze.importance import ALL, Importances, importances
 from raykd.analyze.inputs import Inputs, read_inputs
 from raykd.analyze.report import Bullets, Plot, Report, Section, Table, Text
 from raykd.analyze.scores import Scores, score_trials
+from raykd.analyze.verdict import Ranking, Verdict, factor_names, phase_of, rank, verdict
 from raykd.errors import UserError
 from raykd.results import METRICS
+from raykd.results.schema import CONFIRM_PHASE, SEARCH_PHASE
 
-SCALE = plots.SCALE  # AP in points, as papers print it
 TOP = 10
 
 
@@ -42,16 +43,9 @@ class Analysis:
     ofat: pd.DataFrame
     path: pd.DataFrame
     importance: Importances
+    verdict: Verdict  # what the search found: from the confirmation trials when there are any
+    confirmation: Ranking | None = None  # the confirmation trials (phase = confirm), ranked
     notes: list[str] = field(default_factory=list)
-
-
-def factor_names(inputs: Inputs) -> list[str]:
-    """The parameter columns that make a configuration: every parameter but the seed, and
-    ``experiment`` when the tables hold several."""
-    names = [p for p in inputs.params if p not in SEED_COLUMNS and p in inputs.trials.columns]
-    if inputs.trials["experiment"].nunique() > 1:
-        names.insert(0, "experiment")
-    return names
 
 
 def _check_by(by: Sequence[str] | None, names: list[str]) -> list[str]:
@@ -81,21 +75,24 @@ def analyze(paths: Sequence[str], *, metric: str = "bbox_mAP", by: Sequence[str]
         raise UserError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}", key="--metric")
     inputs = read_inputs(paths, filters)
     inputs.trials = _with_seed(inputs.trials)
-    names = factor_names(inputs)
-    wanted = _check_by(by, names)
-    scores = score_trials(inputs.trials, inputs.epochs, metric, fidelity)
-    frame = scores.frame
+    confirm = phase_of(inputs.trials) == CONFIRM_PHASE
+    confirmation = (rank(inputs.trials[confirm], inputs.epochs, inputs.params, metric, fidelity="completed",
+                         teacher=inputs.teacher, top=TOP) if confirm.any() else None)
+    searched = inputs.trials[~confirm] if (~confirm).any() else inputs.trials
+    wanted = _check_by(by, factor_names(searched, inputs.params))
+    ranking = rank(searched, inputs.epochs, inputs.params, metric, fidelity=fidelity, teacher=inputs.teacher, top=TOP)
+    if ranking is None:
+        excluded = score_trials(searched, inputs.epochs, metric, fidelity)
+        raise UserError(f"no trial has a {metric} value to compare yet ({len(excluded.excluded)} trial(s), "
+                        f"none with a value under --fidelity {excluded.fidelity})")
+    scores, names, configs, frame = ranking.scores, ranking.names, ranking.configs, ranking.scores.frame
     notes = []
-    if frame.empty:
-        raise UserError(f"no trial has a {metric} value to compare yet ({len(scores.excluded)} trial(s), "
-                        f"none with a value under --fidelity {scores.fidelity})")
     if scores.fidelity == "common-epoch":
         full = inputs.trials["epochs_total"].max()
         done = int((frame["stop_reason"] == "completed").sum())
         if scores.epoch is not None and not pd.isna(full) and scores.epoch < full and done:
             notes.append(f"Epoch {scores.epoch} of {int(full)} is early; `--fidelity completed` compares the "
                          f"{done} trials that ran their full schedule instead (a subset the scheduler selected).")
-    names = [n for n in names if frame[n].map(lambda v: not is_null(v)).any()]
     factors = describe(frame, names)
     levels = level_frame(frame, factors)
     by_name = {f.name: f for f in factors}
@@ -111,7 +108,6 @@ def analyze(paths: Sequence[str], *, metric: str = "bbox_mAP", by: Sequence[str]
         ablations.append(tables.ablation(frame, levels, factor, failed_levels))
     if constant:
         notes.append(f"One value among the compared trials (no ablation table): {', '.join(constant)}")
-    configs = tables.group_configs(frame, names)
     if configs.baseline is None:
         notes.append(f"No compared trial has `{METHOD}` = `{BASELINE_METHOD}`: no baseline row and no ablation path.")
     elif configs.baseline == configs.order[0]:
@@ -119,11 +115,13 @@ def analyze(paths: Sequence[str], *, metric: str = "bbox_mAP", by: Sequence[str]
     interactions = [(a, b, tables.interaction(frame, levels, a, b))
                     for a, b in tables.pick_pairs(ablations, levels)]
     imp = importances(frame, names, conditions={f.name: f.condition for f in factors if f.condition})
+    chosen = verdict(confirmation, CONFIRM_PHASE) if confirmation is not None else verdict(ranking, SEARCH_PHASE)
     return Analysis(
         inputs=inputs, metric=metric, scores=scores, factors=factors, levels=levels,
-        configs=configs, leaderboard=tables.leaderboard(frame, configs, top=TOP, teacher=inputs.teacher, metric=metric),
+        configs=configs, leaderboard=ranking.leaderboard,
         ablations=ablations, interactions=interactions, ofat=tables.ofat(frame, configs),
-        path=tables.ablation_path(frame, levels, factors, configs), importance=imp, notes=notes)
+        path=tables.ablation_path(frame, levels, factors, configs), importance=imp, verdict=chosen,
+        confirmation=confirmation, notes=notes)
 
 
 # --- formatting -------------------------------------------------------------------------
@@ -171,9 +169,10 @@ def _status_counts(trials: pd.DataFrame) -> str:
     return ", ".join(f"{int(counts[k])} {v}" for k, v in labels.items() if counts.get(k, 0))
 
 
-def leaderboard_table(a: Analysis) -> Table:
-    lb = a.leaderboard
-    m = a.metric
+def leaderboard_table(lb: pd.DataFrame, metric: str, note: str, *, name: str = "leaderboard",
+                      title: str = "") -> Table:
+    """The leaderboard ``lb`` (:func:`raykd.analyze.tables.leaderboard`) as a report table."""
+    m = metric
     display = pd.DataFrame({
         "rank": [("" if pd.isna(r) else str(int(r))) for r in lb["rank"]],
         "configuration": [c if role == "config" else f"{c} [{role}]" if role == "baseline" else c
@@ -185,8 +184,8 @@ def leaderboard_table(a: Analysis) -> Table:
         "device-h": ["—" if pd.isna(v) else f"{v:.3g}" for v in lb["cost_h"]],
         "seeds": lb["seeds"],
     })
-    return Table("leaderboard", f"Best configurations by {m}, seeds pooled", display, lb,
-                 f"mean ± 95% t-interval half-width over seeds (x100); {DIFF_NOTE}; {a.scores.note}")
+    return Table(name, title or f"Best configurations by {m}, seeds pooled", display, lb,
+                 f"mean ± 95% t-interval half-width over seeds (x100); {DIFF_NOTE}; {note}")
 
 
 def ablation_table(a: Analysis, ab: tables.Ablation) -> Table:
@@ -303,26 +302,27 @@ def build_report(a: Analysis, *, with_plots: bool = True) -> Report:
     """The report of ``a``; ``with_plots=False`` skips drawing (for tables-only formats)."""
     trials, s, m = a.inputs.trials, a.scores, a.metric
     sections = []
-    lb = a.leaderboard
-    best = lb[lb["role"] != "teacher"].iloc[0]
     summary = [
         f"Trials: {len(trials)} ({_status_counts(trials)})"
         + (f", of {a.inputs.total_trials} before --filter" if a.inputs.total_trials != len(trials) else "")
-        + f"; {len(s.frame)} compared, {len(s.excluded)} not compared (listed at the end).",
+        + f"; {len(s.frame)} of the search phase compared, {len(s.excluded)} not compared (listed at the end).",
         f"Compared value: {s.note}.",
-        f"Metric: `{m}`, shown in points (x100). Best configuration: {best['config']} — "
-        f"{fmt_ci(best['mean'], best['ci_low'], best['ci_high'])} (n={int(best['n'])}).",
+        f"Metric: `{m}`, shown in points (x100).",
+        *(f"{line[0].upper()}{line[1:]}." for line in a.verdict.lines()),
     ]
-    base = lb[lb["role"] == "baseline"]
-    if len(base):
-        b = base.iloc[0]
-        summary.append(f"No-distillation baseline: {fmt_ci(b['mean'], b['ci_low'], b['ci_high'])} (n={int(b['n'])}); "
-                       f"best − baseline: {fmt_diff(best['diff'], best['diff_low'], best['diff_high'], best['diff_test'], best['diff_n'])}.")
     teacher = a.inputs.teacher or {}
     if m in teacher:
         summary.append(f"Teacher (teacher.json): {_num(teacher[m])}.")
     sections.append(Section("Summary", [Bullets(summary + a.notes)]))
-    sections.append(Section("Leaderboard", [leaderboard_table(a)]))
+    if a.confirmation is not None:
+        c = a.confirmation
+        sections.append(Section("Confirmation", [
+            Text("The top configurations of the search and the baseline, re-run at the full budget on fresh seeds "
+                 "(no early stopping). The search's best trial won a maximum over noise; these numbers do not."),
+            leaderboard_table(c.leaderboard, m, c.scores.note, name="confirmation",
+                              title=f"Confirmation on fresh seeds: {m}")]))
+    sections.append(Section("Leaderboard" if a.confirmation is None else "Leaderboard of the search phase",
+                            [leaderboard_table(a.leaderboard, m, s.note)]))
     blocks = [ablation_table(a, ab) for ab in a.ablations]
     if with_plots and a.ablations:
         blocks.append(Plot("effects", "Effect of each factor", plots.effects(a.ablations, m, teacher.get(m)),
@@ -389,18 +389,9 @@ def _importance_order(a: Analysis) -> list[Factor]:
 
 def summary(a: Analysis, out: str | None, written: Sequence[str]) -> list[str]:
     """The lines the command prints."""
-    lb, s, m = a.leaderboard, a.scores, a.metric
-    best = lb[lb["role"] != "teacher"].iloc[0]
+    s, m = a.scores, a.metric
     lines = [f"trials: {len(a.inputs.trials)} ({_status_counts(a.inputs.trials)}); {len(s.frame)} compared",
-             f"fidelity: {s.note}",
-             f"best: {best['config']}: {m} (x100) {fmt_ci(best['mean'], best['ci_low'], best['ci_high'])} "
-             f"(n={int(best['n'])})"]
-    base = lb[lb["role"] == "baseline"]
-    if len(base):
-        b = base.iloc[0]
-        lines.append(f"baseline ({METHOD}={BASELINE_METHOD}): {fmt_ci(b['mean'], b['ci_low'], b['ci_high'])} "
-                     f"(n={int(b['n'])}); best − baseline "
-                     f"{fmt_diff(best['diff'], best['diff_low'], best['diff_high'], best['diff_test'], best['diff_n'])}")
+             f"fidelity: {s.note}", *a.verdict.lines()]
     if a.inputs.teacher and m in a.inputs.teacher:
         lines.append(f"teacher: {_num(a.inputs.teacher[m])}")
     imp = a.importance.frame

@@ -18,10 +18,9 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from raykd.analyze.factors import METHOD, Factor, is_null
+from raykd.analyze.factors import METHOD, SCALE, Factor, is_null
 from raykd.analyze.tables import Ablation
 
-SCALE = 100.0
 STATUS_COLORS = {"completed": "tab:blue", "early_stopped": "tab:orange", "running": "tab:gray", "error": "tab:red"}
 STATUS_LABELS = {"completed": "completed", "early_stopped": "stopped early (ASHA)", "running": "running",
                  "error": "failed"}

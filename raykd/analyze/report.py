@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from raykd.analyze.verdict import Verdict
 from raykd.errors import UserError
 
 FORMATS = ("md", "html", "tex", "csv", "png")
@@ -112,6 +114,14 @@ def write(report: Report, out: Path, formats: Iterable[str]) -> list[Path]:
             written.append(_write_text(out / "tex" / f"{table.name}.tex", latex_table(table)))
         written.append(_write_text(out / "report.tex", latex(report)))
     return written
+
+
+SUMMARY_FILE = "summary.json"
+
+
+def write_summary(verdict: Verdict, out: Path) -> Path:
+    """``out/summary.json``: the verdict (best, baseline, delta, fidelity) for scripts."""
+    return _write_text(out / SUMMARY_FILE, json.dumps(verdict.to_json(), indent=2) + "\n")
 
 
 def _write_text(path: Path, text: str) -> Path:

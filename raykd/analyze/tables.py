@@ -26,12 +26,12 @@ STAT_COLUMNS = ["n", "mean", "std", "ci_low", "ci_high"]
 DIFF_COLUMNS = ["diff", "diff_low", "diff_high", "diff_test", "diff_n"]
 
 
-def _key(value: object) -> object:
+def exact_value(value: object) -> object:
     """A hashable, exact form of a raw parameter value (None for null)."""
     if is_null(value):
         return None
     if isinstance(value, (list, tuple, np.ndarray)):
-        return tuple(_key(v) for v in list(value))
+        return tuple(exact_value(v) for v in list(value))
     if isinstance(value, (float, np.floating)):
         return float(value)
     if isinstance(value, (np.integer, np.bool_)):
@@ -42,7 +42,7 @@ def _key(value: object) -> object:
 def config_keys(frame: pd.DataFrame, names: Sequence[str]) -> pd.Series:
     """Each row's configuration: the tuple of its exact values of ``names``."""
     columns = [frame[n].tolist() for n in names]
-    return pd.Series([tuple(_key(v) for v in values) for values in zip(*columns)] if names else [()] * len(frame),
+    return pd.Series([tuple(exact_value(v) for v in values) for values in zip(*columns)] if names else [()] * len(frame),
                      index=frame.index, dtype=object)
 
 
@@ -54,7 +54,7 @@ def config_label(values: Mapping[str, object], shown: Sequence[str]) -> str:
 
 def varying(frame: pd.DataFrame, names: Sequence[str]) -> list[str]:
     """The factors of ``names`` that take more than one value (null counts) in ``frame``."""
-    return [n for n in names if frame[n].map(_key).nunique(dropna=False) > 1]
+    return [n for n in names if frame[n].map(exact_value).nunique(dropna=False) > 1]
 
 
 def _interval_row(values: pd.Series) -> dict[str, float]:

@@ -13,6 +13,7 @@ import pyarrow as pa
 from ray import cloudpickle
 from ray.tune import Callback
 
+from raykd.results.schema import SEARCH_PHASE
 from raykd.results.store import STORAGE_GONE
 from raykd.results.writer import TableWriter
 
@@ -34,7 +35,8 @@ class ParquetResultsCallback(Callback):
     ``params``: every config key of the trials (dotted, as in ``trial.config``) and its
     Arrow type, see :func:`raykd.results.arrow_type_for`. After ``Tuner.restore`` Tune
     unpickles this callback with the run config and calls :meth:`set_state`; the writer
-    then continues the trial rows of earlier sessions from the folder.
+    then continues the trial rows of earlier sessions from the folder. ``phase``: the
+    ``phase`` column of the trials this Tune run starts.
     """
 
     def __init__(
@@ -43,8 +45,9 @@ class ParquetResultsCallback(Callback):
         experiment: str,
         params: Mapping[str, pa.DataType],
         flush_every_s: float = 10.0,
+        phase: str = SEARCH_PHASE,
     ):
-        self.writer = TableWriter(root, experiment, params, flush_every_s=flush_every_s)
+        self.writer = TableWriter(root, experiment, params, flush_every_s=flush_every_s, phase=phase)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.writer.add_result(trial.trial_id, trial.config, result)

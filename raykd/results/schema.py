@@ -32,6 +32,12 @@ METRICS = ("bbox_mAP", "AP50", "AP75", "AP_S", "AP_M", "AP_L")
 LOSSES = ("loss_total", "loss_det", "loss_kd")
 """Loss columns of their own; every other ``loss_<name>`` goes to the ``loss_terms`` map."""
 
+SEARCH_PHASE = "search"
+CONFIRM_PHASE = "confirm"
+PHASES = (SEARCH_PHASE, CONFIRM_PHASE)
+"""``phase`` of a trial: sampled by the search, or a re-run of a top configuration (or the
+baseline) on fresh seeds at the full budget after it."""
+
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 LOSS_TERMS = pa.map_(pa.string(), pa.float64())
 
@@ -41,6 +47,7 @@ _TRIALS_HEAD = [
     ("trial_id", pa.string()),
     ("status", pa.string()),  # RUNNING | TERMINATED | ERROR
     ("stop_reason", pa.string()),  # completed | early_stopped | error | running
+    ("phase", pa.string()),  # PHASES
     ("error", pa.string()),
 ]
 _TRIALS_TAIL = (

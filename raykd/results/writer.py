@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from raykd.errors import UserError
+from raykd.ownership import check_held
 from raykd.results import schema as S
 from raykd.results.read import newest, read_parts
 from raykd.results.store import join, publish, resolve
@@ -51,6 +52,7 @@ class _Trial:
     """What the writer knows of one trial."""
 
     config: dict = field(default_factory=dict)  # parameter column -> coerced value
+    phase: str = S.SEARCH_PHASE
     seed: int | None = None
     epochs: dict[int, dict] = field(default_factory=dict)  # epoch -> epoch row
     status: str = "RUNNING"
@@ -72,6 +74,7 @@ class TableWriter:
     column name (dotted config key) -> Arrow type. Call :meth:`add_result` per Tune result,
     :meth:`end_trial` when a trial ends, and :meth:`flush` (or :meth:`maybe_flush`, which
     flushes at most every ``flush_every_s`` seconds; 0 flushes every time) to publish.
+    ``phase``: the ``phase`` of the trials this writer sees first (:data:`~raykd.results.schema.PHASES`).
     """
 
     def __init__(
@@ -81,8 +84,10 @@ class TableWriter:
         params: Mapping[str, pa.DataType],
         *,
         flush_every_s: float = 10.0,
+        phase: str = S.SEARCH_PHASE,
     ):
         self.root = os.fspath(root)
+        self.phase = phase
         self.experiment = experiment
         self.params = dict(params)
         self.flush_every_s = flush_every_s
@@ -171,6 +176,7 @@ class TableWriter:
         """
         if not self.pending:
             return 0
+        check_held(self.root)  # a search folder taken over by another driver: stop before mixing rows
         written = 0
         if self._epoch_rows:
             epochs = pa.Table.from_pylist(self._epoch_rows, schema=self._epochs_schema)
@@ -203,12 +209,13 @@ class TableWriter:
     def _trial(self, trial_id: str, config: Mapping | None) -> _Trial:
         trial = self._trials.get(trial_id)
         if trial is None:
-            trial = self._load_previous().pop(trial_id, None) or _Trial()
+            trial = self._load_previous().pop(trial_id, None) or _Trial(phase=self.phase)
             self._trials[trial_id] = trial
         if config is not None:
             flat = _flatten(config)
             trial.config = {k: _coerce(k, flat.get(k), t) for k, t in self.params.items()}
-            if flat.get("train.seed") is not None:  # else keep the seed a result reported
+            # The seed a result reported wins: with search.repeats the trainable shifts train.seed.
+            if trial.seed is None and flat.get("train.seed") is not None:
                 try:
                     trial.seed = _coerce("train.seed", flat.get("train.seed"), pa.int64())
                 except ValueError:
@@ -242,6 +249,7 @@ class TableWriter:
             for row in tables["trials"].to_pylist():
                 self._previous[row["trial_id"]] = _Trial(
                     status=row["status"], error=row["error"], epochs_total=row["epochs_total"],
+                    phase=row.get("phase") or S.SEARCH_PHASE,
                     executor=row["executor"], num_workers=row["num_workers"], device=row["device"],
                     wall_s=row["wall_s"] or 0.0, seed=row["seed"],
                     config={k: row.get(k) for k in self.params},
@@ -273,6 +281,7 @@ class TableWriter:
             "trial_id": trial_id,
             "status": trial.status,
             "stop_reason": stop_reason,
+            "phase": trial.phase,
             "error": trial.error,
             **trial.config,
             **{f"final_{m}": last.get(m) for m in S.METRICS},

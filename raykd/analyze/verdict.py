@@ -1,0 +1,188 @@
+"""What a search found, defined once: its best configuration, the no-distillation baseline
+and their difference.
+
+``raykd.search`` prints its closing lines from :func:`verdict`, ``raykd.analyze`` prints the
+same lines and writes them to ``summary.json``; the confirmation phase re-runs the
+configurations :func:`rank` puts first. When a search holds confirmation trials
+(``phase = confirm``: the top configurations and the baseline re-run on fresh seeds at the
+full budget), the verdict is theirs: the best trial of the search phase won a maximum over
+noise, the confirmation is the unbiased estimate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pandas as pd
+
+from raykd.analyze import tables
+from raykd.analyze.factors import BASELINE_METHOD, METHOD, SCALE, SEED_COLUMNS, is_null
+from raykd.analyze.scores import Scores, score_trials
+from raykd.results.schema import CONFIRM_PHASE, SEARCH_PHASE
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Scored trials of one phase grouped into configurations (seeds pooled), best first."""
+
+    scores: Scores
+    names: list[str]  # the factors that make a configuration
+    configs: tables.Configs
+    leaderboard: pd.DataFrame  # tables.leaderboard of the top configurations + baseline (+ teacher)
+
+    def values(self, config: int) -> dict[str, Any]:
+        """The factor values of configuration ``config`` that are defined (lists as lists)."""
+        row = self.configs.rows(self.scores.frame, config).iloc[0]
+        return {n: _plain(row[n]) for n in self.names if not is_null(row[n])}
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A mean over ``n`` trials with its 95% t-interval (NaN bounds when n < 2)."""
+
+    mean: float
+    ci_low: float
+    ci_high: float
+    n: int
+
+
+@dataclass(frozen=True)
+class Delta:
+    """best − baseline with its 95% interval: ``paired`` over ``n`` shared seeds, else Welch."""
+
+    mean: float
+    ci_low: float
+    ci_high: float
+    paired: bool
+    n: int
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The best configuration, the baseline and the difference, in metric units ([0, 1])."""
+
+    metric: str
+    phase: str  # search | confirm: which trials the numbers come from
+    fidelity: str  # the fidelity rule the trials were compared under
+    fidelity_note: str
+    best_config: dict[str, Any]
+    best_label: str
+    best: Estimate
+    best_seeds: list[int]
+    baseline: Estimate | None
+    delta: Delta | None
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``summary.json`` mapping (NaN written as null)."""
+        return _nulls({
+            "metric": self.metric,
+            "fidelity": {"rule": self.fidelity, "note": self.fidelity_note},
+            "best": {"config": self.best_config, "label": self.best_label, **asdict(self.best),
+                     "phase": self.phase, "seeds": self.best_seeds},
+            "baseline": asdict(self.baseline) if self.baseline else None,
+            "delta": asdict(self.delta) if self.delta else None,
+        })
+
+    def lines(self) -> list[str]:
+        """The closing lines both commands print (x100, as papers do)."""
+        where = "confirmation on fresh seeds" if self.phase == CONFIRM_PHASE else "search phase"
+        out = [f"best ({where}): {self.best_label}: {self.metric} (x100) {_ci(self.best)} (n={self.best.n})"]
+        if self.baseline is not None:
+            out.append(f"baseline ({METHOD}={BASELINE_METHOD}): {_ci(self.baseline)} (n={self.baseline.n})")
+        if self.delta is not None:
+            how = f"paired over {self.delta.n} seeds" if self.delta.paired else "Welch"
+            out.append(f"best − baseline: {_signed(self.delta.mean)} [{_signed(self.delta.ci_low)}, "
+                       f"{_signed(self.delta.ci_high)}] (95% CI, {how})")
+        return out
+
+
+def factor_names(trials: pd.DataFrame, params: Sequence[str]) -> list[str]:
+    """The parameter columns that make a configuration: every parameter but the seed, and
+    ``experiment`` when the tables hold several."""
+    names = [p for p in params if p not in SEED_COLUMNS and p in trials.columns]
+    if trials["experiment"].nunique() > 1:
+        names.insert(0, "experiment")
+    return names
+
+
+def phase_of(trials: pd.DataFrame) -> pd.Series:
+    """Each trial's phase (tables written before phases existed: all ``search``)."""
+    if "phase" not in trials:
+        return pd.Series(SEARCH_PHASE, index=trials.index)
+    return trials["phase"].fillna(SEARCH_PHASE)
+
+
+def rank(trials: pd.DataFrame, epochs: pd.DataFrame | None, params: Sequence[str], metric: str, *,
+         fidelity: str = "auto", teacher: Mapping[str, float] | None = None, top: int = 10) -> Ranking | None:
+    """Score ``trials`` under ``fidelity`` and rank their configurations; None when no trial
+    has a value to compare yet."""
+    scores = score_trials(trials, epochs, metric, fidelity)
+    frame = scores.frame
+    if frame.empty:
+        return None
+    names = [n for n in factor_names(trials, params) if frame[n].map(lambda v: not is_null(v)).any()]
+    configs = tables.group_configs(frame, names)
+    board = tables.leaderboard(frame, configs, top=top, teacher=teacher, metric=metric)
+    return Ranking(scores, names, configs, board)
+
+
+def verdict(ranking: Ranking, phase: str) -> Verdict:
+    """The verdict of one phase's :class:`Ranking`."""
+    board = ranking.leaderboard
+    best = board[board["role"] != "teacher"].iloc[0]
+    base = board[board["role"] == "baseline"]
+    best_id = ranking.configs.order[0]
+    seeds = sorted({int(s) for s in ranking.configs.rows(ranking.scores.frame, best_id)["seed"] if not is_null(s)})
+    baseline = delta = None
+    if len(base):
+        b = base.iloc[0]
+        baseline = Estimate(float(b["mean"]), float(b["ci_low"]), float(b["ci_high"]), int(b["n"]))
+        if best_id != ranking.configs.baseline:
+            delta = Delta(float(best["diff"]), float(best["diff_low"]), float(best["diff_high"]),
+                          best["diff_test"] == "paired", int(best["diff_n"]))
+    return Verdict(
+        metric=ranking.scores.metric, phase=phase, fidelity=ranking.scores.fidelity,
+        fidelity_note=ranking.scores.note, best_config=ranking.values(best_id), best_label=str(best["config"]),
+        best=Estimate(float(best["mean"]), float(best["ci_low"]), float(best["ci_high"]), int(best["n"])),
+        best_seeds=seeds, baseline=baseline, delta=delta)
+
+
+def decide(trials: pd.DataFrame, epochs: pd.DataFrame | None, params: Sequence[str], metric: str, *,
+           fidelity: str = "auto") -> Verdict | None:
+    """The verdict of a search's tables: its confirmation trials when there are any (compared
+    at their full budget), else its search phase under ``fidelity``."""
+    confirm = phase_of(trials) == CONFIRM_PHASE
+    if confirm.any():
+        ranking = rank(trials[confirm], epochs, params, metric, fidelity="completed")
+        if ranking is not None:
+            return verdict(ranking, CONFIRM_PHASE)
+    ranking = rank(trials[~confirm], epochs, params, metric, fidelity=fidelity)
+    return verdict(ranking, SEARCH_PHASE) if ranking is not None else None
+
+
+def _plain(value: Any) -> Any:
+    key = tables.exact_value(value)
+    return list(key) if isinstance(key, tuple) else key
+
+
+def _nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _nulls(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nulls(v) for v in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def _ci(e: Estimate) -> str:
+    if math.isnan(e.ci_low):
+        return f"{e.mean * SCALE:.2f}"
+    return f"{e.mean * SCALE:.2f} ± {(e.ci_high - e.ci_low) / 2 * SCALE:.2f}"
+
+
+def _signed(value: float) -> str:
+    return "—" if math.isnan(value) else f"{value * SCALE:+.2f}"
