@@ -14,11 +14,15 @@ from pathlib import Path
 
 from raykd.config import parse_overrides
 from raykd.errors import ArgumentParser, UserError, run_cli
+from raykd.ownership import claim, has_content, refuse_if_owned
+from raykd.ray_address import check_reachable
 from raykd.results.store import storage_failure
 from raykd.search.space import Space
 
 PROG = "python -m raykd.search"
 PROBE_BYTES = 1 << 20  # written and removed before anything starts
+OWNED_TODO = ("two drivers must not write one search: wait for it to end or stop it (Ctrl-C or kill; "
+              "its trials resume with --resume), or use another --name")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder or pyarrow URI (s3://, gs://) holding searches (default: ./results)")
     parser.add_argument("--name", help="search name (default: SPACE-STEM-YYYYmmdd-HHMMSS)")
     parser.add_argument("--num-samples", type=int, help="override search.num_samples")
-    parser.add_argument("--address", help="join a running Ray cluster (default: start a local one)")
+    parser.add_argument("--address", help="join a running Ray cluster: HOST:PORT, or auto ($RAY_ADDRESS, else the "
+                                           "cluster last started on this machine) (default: a private local Ray)")
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a dotted key of the space (search.seed=1) or experiment (train.epochs=3)")
@@ -135,8 +140,8 @@ def _init_ray(address: str | None, num_cpus: int | None) -> None:
         return
     if address:
         ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    else:  # private: never Ray's record of the last cluster started here (raykd/ray_address.py)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -147,12 +152,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     from raykd.search.tuner import SearchPaths
 
     paths = SearchPaths(storage, name)
-    if not args.resume and "://" not in storage and Path(paths.root).exists():
+    refuse_if_owned(paths.root, key="--name", todo=OWNED_TODO)
+    if not args.resume and "://" not in storage and has_content(paths.root):
         raise UserError(f"a search named {name!r} exists at {paths.root}; pass --resume or another --name",
                         key="--name")
     if args.resume:
         _check_resumable(paths)
     _check_writable(storage)
+    address = check_reachable(args.address) if args.address else None
+    owner = claim(paths.root, command=PROG, key="--name", todo=OWNED_TODO)
+    if owner.taken_over:
+        print(f"search folder {paths.root}: taken over from its last driver ({owner.taken_over})", flush=True)
+    try:
+        return _search(args, space, storage, name, paths, address)
+    finally:
+        owner.release()
+
+
+def _search(args: argparse.Namespace, space: Space, storage: str, name: str, paths, address: str | None) -> int:
+    """The search, its folder held by this driver (:mod:`raykd.ownership`)."""
     spec = space.spec
     print(f"search {name}: {spec.search.num_samples} samples × {spec.search.repeats} seeds, sampler "
           f"{spec.search.sampler}, scheduler {spec.scheduler.type}, executor {spec.resources.resolved_executor()}, "
@@ -171,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"teacher: {teacher_ckpt} (bbox_mAP {teacher.get('bbox_mAP', float('nan')):.4f})", flush=True)
     prep_s = time.perf_counter() - started
 
-    _init_ray(args.address, args.num_cpus)
+    _init_ray(address, args.num_cpus)
     from raykd.results import write_run
     from raykd.search.tuner import build_tuner, restore_tuner
 
