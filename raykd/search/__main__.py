@@ -18,6 +18,7 @@ from raykd.ownership import claim, has_content, refuse_if_owned
 from raykd.ray_address import check_reachable
 from raykd.results.store import storage_failure
 from raykd.search.space import Space
+from raykd.tracking import add_tracking_args
 
 PROG = "python -m raykd.search"
 PROBE_BYTES = 1 << 20  # written and removed before anything starts
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a dotted key of the space (search.seed=1) or experiment (train.epochs=3)")
     parser.add_argument("--quiet", action="store_true", help="only the final summary")
+    add_tracking_args(parser)
     return parser
 
 
@@ -158,6 +160,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         key="--name")
     if args.resume:
         _check_resumable(paths)
+    from raykd.tracking.setup import for_search
+
+    args.tracking = for_search(args.log, args.mlflow_uri, storage=storage, root=paths.root, name=name,
+                               resume=args.resume)
     _check_writable(storage)
     address = check_reachable(args.address) if args.address else None
     owner = claim(paths.root, command=PROG, key="--name", todo=OWNED_TODO)
@@ -200,12 +206,16 @@ def _search(args: argparse.Namespace, space: Space, storage: str, name: str, pat
                 {"checkpoint": teacher_ckpt, **teacher}, default=str))
     write_run(paths.tables, name, dataset_fingerprint=data_fingerprint(cfg), space_path=str(space.path),
               space_text=space.text, resumed=args.resume)
+    args.tracking.save()
+    if args.tracking.backends:
+        print(args.tracking.describe(), flush=True)
     resumable = args.resume and _restorable(paths)
     if args.resume and not resumable:
         print(f"resume: no trial of {name} had started yet (the last driver stopped before Tune saved its "
               "state); starting the search", flush=True)
     tuner = restore_tuner(space, paths, teacher_ckpt) if resumable else build_tuner(
-        space, paths, teacher_ckpt, quiet=args.quiet, autoscaling=bool(args.address))
+        space, paths, teacher_ckpt, quiet=args.quiet, autoscaling=bool(args.address),
+        extra_callbacks=args.tracking.tune_callbacks())
     print(f"running: results in {paths.root}", flush=True)
     resume_cmd = (f"{PROG} {shlex.quote(str(args.space))} --resume --name {shlex.quote(name)}"
                   + (f" --storage {shlex.quote(storage)}" if args.storage != "results" else ""))

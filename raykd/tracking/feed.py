@@ -1,0 +1,65 @@
+"""Feeding trackers: one backend failing never stops a search or a training run."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from raykd.tracking.base import Tracker, TrialInfo, epoch_scalars, stop_reason
+from raykd.tracking.setup import TrackingSetup
+
+log = logging.getLogger(__name__)
+
+
+class TrackerFeed:
+    """Sends epochs and ends of trials to every tracker of ``setup``.
+
+    A backend that raises (server gone, database locked...) is reported in one warning and
+    left out for the rest of this driver: the Parquet tables still hold everything, and the
+    next ``--resume`` fills in what it missed (each backend skips the epochs it holds).
+    """
+
+    def __init__(self, setup: TrackingSetup):
+        self.setup = setup
+        self._trackers: list[Tracker] | None = None
+        self._last: dict[str, tuple[int, int | None]] = {}  # trial id -> (epoch, epochs_total)
+
+    def __getstate__(self) -> dict:
+        return {"setup": self.setup, "_trackers": None, "_last": {}}
+
+    @property
+    def trackers(self) -> list[Tracker]:
+        if self._trackers is None:
+            self._trackers = self.setup.trackers()
+        return self._trackers
+
+    def epoch(self, trial: TrialInfo, result: Mapping[str, Any]) -> None:
+        """One epoch's result (the trainer's metrics dict; without ``epoch`` it is ignored)."""
+        if result.get("epoch") is None:
+            return
+        epoch = int(result["epoch"])
+        total = result.get("epochs_total")
+        self._last[trial.trial_id] = (epoch, int(total) if total is not None else None)
+        scalars = epoch_scalars(result)
+        self._each("log_epoch", trial, epoch, scalars)
+
+    def finish(self, trial: TrialInfo, status: str, last_result: Mapping[str, Any] | None = None) -> None:
+        """The trial ended with ``status``; ``last_result`` tells its last epoch when this
+        driver saw none of its results (it ended right after a resume)."""
+        epoch, total = self._last.pop(trial.trial_id, (None, None))
+        if epoch is None and last_result:
+            epoch, total = last_result.get("epoch"), last_result.get("epochs_total")
+        self._each("finish", trial, status, stop_reason(status, epoch, total))
+
+    def close(self) -> None:
+        self._each("close")
+
+    def _each(self, method: str, *args) -> None:
+        for tracker in list(self.trackers):
+            try:
+                getattr(tracker, method)(*args)
+            except Exception as err:  # a tracker is a mirror: its failure must not end the run
+                log.warning("tracking: %s failed (%s: %s); not logging to it for the rest of this run (the "
+                            "tables hold every epoch; --resume fills it in)", tracker.name, type(err).__name__, err)
+                self.trackers.remove(tracker)

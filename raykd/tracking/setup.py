@@ -1,0 +1,163 @@
+"""``--log`` and ``--mlflow-uri``: which trackers a search or a training run feeds, checked
+before anything starts, and kept in ``tracking.json`` of the search folder so ``--resume``
+continues with the same ones."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from raykd.errors import UserError
+from raykd.tracking.base import Tracker
+
+BACKENDS = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "raykd[mlflow]")}
+"""``--log`` name -> (module it needs, what to pip install)."""
+SETUP_FILE = "tracking.json"
+TENSORBOARD_FOLDER = "tensorboard"
+MLFLOW_FOLDER = "mlruns"
+
+
+def add_tracking_args(parser: argparse.ArgumentParser) -> None:
+    """``--log`` and ``--mlflow-uri`` of ``raykd.search`` and ``raykd.train``."""
+    parser.add_argument("--log", metavar="BACKENDS",
+                        help="also log every epoch to these trackers, comma-separated: tensorboard, mlflow "
+                             "(default: none; --resume keeps the search's)")
+    parser.add_argument("--mlflow-uri", metavar="URI",
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else a SQLite database in "
+                             f"{MLFLOW_FOLDER}/ of the output folder)")
+
+
+def parse_backends(text: str | None) -> tuple[str, ...]:
+    """``"tensorboard,mlflow"`` -> the backends, in the order of :data:`BACKENDS`."""
+    names = [part.strip() for part in (text or "").split(",") if part.strip()]
+    unknown = [n for n in names if n not in BACKENDS]
+    if unknown or (text is not None and not names):
+        raise UserError(f"unknown tracker {', '.join(map(repr, unknown)) or repr(text)}; expected a comma-separated "
+                        f"list of {', '.join(BACKENDS)}", key="--log")
+    return tuple(n for n in BACKENDS if n in names)
+
+
+def check_installed(backends: tuple[str, ...]) -> None:
+    """One line and exit 2 (a :class:`UserError`) when a backend's package is missing."""
+    for name in backends:
+        module, install = BACKENDS[name]
+        if importlib.util.find_spec(module) is None:
+            raise UserError(f"{name} is not installed: pip install '{install}'", key="--log")
+
+
+def for_search(log: str | None, mlflow_uri: str | None, *, storage: str, root: str, name: str,
+               resume: bool) -> TrackingSetup:
+    """The trackers of the search ``name`` at ``root``: those of ``--log`` for a new search,
+    those it started with for ``--resume`` (from ``tracking.json``; on a URI storage Tune's
+    restored state carries them)."""
+    folder = None if "://" in storage else root
+    given = TrackingSetup.from_args(log, mlflow_uri, folder=folder, experiment=name)
+    if not resume:
+        return given
+    return given.continued(TrackingSetup.load(folder), log_given=log is not None or mlflow_uri is not None)
+
+
+class TrackingSetup(BaseModel):
+    """The trackers of one search (or ``raykd.train`` run) and where they write.
+
+    ``folder``: the local search (or output) folder, or None for URI storage; TensorBoard
+    writes ``folder/tensorboard/``; ``experiment``: MLflow's experiment name;
+    ``mlflow_uri``: resolved when ``mlflow`` is among ``backends``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    backends: tuple[str, ...] = ()
+    folder: str | None = None
+    experiment: str
+    mlflow_uri: str | None = None
+
+    @classmethod
+    def from_args(cls, log: str | None, mlflow_uri: str | None, *, folder: str | None, experiment: str) -> TrackingSetup:
+        """The set-up ``--log``/``--mlflow-uri`` ask for; every backend's package is checked
+        (one line and exit 2 when one is missing)."""
+        backends = parse_backends(log)
+        check_installed(backends)
+        if "tensorboard" in backends and folder is None:
+            raise UserError("tensorboard writes local files: use a local --storage folder", key="--log")
+        uri = None
+        if "mlflow" in backends:
+            uri = mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or (
+                f"sqlite:///{Path(folder, MLFLOW_FOLDER, 'mlflow.db')}" if folder else None)
+            if uri is None:
+                raise UserError("with a URI --storage, give --mlflow-uri or set MLFLOW_TRACKING_URI", key="--mlflow-uri")
+        elif mlflow_uri:
+            raise UserError("--mlflow-uri without mlflow in --log", key="--mlflow-uri")
+        return cls(backends=backends, folder=folder, experiment=experiment, mlflow_uri=uri)
+
+    def continued(self, stored: TrackingSetup | None, log_given: bool) -> TrackingSetup:
+        """The set-up of a resumed search: the stored one (its start's); a ``--log`` given
+        again must ask for the same."""
+        if stored is None:
+            return self
+        check_installed(stored.backends)
+        if log_given and (self.backends, self.mlflow_uri) != (stored.backends, stored.mlflow_uri):
+            raise UserError(f"this search logs to {', '.join(stored.backends) or 'no tracker'}"
+                            f"{f' (MLflow at {stored.mlflow_uri})' if stored.mlflow_uri else ''} since it started; "
+                            "resume without --log/--mlflow-uri or with the same", key="--log")
+        return stored
+
+    # --- the stored copy (local folders only: a URI storage resumes from Tune's state) ---
+
+    @classmethod
+    def load(cls, folder: str | None) -> TrackingSetup | None:
+        path = Path(folder, SETUP_FILE) if folder else None
+        if path is None or not path.is_file():
+            return None
+        try:
+            return cls.model_validate(json.loads(path.read_text()))
+        except ValueError as err:
+            raise UserError(f"unreadable tracker set-up ({err.__class__.__name__}); delete it to resume without "
+                            "trackers", file=path) from None
+
+    def save(self) -> None:
+        if self.folder and self.backends:
+            Path(self.folder).mkdir(parents=True, exist_ok=True)
+            Path(self.folder, SETUP_FILE).write_text(self.model_dump_json(indent=1))
+
+    # --- the trackers -------------------------------------------------------------------
+
+    def trackers(self) -> list[Tracker]:
+        """One tracker per backend (nothing is opened before the first epoch)."""
+        out: list[Tracker] = []
+        if "tensorboard" in self.backends:
+            from raykd.tracking.tensorboard_backend import TensorBoardTracker
+
+            out.append(TensorBoardTracker(Path(self.folder, TENSORBOARD_FOLDER)))
+        if "mlflow" in self.backends:
+            from raykd.tracking.mlflow_backend import MlflowTracker
+
+            default = self.folder is not None and self.mlflow_uri == f"sqlite:///{Path(self.folder, MLFLOW_FOLDER, 'mlflow.db')}"
+            if default:
+                Path(self.folder, MLFLOW_FOLDER).mkdir(parents=True, exist_ok=True)
+            out.append(MlflowTracker(self.mlflow_uri, self.experiment, folder=self.folder or self.experiment,
+                                     artifact_location=Path(self.folder, MLFLOW_FOLDER, "artifacts").as_uri()
+                                     if default else None))
+        return out
+
+    def tune_callbacks(self, phase: str = "search") -> list:
+        """The Tune callback feeding these trackers (none without backends)."""
+        if not self.backends:
+            return []
+        from raykd.tracking.callbacks import TrackingCallback
+
+        return [TrackingCallback(self, phase)]
+
+    def describe(self) -> str:
+        """One line for the driver's start-up output."""
+        parts = []
+        if "tensorboard" in self.backends:
+            parts.append(f"TensorBoard in {Path(self.folder, TENSORBOARD_FOLDER)}")
+        if "mlflow" in self.backends:
+            parts.append(f"MLflow experiment {self.experiment!r} at {self.mlflow_uri}")
+        return "tracking: " + "; ".join(parts)
