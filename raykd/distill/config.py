@@ -15,7 +15,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-Method = Literal["none", "feature_mse", "mgd", "fgd", "cwd", "pkd", "dmkd", "samkd", "amd"]
+Method = Literal["none", "feature_mse", "mgd", "fgd", "cwd", "pkd", "dmkd", "samkd", "amd", "freekd"]
 METHODS: tuple[str, ...] = get_args(Method)
 
 MaskRule = Literal["topk", "random", "attention_sampled"]
@@ -40,6 +40,7 @@ DEFAULT_WEIGHTS: dict[str, dict[str, float]] = {
     "dmkd": {"alpha": 2e-5},
     "samkd": {"alpha": 2e-5, "beta": 1.0},
     "amd": {"alpha": 2e-5},
+    "freekd": {"alpha": 1.0, "beta": 5.0},
 }
 
 LEVEL_NAME = re.compile(r"^[A-Za-z0-9_]+$")
@@ -78,7 +79,9 @@ class DistillConfig(BaseModel):
     ``branches``, ``fusion``. SAMKD: ``pyramid_scales`` (grids g), ``pyramid_mode``,
     ``share_generators``, ``sld`` and its ``sld_weighting``, ``sld_ratio`` (ρ), ``sld_tau``
     (τ_w), ``sld_discrepancy``, ``T_kd``. AMD (reconstruction; DMKD's mask switches apply):
-    ``channel_adapter`` (the squeeze-and-excitation module on S'). See METHODS.md for the equations.
+    ``channel_adapter`` (the squeeze-and-excitation module on S'). FreeKD: ``alpha`` (frequency
+    loss, default 1), ``beta`` (companion FPN MSE, default 5), ``freekd_tokens`` (prompts per band,
+    6 as its detection configs). See METHODS.md for the equations.
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -114,6 +117,7 @@ class DistillConfig(BaseModel):
     T_kd: float = Field(default=1.0, gt=0.0, allow_inf_nan=False)
 
     channel_adapter: bool = True
+    freekd_tokens: int = Field(default=6, ge=1)
 
     @field_validator("levels", mode="before")
     @classmethod

@@ -13,6 +13,7 @@ from raykd.distill.cwd import CWDLoss
 from raykd.distill.dmkd import DMKDLoss
 from raykd.distill.feature_mse import FeatureMSELoss
 from raykd.distill.fgd import FGDLoss
+from raykd.distill.freekd import FreeKDLoss
 from raykd.distill.inputs import LevelInputs
 from raykd.distill.masks import MaskSettings
 from raykd.distill.mgd import MGDLoss
@@ -127,6 +128,7 @@ LOSS_BUILDERS: dict[str, Callable[[DistillConfig, int, int], nn.Module]] = {
     "dmkd": lambda cfg, c, k: DMKDLoss(c, cfg.require("alpha"), _mask_settings(cfg), cfg.branches, cfg.fusion),
     "samkd": _samkd,
     "amd": lambda cfg, c, k: AMDLoss(c, cfg.require("alpha"), _mask_settings(cfg), cfg.channel_adapter),
+    "freekd": lambda cfg, c, k: FreeKDLoss(c, cfg.freekd_tokens, cfg.require("alpha"), cfg.require("beta")),
 }
 
 _TERMS: dict[str, tuple[str, ...]] = {
@@ -139,6 +141,7 @@ _TERMS: dict[str, tuple[str, ...]] = {
     "dmkd": ("dmkd",),
     "samkd": ("sfd", "sld"),
     "amd": ("amd",),
+    "freekd": ("freekd", "freekd_mse"),
 }
 
 

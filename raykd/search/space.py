@@ -181,6 +181,7 @@ NAMED_POINTS: dict[str, dict[str, Any]] = {
     "samkd_defaults": {"distill.method": "samkd", "distill.pyramid_scales": [1, 2, 4], "distill.sld": True},
     "amd_defaults": {"distill.method": "amd", "distill.mask_ratio": 0.65, "distill.mask_rule": "topk",
                      "distill.polarity": "salient", "distill.channel_adapter": True},
+    "freekd_defaults": {"distill.method": "freekd", "distill.freekd_tokens": 6},
 }
 
 
