@@ -6,7 +6,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from raykd.tracking.base import Tracker, TrialInfo, epoch_scalars, stop_reason
+from raykd.tracking.base import ERROR, TERMINATED, Tracker, TrialInfo, epoch_scalars, stop_reason
 from raykd.tracking.setup import TrackingSetup
 
 log = logging.getLogger(__name__)
@@ -63,3 +63,46 @@ class TrackerFeed:
                 log.warning("tracking: %s failed (%s: %s); not logging to it for the rest of this run (the "
                             "tables hold every epoch; --resume fills it in)", tracker.name, type(err).__name__, err)
                 self.trackers.remove(tracker)
+
+
+class RunFeed:
+    """The trackers of one ``raykd.train`` run, seen as a single trial ``train``.
+
+    Use as a context manager around the training: it marks the run TERMINATED when the block
+    ends, ERROR when it raises, and closes the trackers.
+    """
+
+    TRIAL_ID = "train"
+
+    def __init__(self, setup: TrackingSetup, config: Mapping[str, Any]):
+        self.setup = setup
+        self.trial = TrialInfo(self.TRIAL_ID, setup.experiment, dict(config), phase="train")
+        self.feed = TrackerFeed(setup)
+        self._last: Mapping[str, Any] | None = None
+
+    def epoch(self, metrics: Mapping[str, Any]) -> None:
+        """One epoch's metrics as :func:`raykd.train.loop.fit` hands them over."""
+        self._last = metrics
+        self.feed.epoch(self.trial, metrics)
+
+    def history(self, epochs: list[Mapping[str, Any]]) -> None:
+        """Epochs of a training state (a resumed run's, or a Ray Train run's at its end):
+        those the trackers lack (a killed run may not have logged its last one)."""
+        for metrics in epochs:
+            self.epoch(metrics)
+
+    def ray_train_callbacks(self) -> list:
+        """Callbacks for Ray Train's ``RunConfig``: each epoch logged as the workers report it."""
+        if not self.setup.backends:
+            return []
+        from raykd.tracking.callbacks import TrainTrackingCallback
+
+        return [TrainTrackingCallback(self.setup, self.trial)]
+
+    def __enter__(self) -> RunFeed:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if self.setup.backends:
+            self.feed.finish(self.trial, ERROR if kind is not None else TERMINATED, self._last)
+        self.feed.close()

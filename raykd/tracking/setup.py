@@ -8,7 +8,9 @@ import argparse
 import importlib.util
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -60,6 +62,26 @@ def for_search(log: str | None, mlflow_uri: str | None, *, storage: str, root: s
     if not resume:
         return given
     return given.continued(TrackingSetup.load(folder), log_given=log is not None or mlflow_uri is not None)
+
+
+def for_train(log: str | None, mlflow_uri: str | None, *, output_dir: str, name: str, resume: bool) -> TrackingSetup:
+    """The trackers of a ``raykd.train`` run writing ``output_dir`` (MLflow experiment: the
+    experiment's ``name``); ``--resume`` keeps those the run started with."""
+    return for_search(log, mlflow_uri, storage=output_dir, root=output_dir, name=name, resume=resume)
+
+
+def run_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings of an experiment (``ExperimentConfig.model_dump``) as dotted keys, without
+    its file locations, as the params of a ``raykd.train`` run."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if key in ("data", "cache_dir", "output_dir", "checkpoint"):
+            continue
+        if isinstance(value, Mapping):
+            flat.update({f"{key}.{k}": v for k, v in run_config(value).items()})
+        else:
+            flat[key] = value
+    return flat
 
 
 class TrackingSetup(BaseModel):
@@ -152,6 +174,13 @@ class TrackingSetup(BaseModel):
         from raykd.tracking.callbacks import TrackingCallback
 
         return [TrackingCallback(self, phase)]
+
+    def run_feed(self, experiment: Mapping[str, Any]):
+        """The :class:`~raykd.tracking.feed.RunFeed` of a ``raykd.train`` run of ``experiment``
+        (``ExperimentConfig.model_dump(mode="json")``)."""
+        from raykd.tracking.feed import RunFeed
+
+        return RunFeed(self, run_config(experiment))
 
     def describe(self) -> str:
         """One line for the driver's start-up output."""

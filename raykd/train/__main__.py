@@ -12,6 +12,8 @@ import yaml
 
 from raykd.config import load_experiment, parse_overrides
 from raykd.errors import ArgumentParser, UserError, run_cli
+from raykd.tracking import add_tracking_args
+from raykd.tracking.feed import RunFeed
 
 PROG = "python -m raykd.train"
 
@@ -33,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --workers: 1 GPU per worker (default: 1 when CUDA is visible)")
     parser.add_argument("--resume", action="store_true", help="continue from train.output_dir/checkpoints/state.pt")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch only)")
+    add_tracking_args(parser)
     return parser
 
 
@@ -46,6 +49,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     resume_path = latest_state(out) if args.resume else None
     if args.resume and resume_path is None:
         raise UserError("nothing to resume: no checkpoint", file=out / "checkpoints" / "state.pt", key="--resume")
+    from raykd.tracking.setup import for_train
+
+    args.tracking = for_train(args.log, args.mlflow_uri, output_dir=str(out.resolve()), name=cfg.name,
+                              resume=args.resume)
     from raykd.train.setup import validate_data
 
     validate_data(cfg.data)  # before anything is written or started
@@ -61,11 +68,14 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"distill={cfg.distill.method}, {cfg.train.epochs} epochs, output {out}", flush=True)
     if resume_path is not None:
         print(f"resuming from {resume_path}", flush=True)
-    if args.workers == 1:
-        final = _train_local(cfg, out, teacher_ckpt, resume_path=resume_path, progress=not args.no_progress)
-    else:
-        final = _train_ray(cfg, out, teacher_ckpt, workers=args.workers, gpus=args.gpus_per_worker,
-                           resume_path=resume_path)
+    args.tracking.save()
+    with args.tracking.run_feed(cfg.model_dump(mode="json")) as feed:
+        if args.workers == 1:
+            final = _train_local(cfg, out, teacher_ckpt, resume_path=resume_path, progress=not args.no_progress,
+                                 feed=feed)
+        else:
+            final = _train_ray(cfg, out, teacher_ckpt, workers=args.workers, gpus=args.gpus_per_worker, feed=feed,
+                               resume_path=resume_path)
     print(json.dumps({k: final[k] for k in ("bbox_mAP", "AP50", "AP75", "AP_S", "AP_M", "AP_L") if k in final}))
     return 0
 
@@ -78,13 +88,15 @@ def latest_state(out: Path) -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
 
 
-def _train_local(cfg, out: Path, teacher_ckpt, *, resume_path: Path | None, progress: bool) -> dict:
+def _train_local(cfg, out: Path, teacher_ckpt, *, resume_path: Path | None, progress: bool, feed: RunFeed) -> dict:
     from raykd.train.checkpoint import load_state, save_state
     from raykd.train.loop import fit
     from raykd.train.teacher import save_model
 
     state_path = out / "checkpoints" / "state.pt"
     resume_state = load_state(resume_path) if resume_path else None
+    if resume_state is not None:
+        feed.history(resume_state.get("history", []))
     metrics_path = out / "metrics.jsonl"
     if resume_state is None:
         metrics_path.unlink(missing_ok=True)
@@ -96,6 +108,7 @@ def _train_local(cfg, out: Path, teacher_ckpt, *, resume_path: Path | None, prog
         save_state(state, state_path)
         with metrics_path.open("a") as fh:
             fh.write(json.dumps(metrics) + "\n")
+        feed.epoch(metrics)
         if metrics["epoch"] == metrics["epochs_total"]:
             save_model(state["model"], out / "model_final.pt", metrics=metrics)
 
@@ -103,7 +116,7 @@ def _train_local(cfg, out: Path, teacher_ckpt, *, resume_path: Path | None, prog
                progress=progress)
 
 
-def _train_ray(cfg, out: Path, teacher_ckpt, *, workers: int, gpus: int | None, resume_path: Path | None) -> dict:
+def _train_ray(cfg, out: Path, teacher_ckpt, *, workers: int, gpus: int | None, feed: RunFeed, resume_path: Path | None) -> dict:
     """Run the loop on ``workers`` DDP ranks through Ray Train; metrics and model land in ``out``."""
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -119,7 +132,8 @@ def _train_ray(cfg, out: Path, teacher_ckpt, *, workers: int, gpus: int | None, 
         ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=True)
     trainer = make_trainer(cfg.model_dump(mode="json"), workers=workers, use_gpu=use_gpu,
                            storage_path=str(out / "ray"), name=f"train-{cfg.name}",
-                           teacher_checkpoint=teacher_ckpt, resume_path=str(resume_path) if resume_path else None)
+                           teacher_checkpoint=teacher_ckpt, resume_path=str(resume_path) if resume_path else None,
+                           callbacks=feed.ray_train_callbacks())
     result = trainer.fit()
     if result.error:
         raise result.error
@@ -128,6 +142,7 @@ def _train_ray(cfg, out: Path, teacher_ckpt, *, workers: int, gpus: int | None, 
         with result.checkpoint.as_directory() as folder:
             state = load_state(Path(folder) / STATE_FILE)
         (out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in state["history"]))
+        feed.history(state["history"])
         save_model(state["model"], out / "model_final.pt", metrics=state["history"][-1])
         metrics = state["history"][-1]
     return metrics
