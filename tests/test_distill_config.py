@@ -9,7 +9,7 @@ from raykd.distill import METHODS, DistillConfig
 
 
 def test_methods_registry_matches_literal():
-    assert METHODS == ("none", "feature_mse", "mgd", "fgd", "cwd", "pkd", "dmkd", "samkd", "amd", "freekd")
+    assert METHODS == ("none", "feature_mse", "mgd", "fgd", "cwd", "pkd", "dmkd", "samkd", "amd", "freekd", "dfmsd")
 
 
 @pytest.mark.parametrize(
@@ -83,6 +83,7 @@ def test_string_booleans_and_floats_are_accepted():
         ("samkd", {"alpha": 2e-5, "beta": 1.0}),
         ("amd", {"alpha": 2e-5}),
         ("freekd", {"alpha": 1.0, "beta": 5.0}),
+        ("dfmsd", {"alpha": 2e-5}),
     ],
 )
 def test_resolved_fills_published_defaults(method, expected):

@@ -7,6 +7,11 @@ import torch
 import torch.nn.functional as F
 
 from raykd.distill import DistillConfig, build_distiller
+from raykd.distill.dfmsd import DFMSDLoss
+from raykd.distill.dmkd import DualReconstruction
+from raykd.distill.inputs import LevelInputs
+from raykd.distill.masks import MaskSettings, dual_masks
+from raykd.distill.pkd import standardise
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -249,3 +254,55 @@ def test_amd_matches_formula():
         want[f"amd_{level}"] = 0.3 * total / N
     for key in want:
         torch.testing.assert_close(out[key], want[key], rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("switches", [{}, {"mask_rule": "random"}, {"branches": "spatial", "polarity": "background"}])
+def test_dfmsd_with_its_three_parts_off_equals_dmkd(switches):
+    student, teacher, _, _ = _feats()
+    off = {"dfmsd_alignment": "none", "dfmsd_enhancement": "none", "dfmsd_adaptation": "none"}
+    dfmsd = _build(method="dfmsd", **off, **switches)
+    dmkd = _build(method="dmkd", **switches)
+    dmkd.load_state_dict(dfmsd.state_dict())
+    out_f, grads_f = _run(dfmsd, 5, student, teacher)
+    out_d, grads_d = _run(dmkd, 5, student, teacher)
+    for level in LEVELS:
+        assert torch.equal(out_f[f"dfmsd_{level}"], out_d[f"dmkd_{level}"])
+    for a, b in zip(grads_f, grads_d):
+        assert torch.equal(a, b)
+
+
+def test_dfmsd_parts_change_the_loss_as_described():
+    """Adapter: zero-initialised (identity at the start); alignment: PKD's standardisation of S'
+    and T before masking; enhancement: a box's cells are masked first."""
+    g = torch.Generator().manual_seed(2)
+    s = torch.randn(2, CT, 8, 8, generator=g, dtype=torch.float64)
+    t = torch.randn(2, CT, 8, 8, generator=g, dtype=torch.float64)
+    boxes = [torch.tensor([[0.0, 0.0, 12.0, 12.0]]), torch.zeros(0, 4)]  # cells 0..3 × 0..3 of image 0
+    masks = MaskSettings("topk", "salient", "teacher", 0.25, 0.5, 0.5)
+    block = DualReconstruction(CT, "spatial", "learned").double()
+
+    def loss(**switches):
+        args = {"alignment": "none", "enhancement": "none", "boost": 50.0, "adaptation": "none"} | switches
+        module = DFMSDLoss(CT, 1.0, masks, "spatial", "learned", **args).double()
+        module.reconstruction.load_state_dict(block.state_dict())
+        return module(LevelInputs(s, t, None, None, boxes, [(32, 32)] * 2))["dfmsd"], module
+
+    plain, _ = loss()
+    adapted, module = loss(adaptation="adapter")
+    assert torch.count_nonzero(module.adapter.weight) == 0 and torch.equal(adapted, plain)
+
+    aligned, _ = loss(alignment="standardize")
+    s_hat, t_hat = standardise(s), standardise(t)
+    keep = torch.ones(2, 1, 8, 8, dtype=torch.float64)
+    scores = t_hat.abs().mean(1).reshape(2, -1)
+    for n in range(2):
+        keep[n].view(-1)[scores[n].argsort(descending=True, stable=True)[:16]] = 0.0
+    torch.testing.assert_close(aligned, block(s_hat, t_hat, keep, None), rtol=1e-12, atol=1e-12)
+
+    enhanced, _ = loss(enhancement="boxes")
+    boost = torch.ones(2, 1, 8, 8, dtype=torch.float64)
+    boost[0, 0, :4, :4] = 51.0
+    keep_s, _ = dual_masks(s, t, masks, 1, True, False, boost)
+    assert (keep_s[0, 0, :4, :4] == 0).all() and keep_s[0].sum() == 48  # the 16 masked cells: the box
+    torch.testing.assert_close(enhanced, block(s, t, keep_s, None), rtol=1e-12, atol=1e-12)
+    assert not torch.equal(enhanced, plain)

@@ -15,7 +15,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-Method = Literal["none", "feature_mse", "mgd", "fgd", "cwd", "pkd", "dmkd", "samkd", "amd", "freekd"]
+Method = Literal["none", "feature_mse", "mgd", "fgd", "cwd", "pkd", "dmkd", "samkd", "amd", "freekd", "dfmsd"]
 METHODS: tuple[str, ...] = get_args(Method)
 
 MaskRule = Literal["topk", "random", "attention_sampled"]
@@ -26,6 +26,9 @@ FusionMode = Literal["learned", "mean", "gate", "sum_losses"]
 PyramidMode = Literal["cells", "pooled"]
 SLDWeighting = Literal["softmax", "mask"]
 SLDDiscrepancy = Literal["feature", "logit"]
+DFMSDAlignment = Literal["standardize", "none"]
+DFMSDEnhancement = Literal["boxes", "none"]
+DFMSDAdaptation = Literal["adapter", "none"]
 
 _WEIGHT_KEYS = ("alpha", "beta", "gamma", "lambda_gl", "weight")
 
@@ -41,6 +44,7 @@ DEFAULT_WEIGHTS: dict[str, dict[str, float]] = {
     "samkd": {"alpha": 2e-5, "beta": 1.0},
     "amd": {"alpha": 2e-5},
     "freekd": {"alpha": 1.0, "beta": 5.0},
+    "dfmsd": {"alpha": 2e-5},
 }
 
 LEVEL_NAME = re.compile(r"^[A-Za-z0-9_]+$")
@@ -81,7 +85,9 @@ class DistillConfig(BaseModel):
     (τ_w), ``sld_discrepancy``, ``T_kd``. AMD (reconstruction; DMKD's mask switches apply):
     ``channel_adapter`` (the squeeze-and-excitation module on S'). FreeKD: ``alpha`` (frequency
     loss, default 1), ``beta`` (companion FPN MSE, default 5), ``freekd_tokens`` (prompts per band,
-    6 as its detection configs). See METHODS.md for the equations.
+    6 as its detection configs). DFMSD (reconstruction; DMKD's mask switches apply):
+    ``dfmsd_alignment``, ``dfmsd_enhancement`` with its ``dfmsd_boost`` κ, ``dfmsd_adaptation``.
+    See METHODS.md for the equations.
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -118,6 +124,10 @@ class DistillConfig(BaseModel):
 
     channel_adapter: bool = True
     freekd_tokens: int = Field(default=6, ge=1)
+    dfmsd_alignment: DFMSDAlignment = "standardize"
+    dfmsd_enhancement: DFMSDEnhancement = "boxes"
+    dfmsd_boost: float = Field(default=1.0, ge=0.0, allow_inf_nan=False)
+    dfmsd_adaptation: DFMSDAdaptation = "adapter"
 
     @field_validator("levels", mode="before")
     @classmethod

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from raykd.distill.amd import AMDLoss
 from raykd.distill.config import LEVEL_NAME, DistillConfig
+from raykd.distill.dfmsd import DFMSDLoss
 from raykd.distill.connectors import align_conv
 from raykd.distill.cwd import CWDLoss
 from raykd.distill.dmkd import DMKDLoss
@@ -129,6 +130,10 @@ LOSS_BUILDERS: dict[str, Callable[[DistillConfig, int, int], nn.Module]] = {
     "samkd": _samkd,
     "amd": lambda cfg, c, k: AMDLoss(c, cfg.require("alpha"), _mask_settings(cfg), cfg.channel_adapter),
     "freekd": lambda cfg, c, k: FreeKDLoss(c, cfg.freekd_tokens, cfg.require("alpha"), cfg.require("beta")),
+    "dfmsd": lambda cfg, c, k: DFMSDLoss(
+        c, cfg.require("alpha"), _mask_settings(cfg), cfg.branches, cfg.fusion,
+        cfg.dfmsd_alignment, cfg.dfmsd_enhancement, cfg.dfmsd_boost, cfg.dfmsd_adaptation,
+    ),
 }
 
 _TERMS: dict[str, tuple[str, ...]] = {
@@ -142,6 +147,7 @@ _TERMS: dict[str, tuple[str, ...]] = {
     "samkd": ("sfd", "sld"),
     "amd": ("amd",),
     "freekd": ("freekd", "freekd_mse"),
+    "dfmsd": ("dfmsd",),
 }
 
 

@@ -95,7 +95,13 @@ class MaskSettings:
 
 
 def dual_masks(
-    student: Tensor, teacher: Tensor, settings: MaskSettings, g: int, spatial: bool, channel: bool
+    student: Tensor,
+    teacher: Tensor,
+    settings: MaskSettings,
+    g: int,
+    spatial: bool,
+    channel: bool,
+    spatial_boost: Tensor | None = None,
 ) -> tuple[Tensor | None, Tensor | None]:
     """Keep-masks of the spatial and channel branches on a g×g cell grid (g = 1: whole map).
 
@@ -104,6 +110,8 @@ def dual_masks(
     for g = 1, ``[N, C, H, W]`` (constant inside each cell) for g > 1 (or None). Attention
     (``G_s = mean_c |F|`` per position, ``G_c = mean |F|`` over each cell's positions) is
     computed per cell. Random draws: spatial ``[N, 1, H, W]`` first, then channel ``[N, C, g·g]``.
+    ``spatial_boost`` ``[N, 1, H, W]`` (DFMSD's masking enhancement) multiplies ``G_s`` before
+    the spatial top-k or sampling; the random rule ignores it.
     """
     n, c, h, w = teacher.shape
     with torch.no_grad():
@@ -115,7 +123,10 @@ def dual_masks(
             if settings.rule == "random":
                 keep_s = random_spatial_mask(teacher, settings.spatial_ratio)
             else:
-                scores = sign * source.mean(dim=1).reshape(n, h * w) / settings.tau
+                attention = source.mean(dim=1, keepdim=True)
+                if spatial_boost is not None:
+                    attention = attention * spatial_boost
+                scores = sign * attention.reshape(n, h * w) / settings.tau
                 if settings.rule == "attention_sampled":
                     scores = scores + _gumbel((n, h * w), teacher.device).to(scores.dtype)
                 keep_s = topk_cell_mask(scores, grid, settings.spatial_ratio).reshape(n, 1, h, w)

@@ -182,6 +182,10 @@ NAMED_POINTS: dict[str, dict[str, Any]] = {
     "amd_defaults": {"distill.method": "amd", "distill.mask_ratio": 0.65, "distill.mask_rule": "topk",
                      "distill.polarity": "salient", "distill.channel_adapter": True},
     "freekd_defaults": {"distill.method": "freekd", "distill.freekd_tokens": 6},
+    "dfmsd_defaults": {"distill.method": "dfmsd", "distill.mask_ratio": 0.65, "distill.channel_mask_ratio": 0.5,
+                       "distill.branches": "dual", "distill.dfmsd_alignment": "standardize",
+                       "distill.dfmsd_enhancement": "boxes", "distill.dfmsd_boost": 1.0,
+                       "distill.dfmsd_adaptation": "adapter"},
 }
 
 
