@@ -21,6 +21,7 @@ from raykd.results import load
 from raykd.tracking import TrackingSetup, TrialInfo, epoch_scalars, parse_backends
 from raykd.tracking.feed import TrackerFeed
 from raykd.tracking.setup import for_search
+from tracking_tools import mlflow_history, mlflow_runs, tensorboard_hparams, tensorboard_scalars
 
 REPO = Path(__file__).resolve().parents[1]
 TRIAL = TrialInfo("t1", "trial_t1", {"distill.method": "mgd", "distill.alpha": 1e-7, "distill.pyramid_scales": [1, 2],
@@ -30,45 +31,6 @@ TRIAL = TrialInfo("t1", "trial_t1", {"distill.method": "mgd", "distill.alpha": 1
 def _result(epoch: int, ap: float) -> dict:
     return {"epoch": epoch, "epochs_total": 3, "bbox_mAP": ap, "AP_S": -1.0, "AP50": 2 * ap, "loss_total": 3.0 - epoch,
             "loss_det": 2.0, "loss_kd_mgd_0": 0.25, "lr": 1e-3, "epoch_time": 1.5, "device": "cpu", "timestamp": 9.0}
-
-
-# --- reading each backend back with its own reader ----------------------------------------------
-
-
-def tensorboard_scalars(run: Path, tag: str) -> list[tuple[int, float]]:
-    """(step, value) of every value of ``tag`` in the event files of ``run``, duplicates kept."""
-    from tensorboard.backend.event_processing import event_accumulator as ea
-
-    acc = ea.EventAccumulator(str(run), size_guidance={ea.SCALARS: 0})
-    acc.Reload()
-    return [(s.step, s.value) for s in acc.Scalars(tag)] if tag in acc.Tags()["scalars"] else []
-
-
-def tensorboard_hparams(run: Path) -> dict:
-    from tensorboard.backend.event_processing import event_accumulator as ea
-    from tensorboard.plugins.hparams import plugin_data_pb2
-
-    acc = ea.EventAccumulator(str(run))
-    acc.Reload()
-    content = acc.SummaryMetadata("_hparams_/session_start_info").plugin_data.content
-    hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
-    return {k: v.WhichOneof("kind") and getattr(v, v.WhichOneof("kind")) for k, v in hparams.items()}
-
-
-def mlflow_runs(uri: str, experiment: str):
-    import mlflow
-
-    mlflow.set_tracking_uri(uri)
-    try:
-        return mlflow.search_runs(experiment_names=[experiment])
-    finally:
-        mlflow.set_tracking_uri(None)
-
-
-def mlflow_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
-    from mlflow.tracking import MlflowClient
-
-    return sorted((m.step, m.value) for m in MlflowClient(uri).get_metric_history(run_id, key))
 
 
 # --- no Ray --------------------------------------------------------------------------------------
@@ -177,3 +139,102 @@ def test_a_missing_backend_is_one_line_and_exit_2_before_anything_starts(write_e
         "python -m raykd.search: error: --log: mlflow is not installed: pip install 'raykd[mlflow]'"]
     assert "ray started: False" in done.stdout
     assert not (tmp_path / "results").exists() and not (tmp_path / "cache").exists()
+
+
+# --- a real search ---------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _get_json(url: str, deadline: float):
+    """GET ``url`` as JSON, retrying while the server starts."""
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return json.loads(response.read())
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+def check_optuna_dashboard(journal: Path, study: str, n_trials: int) -> None:
+    """``optuna-dashboard optuna.journal`` (the README's command) serves the study and its trials."""
+    port = _free_port()
+    server = subprocess.Popen([str(Path(sys.executable).with_name("optuna-dashboard")), str(journal), "--host",
+                               "127.0.0.1", "--port", str(port)], cwd=journal.parent, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        studies = _get_json(f"http://127.0.0.1:{port}/api/studies", time.monotonic() + 60)["study_summaries"]
+        assert [s["study_name"] for s in studies] == [study]
+        detail = _get_json(f"http://127.0.0.1:{port}/api/studies/{studies[0]['study_id']}", time.monotonic() + 30)
+        assert len(detail["trials"]) == n_trials
+        assert {t["state"] for t in detail["trials"]} == {"Complete"}
+    finally:
+        server.kill()
+        server.wait(timeout=30)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_search_seen_by_tensorboard_mlflow_and_optuna_dashboard(ray_local, write_experiment, tiny_teacher, tmp_path,
+                                                                 monkeypatch):
+    """Per trial, TensorBoard's event reader and ``mlflow.search_runs`` give the same per-epoch
+    bbox_mAP as the Parquet epochs table; ``--mlflow-uri`` is where the runs go (the search
+    folder gets no mlruns/), though MLFLOW_TRACKING_URI points elsewhere."""
+    from raykd.search.__main__ import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'not-this-one.db'}")
+    uri = f"sqlite:///{tmp_path / 'elsewhere' / 'mlflow.db'}"
+    (tmp_path / "elsewhere").mkdir()
+    space = tiny_space(write_experiment(teacher=tiny_teacher, train={"epochs": 2}), tmp_path / "space.yaml")
+    argv = [str(space), "--storage", str(tmp_path / "results"), "--name", "tracked", "--log", "tensorboard,mlflow",
+            "--mlflow-uri", uri, "--quiet"]
+    assert main(argv) == 0
+    root = tmp_path / "results" / "tracked"
+    trials = load(root / "tables")
+    epochs = load(root / "tables", table="epochs")
+    assert len(trials) == 2 and set(trials["epochs_run"]) == {2}
+
+    runs = mlflow_runs(uri, "tracked")
+    assert sorted(runs["tags.raykd.trial_id"]) == sorted(trials["trial_id"])
+    assert not (root / "mlruns").exists() and not (tmp_path / "not-this-one.db").exists()
+    for trial in trials.itertuples():
+        table = sorted(epochs.loc[epochs["trial_id"] == trial.trial_id, ["epoch", "bbox_mAP"]].itertuples(index=False))
+        expected = [(int(e), pytest.approx(v, rel=1e-6)) for e, v in table]
+        assert len(expected) == 2
+        assert tensorboard_scalars(root / "tensorboard" / f"trial_{trial.trial_id}", "metrics/bbox_mAP") == expected
+        method = trials.loc[trials["trial_id"] == trial.trial_id, "distill.method"].item()
+        assert tensorboard_hparams(root / "tensorboard" / f"trial_{trial.trial_id}")["distill.method"] == method
+        run = runs[runs["tags.raykd.trial_id"] == trial.trial_id].iloc[0]
+        assert mlflow_history(uri, run["run_id"], "bbox_mAP") == expected
+        assert (run["status"], run["tags.status"], run["tags.stop_reason"], run["tags.phase"]) == \
+            ("FINISHED", "TERMINATED", "completed", "search")
+    check_optuna_dashboard(root / "optuna.journal", "tracked", n_trials=2)
+
+
+@pytest.mark.slow
+def test_train_logs_each_epoch_once_across_a_resume(write_experiment, tmp_path, monkeypatch):
+    """``raykd.train --log tensorboard,mlflow``: per epoch the metrics.jsonl values; ``--resume``
+    (two more epochs) logs its resumed history again, and each epoch is still there once."""
+    from raykd.train.__main__ import main
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    experiment = write_experiment(train={"epochs": 1})
+    out = tmp_path / "run"
+    assert main([str(experiment), "--no-progress", "--log", "tensorboard,mlflow"]) == 0
+    assert main([str(experiment), "--no-progress", "--resume", "--set", "train.epochs=2"]) == 0  # keeps its --log
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    expected = [(m["epoch"], pytest.approx(m["bbox_mAP"], rel=1e-6)) for m in history]
+    assert [e for e, _ in expected] == [1, 2]
+    assert tensorboard_scalars(out / "tensorboard" / "tiny", "metrics/bbox_mAP") == expected
+    assert tensorboard_hparams(out / "tensorboard" / "tiny")["distill.method"] == "none"
+    uri = f"sqlite:///{out}/mlruns/mlflow.db"
+    runs = mlflow_runs(uri, "tiny")
+    assert len(runs) == 1 and runs.iloc[0]["tags.phase"] == "train" and runs.iloc[0]["status"] == "FINISHED"
+    assert mlflow_history(uri, runs.iloc[0]["run_id"], "bbox_mAP") == expected
+    assert [s for s, _ in mlflow_history(uri, runs.iloc[0]["run_id"], "loss_total")] == [1, 2]
