@@ -178,10 +178,10 @@ def test_random_dual_masks_draw_spatial_then_channel_per_cell():
     u_c = torch.rand((2, 3, 4), dtype=torch.float32)
     assert torch.equal(keep_s, (u_s <= 1 - 0.65).double())
     grid = cell_grid(4, 5, 2, CPU)
-    expected_c = (u_c >= 0.4).double()[:, :, grid.cell_of].reshape(2, 3, 4, 5)
+    expected_c = (u_c <= 1 - 0.4).double()[:, :, grid.cell_of].reshape(2, 3, 4, 5)
     assert torch.equal(keep_c, expected_c)
     torch.manual_seed(8)
     _, keep_c1 = dual_masks(feat, feat, settings, 1, False, True)  # g = 1: one [N, C, 1, 1] draw
     torch.manual_seed(8)
-    mat = torch.rand((2, 3, 1, 1))  # MGD's channel form (cls/mmcls/distillation/losses/mgd.py)
-    assert torch.equal(keep_c1, torch.where(mat < 0.4, 0, 1).double())
+    mat = torch.rand((2, 3, 1, 1))  # mmrazor MGDConnector's channel draw (commit 90c7af1)
+    assert torch.equal(keep_c1, torch.where(mat > 1 - 0.4, 0, 1).double())

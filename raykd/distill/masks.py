@@ -2,10 +2,10 @@
 
 Random draws are the reference code's call, ``torch.rand(shape).to(feature.device)``: the
 global CPU generator in the default dtype (float32), moved to the feature's device, so a seeded
-run draws the same numbers on CPU and GPU. MGD's spatial mask masks where ``u > 1 − ratio``
-(yzd-v/MGD ``det/mmdet/distillation/losses/mgd.py``, commit 2c9da0b, and mmrazor's MGD), the
-per-channel draw where ``u < ratio`` (MGD's ``[N, C, 1, 1]`` form, ``cls/.../mgd.py``); both
-mask with probability ``ratio``. Two methods that draw the same shapes in the same order after
+run draws the same numbers on CPU and GPU. Both the spatial and the per-channel draw mask where
+``u > 1 − ratio`` (probability ``ratio``), as yzd-v/MGD ``det/mmdet/distillation/losses/mgd.py``
+(commit 2c9da0b) and mmrazor's ``MGDConnector`` (``mgd_connector.py``, commit 90c7af1, which
+draws ``[N, 1, H, W]`` or ``[N, C, 1, 1]``). Two methods that draw the same shapes in the same order after
 the same ``torch.manual_seed`` get the same masks. :func:`dual_masks` draws the spatial mask
 before the channel mask.
 """
@@ -132,7 +132,7 @@ def dual_masks(
                 keep_s = topk_cell_mask(scores, grid, settings.spatial_ratio).reshape(n, 1, h, w)
         if channel:
             if settings.rule == "random":
-                per_cell = (_uniform((n, c, g * g), teacher.device) >= settings.channel_ratio).to(teacher.dtype)
+                per_cell = (_uniform((n, c, g * g), teacher.device) <= 1 - settings.channel_ratio).to(teacher.dtype)
             else:
                 scores = sign * cell_mean(source.reshape(n, c, h * w), grid) / settings.tau
                 if settings.rule == "attention_sampled":
