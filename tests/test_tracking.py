@@ -74,6 +74,10 @@ def test_resume_keeps_the_trackers_a_search_started_with(tmp_path, monkeypatch):
     assert for_search("tensorboard", None, storage=str(tmp_path), root=root, name="s", resume=True) == first
     with pytest.raises(UserError, match="--log: this search logs to tensorboard since it started"):
         for_search("tensorboard,mlflow", None, storage=str(tmp_path), root=root, name="s", resume=True)
+    bare = str(tmp_path / "bare")
+    for_search(None, None, storage=str(tmp_path), root=bare, name="bare", resume=False).save()
+    with pytest.raises(UserError, match="--log: this search logs to no tracker since it started"):
+        for_search("tensorboard", None, storage=str(tmp_path), root=bare, name="bare", resume=True)
 
 
 def test_epoch_scalars_leave_out_missing_metrics_and_non_numbers():

@@ -143,7 +143,7 @@ class TrackingSetup(BaseModel):
                             "trackers", file=path) from None
 
     def save(self) -> None:
-        if self.folder and self.backends:
+        if self.folder:  # also without trackers: a --log on --resume cannot add any silently
             Path(self.folder).mkdir(parents=True, exist_ok=True)
             Path(self.folder, SETUP_FILE).write_text(self.model_dump_json(indent=1))
 
