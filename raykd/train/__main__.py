@@ -12,10 +12,13 @@ import yaml
 
 from raykd.config import load_experiment, parse_overrides
 from raykd.errors import ArgumentParser, UserError, run_cli
+from raykd.ownership import claim
+from raykd.ray_address import check_reachable
 from raykd.tracking import add_tracking_args
 from raykd.tracking.feed import RunFeed
 
 PROG = "python -m raykd.train"
+OWNED_TODO = "another run is writing there: wait for it to end or stop it, or set another train.output_dir"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="DDP workers through Ray Train's TorchTrainer (default 1: plain PyTorch, no Ray)")
     parser.add_argument("--gpus-per-worker", type=int, choices=(0, 1), default=None,
                         help="with --workers: 1 GPU per worker (default: 1 when CUDA is visible)")
+    parser.add_argument("--address", help="with --workers: join a running Ray cluster, HOST:PORT or auto ($RAY_ADDRESS, "
+                                           "else the cluster last started on this machine) (default: a private local Ray)")
     parser.add_argument("--resume", action="store_true", help="continue from train.output_dir/checkpoints/state.pt")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch only)")
     add_tracking_args(parser)
@@ -56,6 +61,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     from raykd.train.setup import validate_data
 
     validate_data(cfg.data)  # before anything is written or started
+    if args.address and args.workers == 1:
+        raise UserError("--address joins a Ray cluster for --workers N > 1; one worker runs without Ray",
+                        key="--address")
+    address = check_reachable(args.address) if args.address else None
+    owner = claim(out, command=PROG, key="train.output_dir", todo=OWNED_TODO)
+    if owner.taken_over:
+        print(f"output folder {out}: taken over from its last run ({owner.taken_over})", flush=True)
+    try:
+        return _train(args, cfg, out, resume_path, address)
+    finally:
+        owner.release()
+
+
+def _train(args: argparse.Namespace, cfg, out: Path, resume_path: Path | None, address: str | None) -> int:
+    """The run, its output folder held by this process (:mod:`raykd.ownership`)."""
     teacher_ckpt = None
     if cfg.teacher is not None and (cfg.distill.method != "none" or cfg.student.inherit):
         from raykd.train.teacher import check_teacher, ensure_teacher
@@ -75,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  feed=feed)
         else:
             final = _train_ray(cfg, out, teacher_ckpt, workers=args.workers, gpus=args.gpus_per_worker, feed=feed,
-                               resume_path=resume_path)
+                               resume_path=resume_path, address=address)
     print(json.dumps({k: final[k] for k in ("bbox_mAP", "AP50", "AP75", "AP_S", "AP_M", "AP_L") if k in final}))
     return 0
 
@@ -116,8 +136,11 @@ def _train_local(cfg, out: Path, teacher_ckpt, *, resume_path: Path | None, prog
                progress=progress)
 
 
-def _train_ray(cfg, out: Path, teacher_ckpt, *, workers: int, gpus: int | None, feed: RunFeed, resume_path: Path | None) -> dict:
-    """Run the loop on ``workers`` DDP ranks through Ray Train; metrics and model land in ``out``."""
+def _train_ray(cfg, out: Path, teacher_ckpt, *, workers: int, gpus: int | None, feed: RunFeed, resume_path: Path | None,
+               address: str | None = None) -> dict:
+    """Run the loop on ``workers`` DDP ranks through Ray Train; metrics and model land in ``out``.
+    ``address``: a cluster to join (checked by :func:`raykd.ray_address.check_reachable`); None
+    starts a private local Ray, never the one Ray's record of the last cluster names."""
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
@@ -128,8 +151,10 @@ def _train_ray(cfg, out: Path, teacher_ckpt, *, workers: int, gpus: int | None, 
     from raykd.train.worker import make_trainer
 
     use_gpu = bool(torch.cuda.is_available()) if gpus is None else bool(gpus)
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=True)
+    if not ray.is_initialized() and address:
+        ray.init(address=address, log_to_driver=True)
+    elif not ray.is_initialized():
+        ray.init(address="local", include_dashboard=False, log_to_driver=True)
     trainer = make_trainer(cfg.model_dump(mode="json"), workers=workers, use_gpu=use_gpu,
                            storage_path=str(out / "ray"), name=f"train-{cfg.name}",
                            teacher_checkpoint=teacher_ckpt, resume_path=str(resume_path) if resume_path else None,

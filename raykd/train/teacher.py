@@ -68,7 +68,11 @@ def ensure_teacher(cfg: ExperimentConfig, *, log: Callable[[str], None] = print,
     target = Path(teacher.checkpoint) if teacher.checkpoint else teacher_cache_path(cfg)
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.parent / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # the kernel frees the lock of a process that dies, so this cannot hang on one
+            log(f"teacher: another process is training it (lock {target.parent / '.lock'}); waiting")
+            fcntl.flock(lock, fcntl.LOCK_EX)
         if target.is_file():
             log(f"teacher: cached at {target}")
             return str(target)

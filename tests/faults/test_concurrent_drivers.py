@@ -1,15 +1,25 @@
 """Two drivers on one search folder: the second one refuses before it starts Ray or writes
-anything; a driver SIGKILLed while holding the folder is taken over by ``--resume``."""
+anything; a driver SIGKILLed while holding the folder is taken over by ``--resume``. The same
+for two ``raykd.train`` runs on one output_dir; two processes needing one missing teacher train
+it once (a file lock), and a holder SIGKILLed mid-training hands it to the waiting one."""
 
 from __future__ import annotations
 
+import json
 import re
 import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
 
 import pytest
 
-from fault_tools import SearchDriver, check_search
+from fault_tools import REPO, SearchDriver, check_search
+from raykd.config import load_experiment
 from raykd.results import load
+from raykd.train.teacher import ensure_teacher, teacher_cache_path, teacher_metrics
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -77,3 +87,97 @@ def test_resume_while_running_refused_then_killed_owner_taken_over(fault_space, 
     fault_ledger("resume while running", injected=2)
     fault_ledger("driver SIGKILL holding the folder", trials_expected=2, trials_found=len(trials))
     check_search(root, trials_expected=2, epochs=2)
+
+
+class Process:
+    """A command in its own session, its output in a file."""
+
+    def __init__(self, cmd: list[str], log: Path):
+        self.log = log
+        with open(log, "w") as out:
+            self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, pattern: str, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while not re.search(pattern, self.text(), re.MULTILINE):
+            assert self.proc.poll() is None, f"exited {self.proc.returncode} before {pattern!r}:\n{self.text()[-3000:]}"
+            assert time.monotonic() < deadline, f"no {pattern!r} after {timeout} s:\n{self.text()[-3000:]}"
+            time.sleep(0.05)
+
+    def finish(self, timeout: float = 600) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+def test_two_train_runs_on_one_output_dir(write_experiment, tmp_path, fault_ledger):
+    path = write_experiment(train={"epochs": 30})
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "raykd.train", str(path), "--no-progress"]
+    first = Process(cmd, tmp_path / "first.log")
+    try:
+        first.wait_for(r"epoch 1/30")
+        for flags in ([], ["--resume"]):
+            second = subprocess.run(cmd + flags, cwd=REPO, capture_output=True, text=True, timeout=300)
+            assert second.returncode == 2 and second.stdout == "", second.stdout[-2000:]
+            assert re.fullmatch(rf"python -m raykd.train: error: {re.escape(str(run))}: train.output_dir: in use by "
+                                rf"python -m raykd.train on host \S+, pid {first.proc.pid}, started [^;]+; another run "
+                                r"is writing there: .*train.output_dir\n", second.stderr), second.stderr
+            assert first.proc.poll() is None
+    finally:
+        first.kill()  # SIGKILL: its owner file stays
+    assert (run / ".owner.json").exists()
+    done = sorted(json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines())
+    resumed = subprocess.run(cmd + ["--resume", "--set", f"train.epochs={done[-1] + 1}"], cwd=REPO,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"output folder {run}: taken over from its last run (its process has ended)" in resumed.stdout
+    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == list(range(1, done[-1] + 2))
+    assert not (run / ".owner.json").exists()
+    fault_ledger("double start and resume while running (raykd.train)", injected=2)
+
+
+# The first holder: ensure_teacher whose training stalls (it is SIGKILLed while holding the lock).
+STALLED_HOLDER = textwrap.dedent("""
+    import sys, time
+    import raykd.train.loop
+    from raykd.config import load_experiment
+    from raykd.train.teacher import ensure_teacher
+    raykd.train.loop.fit = lambda *args, **kwargs: time.sleep(600)
+    ensure_teacher(load_experiment(sys.argv[1]), progress=False)
+""")
+ENSURE = "import sys; from raykd.config import load_experiment; from raykd.train.teacher import ensure_teacher; " \
+         "print('checkpoint', ensure_teacher(load_experiment(sys.argv[1]), progress=False), flush=True)"
+
+
+def test_teacher_cache_lock_against_other_processes(write_experiment, tiny_teacher, tmp_path, fault_ledger):
+    path = write_experiment(teacher=tiny_teacher, distill={"method": "mgd"})
+    target = teacher_cache_path(load_experiment(path))
+    holder = Process([sys.executable, "-c", STALLED_HOLDER, str(path)], tmp_path / "holder.log")
+    waiter = None
+    try:
+        holder.wait_for(r"teacher: not found, training")
+        waiter = Process([sys.executable, "-c", ENSURE, str(path)], tmp_path / "waiter.log")
+        waiter.wait_for(r"teacher: another process is training it \(lock .*\.lock\); waiting")
+        time.sleep(1.0)
+        assert "training" not in waiter.text().split("waiting", 1)[1] and not target.exists()
+        holder.kill()  # SIGKILL while holding the lock: the kernel releases it
+        assert waiter.finish() == 0, waiter.text()[-3000:]
+    finally:
+        holder.kill()
+        if waiter is not None:
+            waiter.kill()
+    log = waiter.text()
+    assert log.index("waiting") < log.index("teacher: not found, training") < log.index(f"checkpoint {target}")
+    assert teacher_metrics(target)["epoch"] == 1  # a whole checkpoint
+    lines = []
+    assert ensure_teacher(load_experiment(path), log=lines.append, progress=False) == str(target)
+    assert lines == [f"teacher: cached at {target}"]
+    fault_ledger("teacher cache: holder SIGKILLed while another process waits")
