@@ -66,7 +66,7 @@ def main() -> None:
         for seed in args.seeds:
             for name, overrides in STRATEGIES.items():
                 space = Space(args.space, {**overrides, "search.seed": seed}, num_samples=args.num_samples)
-                resolve_data(space.base_config.data)
+                resolve_data(space.base_config.data, space.base_config.cache_dir)
                 teacher = ensure_teacher(space.base_config)
                 paths = SearchPaths(tmp, f"{name}-{seed}")
                 start = time.perf_counter()

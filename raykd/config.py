@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,7 +20,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from raykd.distill.config import DistillConfig
 from raykd.errors import UserError
 
-Arch = Literal["fcos", "retinanet", "faster_rcnn"]
+Arch = Literal["fcos", "retinanet", "retinanet_v2", "faster_rcnn", "faster_rcnn_v2", "mask_rcnn", "mask_rcnn_v2"]
+Norm = Literal["frozen_bn", "bn", "sync_bn"]
+
+WEIGHTS_ENUM = re.compile(r"^[A-Za-z0-9_]+_Weights\.[A-Za-z0-9_]+$")
+"""A torchvision weights enum as ``Class.MEMBER`` (every such class is named ``*_Weights``); other
+``weights`` / ``backbone_weights`` values are file paths."""
 Backbone = Literal["resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v3_large"]
 
 
@@ -62,18 +68,43 @@ class DataConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    """A torchvision detector: head family, backbone and FPN width."""
+    """A torchvision detector: head family, backbone, FPN width, pretrained weights and norm.
+
+    ``weights``: the whole detector's weights, ``backbone_weights``: the backbone body's; each a
+    torchvision enum ``"Class.MEMBER"`` (read from the torch hub cache) or a file (a raykd
+    checkpoint or a torchvision state dict). ``norm`` of the backbone body: default
+    ``frozen_bn`` when any pretrained weights are given, else ``bn``. ``trainable_layers``
+    (backbone stages trained, 0-5): default 3 with pretrained weights, 5 without (torchvision's rule).
+    """
 
     arch: Arch = "fcos"
     backbone: Backbone = "resnet18"
     fpn_channels: int = Field(256, ge=8)
-    trainable_layers: int = Field(5, ge=0, le=5)
+    weights: str | None = Field(None, min_length=1)
+    backbone_weights: str | None = Field(None, min_length=1)
+    norm: Norm | None = None
+    trainable_layers: int | None = Field(None, ge=0, le=5)
 
     @model_validator(mode="after")
     def _groupnorm_width(self) -> ModelConfig:
-        if self.arch == "fcos" and self.fpn_channels % 32:
-            raise ValueError(f"fcos heads use GroupNorm(32): fpn_channels must be a multiple of 32, got {self.fpn_channels}")
+        if self.arch in ("fcos", "retinanet_v2") and self.fpn_channels % 32:
+            raise ValueError(f"{self.arch} heads use GroupNorm(32): fpn_channels must be a multiple of 32, "
+                             f"got {self.fpn_channels}")
         return self
+
+    @property
+    def pretrained(self) -> bool:
+        return self.weights is not None or self.backbone_weights is not None
+
+    @property
+    def norm_layer(self) -> str:
+        """``norm``, or its default: ``frozen_bn`` with pretrained weights, else ``bn``."""
+        return self.norm or ("frozen_bn" if self.pretrained else "bn")
+
+    @property
+    def trainable_stages(self) -> int:
+        """``trainable_layers``, or its default: 3 with pretrained weights, else 5."""
+        return self.trainable_layers if self.trainable_layers is not None else (3 if self.pretrained else 5)
 
 
 class StudentConfig(ModelConfig):
@@ -107,15 +138,16 @@ class ScheduleConfig(_Strict):
 
 
 class TeacherConfig(ModelConfig):
-    """The frozen teacher: a checkpoint, or how to train one when it is missing."""
+    """The frozen teacher: a checkpoint, pretrained ``weights``, or how to train one (from
+    ``weights`` when given) when the checkpoint is missing."""
 
     checkpoint: str | None = None
     train: ScheduleConfig | None = None
 
     @model_validator(mode="after")
     def _has_source(self) -> TeacherConfig:
-        if self.checkpoint is None and self.train is None:
-            raise ValueError("expected teacher.checkpoint or a teacher.train block to train one")
+        if self.checkpoint is None and self.train is None and self.weights is None:
+            raise ValueError("expected teacher.checkpoint, teacher.weights or a teacher.train block to train one")
         return self
 
 
@@ -231,10 +263,13 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     keys = [
         "data.train.annotations", "data.train.images", "data.val.annotations", "data.val.images",
         "data.synthetic.out_dir", "teacher.checkpoint", "train.output_dir", "cache_dir",
-        "teacher.train.output_dir",
+        "teacher.train.output_dir", "teacher.weights", "teacher.backbone_weights", "student.weights",
+        "student.backbone_weights",
     ]
     for key in keys:
         value = get_dotted(raw, key)
+        if isinstance(value, str) and WEIGHTS_ENUM.match(value):
+            continue
         if isinstance(value, str) and "://" not in value and not Path(value).expanduser().is_absolute():
             set_dotted(raw, key, str((base / value).resolve()))
         elif isinstance(value, str) and value.startswith("~"):

@@ -1,4 +1,5 @@
-"""``python -m raykd.data``: write the synthetic set, or check a COCO set before training on it."""
+"""``python -m raykd.data``: write the synthetic set, check a COCO, VOC or YOLO set before training on it,
+or convert a VOC or YOLO split to a COCO file."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from raykd.errors import ArgumentParser, UserError, run_cli
 
@@ -46,27 +48,95 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser(
         "check",
-        help="check a COCO annotation file and its images",
+        help="check a data set (COCO, Pascal VOC or YOLO) and its images",
         description=(
-            "Check a COCO annotation file and its image folder: missing keys, duplicate ids, unknown "
-            "categories or images, an empty image list, boxes of negative width or height, missing or "
-            "unreadable image files (each one is opened and decoded), sizes that differ from the file, "
+            "Check a data split and its image folder: a COCO annotation file (ANNOTATIONS.json --images DIR), "
+            "a Pascal VOC split (--format voc --root DIR --split NAME) or a YOLO split (--format yolo --yaml FILE "
+            "--split NAME). VOC and YOLO splits are first read into the COCO form (the first problem in an XML "
+            "or label file stops the check, naming the file and object or line). Then: missing keys, duplicate "
+            "ids, unknown categories or images, an empty image list, boxes of negative width or height, missing "
+            "or unreadable image files (each one is opened and decoded), sizes that differ from the file, "
             "boxes outside the image and degenerate (zero-size) boxes. Prints a "
             "report; exits 0 when the set is usable (boxes outside the image are clipped and degenerate "
             "ones dropped by the loader) and 2 when it is not."
         ),
     )
-    check.add_argument("annotations", metavar="ANNOTATIONS.json", type=Path, help="COCO annotation file")
+    check.add_argument("annotations", metavar="ANNOTATIONS.json", type=Path, nargs="?",
+                       help="COCO annotation file (--format coco)")
     check.add_argument(
-        "--images", required=True, type=Path, metavar="DIR", help="folder the images' file_name entries are relative to"
+        "--images", type=Path, metavar="DIR", help="folder the images' file_name entries are relative to (--format coco)"
     )
+    _split_flags(check, "coco")
+    check.set_defaults(subparser=check)
+
+    convert = commands.add_parser(
+        "convert",
+        help="write a Pascal VOC or YOLO split as a COCO annotation file",
+        description=(
+            "Read a Pascal VOC split (--format voc --root DIR --split NAME) or a YOLO split (--format yolo "
+            "--yaml FILE --split NAME) as raykd trains on it and write it as one COCO annotation file. Its "
+            "file_name entries are relative to the image folder printed at the end. Nothing is written when "
+            "the split has a problem."
+        ),
+    )
+    _split_flags(convert, None)
+    convert.set_defaults(subparser=convert)
+    convert.add_argument("--out", required=True, type=Path, metavar="FILE.json", help="COCO file to write")
     return parser
+
+
+def _split_flags(parser: argparse.ArgumentParser, default_format: str | None) -> None:
+    parser.add_argument("--format", choices=FORMATS, default=default_format, required=default_format is None,
+                        help=f"the split's format{f' (default: {default_format})' if default_format else ''}")
+    parser.add_argument("--root", type=Path, metavar="DIR",
+                        help="VOC: the folder holding Annotations/, JPEGImages/, ImageSets/Main/")
+    parser.add_argument("--yaml", type=Path, metavar="FILE", help="YOLO: the data.yaml file (path, train, val, names)")
+    parser.add_argument("--split", metavar="NAME", help="VOC: ImageSets/Main/NAME.txt; YOLO: the YAML key (train, val)")
+    parser.add_argument("--classes", metavar="A,B,...",
+                        help="VOC: class names in label order (default: every name in the XML files, sorted)")
+
+
+FORMATS = ("coco", "voc", "yolo")
+_FLAGS = {"coco": ("annotations", "images"), "voc": ("root", "split", "classes"), "yolo": ("yaml", "split")}
+_REQUIRED = {"coco": ("annotations", "images"), "voc": ("root", "split"), "yolo": ("yaml", "split")}
+
+
+def _flag(name: str) -> str:
+    return "ANNOTATIONS.json" if name == "annotations" else f"--{name}"
+
+
+def split_from_flags(args: argparse.Namespace) -> Any:
+    """The split the flags describe, as the config's ``data.train`` would hold it."""
+    from pydantic import ValidationError
+
+    from raykd.config import CocoSplit, VocSplit, YoloSplit, validation_message
+
+    fmt = args.format
+    for name in ("annotations", "images", "root", "yaml", "split", "classes"):
+        given = getattr(args, name, None) is not None
+        if given and name not in _FLAGS[fmt]:
+            args.subparser.error(f"argument {_flag(name)}: not allowed with --format {fmt} (it takes "
+                                 f"{', '.join(map(_flag, _FLAGS[fmt]))})")
+        if not given and name in _REQUIRED[fmt]:
+            args.subparser.error(f"the following arguments are required: {_flag(name)} (with --format {fmt})")
+    values = {name: getattr(args, name) for name in _FLAGS[fmt] if getattr(args, name, None) is not None}
+    values = {name: str(value) for name, value in values.items()}
+    if "classes" in values:
+        values["classes"] = [name.strip() for name in values["classes"].split(",")]
+    model = {"coco": CocoSplit, "voc": VocSplit, "yolo": YoloSplit}[fmt]
+    try:
+        return model.model_validate({"format": fmt, **values})
+    except ValidationError as err:
+        key, message = validation_message(err)
+        raise UserError(message, key=_flag(key.split(".")[0].split("[")[0])) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "synth":
         return _synth(args)
+    if args.command == "convert":
+        return _convert(args)
     return _check(args)
 
 
@@ -110,13 +180,42 @@ def _identity(path: Path) -> tuple[int, int] | None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from raykd.data.check import check_coco
+    from raykd.data.check import check_coco, check_parsed
 
-    report = check_coco(args.annotations, args.images, progress=sys.stderr.isatty())
+    split = split_from_flags(args)
+    if split.format == "coco":
+        report = check_coco(split.annotations, split.images, progress=sys.stderr.isatty())
+    else:
+        from raykd.data.cocofile import parse_coco
+        from raykd.data.converted import source, to_json
+
+        converted = source(split)
+        named = Path(split.root) / "ImageSets" / "Main" / f"{split.split}.txt" if split.format == "voc" else Path(split.yaml)
+        coco = parse_coco(to_json(converted.read()), named)
+        report = check_parsed(coco, converted.images, progress=sys.stderr.isatty())
     print(report.format())
     if not report.usable:
-        raise UserError(f"{report.summary()}; first: {report.first_fatal()}", file=args.annotations)
+        raise UserError(f"{report.summary()}; first: {report.first_fatal()}", file=report.annotations_file)
     print(report.summary())
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from raykd.data.converted import source, to_json, write_json
+
+    split = split_from_flags(args)
+    if split.format == "coco":
+        raise UserError("the split is COCO already; expected --format voc or yolo", key="--format")
+    if args.out.is_dir():
+        raise UserError("expected a file to write, got a folder", file=args.out, key="--out")
+    converted = source(split)
+    coco = converted.read()
+    write_json(to_json(coco), args.out)
+    crowd = sum(ann["iscrowd"] for ann in coco["annotations"])
+    print(f"wrote {args.out}: {len(coco['images'])} images, {len(coco['annotations']) - crowd} boxes"
+          f"{f' (+ {crowd} difficult, iscrowd=1)' if crowd else ''}, {len(coco['categories'])} classes "
+          f"({', '.join(c['name'] for c in coco['categories'])})")
+    print(f"  images folder (file_name entries are relative to it): {converted.images}")
     return 0
 
 

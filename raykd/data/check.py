@@ -11,7 +11,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from raykd.data.cocofile import MIN_BOX_SIZE, OUTSIDE_TOLERANCE, ImageEntry, Problem, prepare_boxes, read_coco
+from raykd.data.cocofile import MIN_BOX_SIZE, OUTSIDE_TOLERANCE, CocoFile, ImageEntry, Problem, prepare_boxes, read_coco
 
 WARNING_KINDS = ("outside_image", "degenerate_box")
 """Problem kinds the loader handles itself (clipping, dropping): the set stays usable."""
@@ -95,7 +95,11 @@ def check_coco(annotations: str | Path, images: str | Path, progress: bool = Fal
     Raises :class:`~raykd.errors.UserError` only when the file cannot be read as COCO JSON at
     all (not JSON, no ``images``/``categories`` list); everything else is counted in the report.
     """
-    coco = read_coco(annotations)
+    return check_parsed(read_coco(annotations), images, progress)
+
+
+def check_parsed(coco: CocoFile, images: str | Path, progress: bool = False) -> CheckReport:
+    """:func:`check_coco` of an already parsed file (e.g. a converted VOC or YOLO split)."""
     report = CheckReport(annotations_file=coco.path, images_dir=Path(images))
     report.images = len(coco.images)
     report.annotations = len(coco.annotations)

@@ -83,6 +83,11 @@ def read_coco(path: str | Path) -> CocoFile:
         raise UserError("annotation file not found", file=path) from None
     except OSError as err:
         raise UserError(f"cannot read the annotation file ({err.strerror})", file=path) from None
+    return parse_coco(raw, path)
+
+
+def parse_coco(raw: bytes, path: Path) -> CocoFile:
+    """Parse and validate the bytes of a COCO file; ``path`` names it in problems."""
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:

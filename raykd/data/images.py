@@ -53,3 +53,18 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     return image.convert("RGB")
+
+
+def header_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image file as :func:`load_rgb` shows it (EXIF rotation applied), read
+    from its header without decoding the pixels. Raises :class:`UserError` naming ``path``."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if image.getexif().get(0x0112) in _EXIF_TRANSPOSED:
+                width, height = height, width
+    except FileNotFoundError:
+        raise UserError("image file not found", file=path) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise UserError(f"cannot read the image ({err})", file=path) from None
+    return width, height

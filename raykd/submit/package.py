@@ -74,6 +74,7 @@ def check_storage(storage: str, nodes: int, shared: bool) -> None:
 
 
 PATH_KEYS = ("data.train.annotations", "data.train.images", "data.val.annotations", "data.val.images",
+             "data.train.root", "data.train.yaml", "data.val.root", "data.val.yaml",
              "data.synthetic.out_dir", "teacher.checkpoint", "cache_dir")
 
 

@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Train the student of an experiment (distilled from its teacher when distill.method is not "
                     "'none'), with COCO evaluation every epoch. Checkpoints and metrics go to train.output_dir: "
-                    "checkpoints/state.pt (exact resume), metrics.jsonl (one line per epoch), model_final.pt.",
+                    "checkpoints/state.pt (exact resume), metrics.jsonl (one line per epoch), model_final.pt (last epoch) "
+                    "and, in one-worker runs, model_best.pt (best bbox_mAP).",
         epilog="example: python -m raykd.train experiments/shapes_student.yaml --set distill.method=mgd --set train.seed=1",
     )
     parser.add_argument("experiment", help="experiment YAML file (see experiments/)")
@@ -111,7 +112,7 @@ def latest_state(out: Path) -> Path | None:
 def _train_local(cfg, out: Path, teacher_ckpt, *, resume_path: Path | None, progress: bool, feed: RunFeed) -> dict:
     from raykd.train.checkpoint import load_state, save_state
     from raykd.train.loop import fit
-    from raykd.train.teacher import save_model
+    from raykd.train.teacher import BEST_METRIC, BestModel
 
     state_path = out / "checkpoints" / "state.pt"
     resume_state = load_state(resume_path) if resume_path else None
@@ -123,14 +124,17 @@ def _train_local(cfg, out: Path, teacher_ckpt, *, resume_path: Path | None, prog
     else:  # the history in the state is the truth (a Ray Train run wrote none of this file)
         metrics_path.write_text("".join(json.dumps(m) + "\n" for m in resume_state.get("history", [])))
 
+    best = BestModel(out)
+    if resume_state is not None:  # the best epoch so far is the one model_best.pt holds
+        best.metrics = max(resume_state.get("history", []), key=lambda m: m.get(BEST_METRIC) or -1.0, default={})
+
     def on_epoch_end(metrics, make_state):
         state = make_state()
         save_state(state, state_path)
         with metrics_path.open("a") as fh:
             fh.write(json.dumps(metrics) + "\n")
         feed.epoch(metrics)
-        if metrics["epoch"] == metrics["epochs_total"]:
-            save_model(state["model"], out / "model_final.pt", metrics=metrics)
+        best.update(metrics, lambda: state)
 
     return fit(cfg, teacher_checkpoint=teacher_ckpt, resume_state=resume_state, on_epoch_end=on_epoch_end,
                progress=progress)
@@ -168,7 +172,8 @@ def _train_ray(cfg, out: Path, teacher_ckpt, *, workers: int, gpus: int | None, 
             state = load_state(Path(folder) / STATE_FILE)
         (out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in state["history"]))
         feed.history(state["history"])
-        save_model(state["model"], out / "model_final.pt", metrics=state["history"][-1])
+        save_model(state["model"], out / "model_final.pt", metrics=state["history"][-1],
+                   categories=state.get("categories"))
         metrics = state["history"][-1]
     return metrics
 

@@ -27,7 +27,8 @@ def to_coco_results(
 ) -> list[dict]:
     """Detections in the model's input pixels -> COCO result dicts (xywh, original pixels).
 
-    outputs: per image ``boxes [D, 4]`` xyxy, ``scores [D]``, ``labels [D]`` (contiguous);
+    outputs: per image ``boxes [D, 4]`` xyxy, ``scores [D]``, ``labels [D]`` (the model's);
+    label_to_cat_id: model label -> the file's category id, or None to drop the detection;
     targets: carry ``image_id`` and ``orig_size`` (H, W); input_sizes: (H, W) fed to the model.
     """
     results = []
@@ -42,8 +43,10 @@ def to_coco_results(
         for box, score, label in zip(boxes.tolist(), out["scores"].tolist(), out["labels"].tolist()):
             if label == 0:  # one-stage heads also score the (never positive) background channel
                 continue
-            results.append({"image_id": image_id, "category_id": label_to_cat_id(int(label)),
-                            "bbox": box, "score": float(score)})
+            category_id = label_to_cat_id(int(label))
+            if category_id is None:  # a pretrained head's class the data set does not have
+                continue
+            results.append({"image_id": image_id, "category_id": category_id, "bbox": box, "score": float(score)})
     return results
 
 

@@ -29,7 +29,7 @@ from raykd.errors import UserError
 from raykd.models.taps import forward_taps, is_dense
 from raykd.train.evaluate import coco_metrics, predict
 from raykd.train.optim import build_optimizer, build_scheduler
-from raykd.train.setup import build_datasets, build_student, build_teacher, choose_device, seed_everything
+from raykd.train.setup import build_datasets, build_pair, choose_device, seed_everything
 
 EpochCallback = Callable[[dict[str, Any], Callable[[], dict[str, Any]]], None]
 
@@ -121,11 +121,12 @@ def _summarise_losses(sums: dict[str, float], steps: int, levels: list[str]) -> 
 
 
 def evaluate_model(model: nn.Module, loader, dataset, image_ids: list[int], device: torch.device,
-                   amp: bool) -> dict[str, float]:
+                   amp: bool, label_to_cat_id=None) -> dict[str, float]:
     """COCO metrics of ``model`` over ``image_ids`` of ``dataset``; under DDP each rank's
-    ``loader`` holds a shard and rank 0 scores the gathered detections."""
+    ``loader`` holds a shard and rank 0 scores the gathered detections. ``label_to_cat_id``:
+    model label -> category id or None (default: the data set's own numbering)."""
     rank, world = _rank_info()
-    results = predict(model, loader, device, dataset.label_to_cat_id, amp=amp)
+    results = predict(model, loader, device, label_to_cat_id or dataset.label_to_cat_id, amp=amp)
     if world > 1:
         gathered: list[list[dict]] = [None] * world  # type: ignore[list-item]
         torch_dist.all_gather_object(gathered, results)
@@ -164,16 +165,18 @@ def fit(
     amp = tcfg.amp and device.type == "cuda"
 
     train_ds, val_ds = build_datasets(cfg.data)
-    num_classes = train_ds.num_classes
     val_count = min(len(val_ds), cfg.data.val_max_images or len(val_ds))
     val_ids = val_ds.image_ids[:val_count]
     # Under DDP each rank predicts every world-th image (no padding duplicates, unlike DistributedSampler).
     val_part = Subset(val_ds, range(rank, val_count, world))
 
-    teacher = None
-    if cfg.teacher is not None and (cfg.distill.method != "none" or cfg.student.inherit):
-        teacher = build_teacher(cfg, num_classes, teacher_checkpoint or cfg.teacher.checkpoint).to(device)
-    student = build_student(cfg, num_classes, teacher).to(device)
+    with_teacher = cfg.teacher is not None and (cfg.distill.method != "none" or cfg.student.inherit)
+    pair = build_pair(cfg, train_ds.class_names, train_ds.cat_ids,
+                      teacher_checkpoint or (cfg.teacher.checkpoint if with_teacher else None),
+                      with_teacher=with_teacher, log=log if rank == 0 else lambda line: None)
+    teacher = pair.teacher.to(device) if pair.teacher is not None else None
+    student = pair.student.to(device)
+    space, num_classes = pair.space, pair.space.num_classes
     levels = list(cfg.distill.levels or _level_names(student))
     distiller = None
     if cfg.distill.method != "none":
@@ -221,7 +224,7 @@ def fit(
             "distiller": distiller.state_dict() if distiller is not None else None,
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "epoch": epoch, "rng": _rng_state(), "history": history,
-            "num_classes": num_classes, "cat_ids": list(train_ds.cat_ids),
+            "num_classes": num_classes, "cat_ids": list(train_ds.cat_ids), "categories": list(space.categories),
         }
 
     metrics: dict[str, Any] = history[-1] if history else {}
@@ -241,6 +244,8 @@ def fit(
                 break
             images = [img.to(device, non_blocking=True) for img in images]
             targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+            for target in targets:
+                target["labels"] = space.model_labels(target["labels"])
             total, losses = train_module(images, targets)
             values = {k: float(v.detach()) for k, v in losses.items()}
             if not math.isfinite(float(total.detach())):
@@ -261,7 +266,8 @@ def fit(
         train_time = time.perf_counter() - epoch_start
         metrics = _summarise_losses(sums, step, levels)
         if epoch % tcfg.eval_every == 0 or epoch == tcfg.epochs:
-            metrics.update(evaluate_model(student, val_loader, val_ds, val_ids, device, amp))
+            metrics.update(evaluate_model(student, val_loader, val_ds, val_ids, device, amp,
+                                          label_to_cat_id=space.label_to_cat_id))
         elif history:
             metrics.update({k: history[-1].get(k) for k in ("bbox_mAP", "AP50", "AP75", "AP_S", "AP_M", "AP_L")})
         metrics.update(epoch=epoch, epochs_total=tcfg.epochs, lr=optimizer.param_groups[0]["lr"],

@@ -15,6 +15,9 @@ from raykd.data import CocoDetection, ensure_synthetic
 from raykd.data.cocofile import read_coco
 from raykd.errors import UserError
 from raykd.models import build_detector, inherit_neck_and_head, load_weights
+from raykd.models.builders import build_pretrained
+from raykd.models.labels import LabelSpace, data_space, matched_space
+from raykd.models.weights import load_state_into, read_file
 
 
 @dataclass
@@ -111,3 +114,60 @@ def build_teacher(cfg: ExperimentConfig, num_classes: int, checkpoint: str) -> n
     for param in teacher.parameters():
         param.requires_grad_(False)
     return teacher
+
+
+@dataclass
+class Pair:
+    """The models of one experiment. space: the student's label space (training targets are
+    mapped into it, predictions back out of it); teacher_space: the teacher's."""
+
+    student: nn.Module
+    space: LabelSpace
+    teacher: nn.Module | None = None
+    teacher_space: LabelSpace | None = None
+
+
+def reads_teacher_logits(cfg: ExperimentConfig) -> bool:
+    """Whether the distillation method compares the teacher's class logits (SAMKD's SLD)."""
+    return cfg.distill.method == "samkd" and cfg.distill.sld
+
+
+def build_pair(cfg: ExperimentConfig, names: list[str], cat_ids: list[int], teacher_checkpoint: str | None,
+               *, with_teacher: bool, log=print) -> Pair:
+    """Teacher (frozen, eval) and student of ``cfg`` with their weights and label spaces.
+
+    The teacher's weights come from ``teacher_checkpoint`` (a raykd checkpoint; its stored
+    categories give its label space) or else from ``teacher.weights``. A student without
+    whole-detector weights of its own uses a teacher's pretrained numbering (so logits and
+    ``inherit`` line up). A teacher whose head does not fit the data set is refused for
+    methods that read its logits. ``names`` / ``cat_ids``: the data set's classes.
+    """
+    teacher = teacher_space = None
+    head_fits = True
+    if with_teacher:
+        tcfg = cfg.teacher
+        if teacher_checkpoint:
+            stored = read_file(teacher_checkpoint, "teacher.checkpoint")
+            teacher_space = (matched_space(stored.categories, names, cat_ids) if stored.categories else None) \
+                or data_space(names, cat_ids)
+            teacher = build_detector(tcfg, teacher_space.num_classes, cfg.data.image_size)
+            load_state_into(teacher, stored.state_dict, file=teacher_checkpoint, key="teacher.checkpoint")
+        else:
+            teacher, teacher_space, head_fits = build_pretrained(tcfg, names, cat_ids, cfg.data.image_size,
+                                                                 key="teacher", log=log)
+        teacher.eval()
+        for param in teacher.parameters():
+            param.requires_grad_(False)
+    adopt = teacher_space if teacher_space is not None and teacher_space.kept and cfg.student.weights is None \
+        else None
+    student, space, _ = build_pretrained(cfg.student, names, cat_ids, cfg.data.image_size, key="student",
+                                         space=adopt, log=log)
+    if teacher is not None and reads_teacher_logits(cfg) and (not head_fits or teacher_space.categories != space.categories):
+        why = "its head does not fit the data set's classes" if not head_fits else \
+            f"it predicts {teacher_space.num_classes} classes, the student {space.num_classes}"
+        raise UserError(f"distill.method {cfg.distill.method} compares the teacher's class logits, but {why}: "
+                        "add a teacher.train block to fine-tune the teacher on this data set first",
+                        key="teacher.train")
+    if cfg.student.inherit:
+        inherit_neck_and_head(student, teacher)
+    return Pair(student, space, teacher, teacher_space)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from raykd.config import ExperimentConfig, StudentConfig, config_hash
+from raykd.config import ExperimentConfig, ModelConfig, StudentConfig, config_hash
 from raykd.errors import UserError
 
 
@@ -40,8 +40,7 @@ def data_fingerprint(cfg: ExperimentConfig) -> str:
 def teacher_experiment(cfg: ExperimentConfig, output_dir: Path) -> ExperimentConfig:
     """The experiment that trains ``cfg.teacher`` as a plain student on the same data."""
     teacher = cfg.teacher
-    model = StudentConfig(arch=teacher.arch, backbone=teacher.backbone, fpn_channels=teacher.fpn_channels,
-                          trainable_layers=teacher.trainable_layers)
+    model = StudentConfig(**teacher.model_dump(include=set(ModelConfig.model_fields)))
     schedule = teacher.train.model_copy(update={"output_dir": str(output_dir)})
     return ExperimentConfig(name=f"{cfg.name}-teacher", data=cfg.data, student=model, train=schedule,
                             cache_dir=cfg.cache_dir)
@@ -52,16 +51,20 @@ def teacher_cache_path(cfg: ExperimentConfig) -> Path:
     key = config_hash(teacher.model_dump(exclude={"checkpoint"}, exclude_none=False) | {
         "train": teacher.train.model_dump(exclude={"output_dir", "device", "threads"}) if teacher.train else None},
         data_fingerprint(cfg))
-    return Path(cfg.cache_dir) / "teachers" / key / "model_final.pt"
+    return Path(cfg.cache_dir) / "teachers" / key / "model_best.pt"
 
 
-def ensure_teacher(cfg: ExperimentConfig, *, log: Callable[[str], None] = print, progress: bool = True) -> str:
-    """Path of a usable teacher checkpoint, training (and caching) it when it is missing."""
+def ensure_teacher(cfg: ExperimentConfig, *, log: Callable[[str], None] = print, progress: bool = True) -> str | None:
+    """Path of a usable teacher checkpoint, training (and caching) it when it is missing; None
+    when the teacher is ``teacher.weights`` as they are (no checkpoint, no ``train`` block).
+    A trained teacher is its best epoch by bbox_mAP (``model_best.pt``), not its last."""
     teacher = cfg.teacher
     if teacher is None:
         raise UserError("no teacher block", key="teacher")
     if teacher.checkpoint and Path(teacher.checkpoint).is_file():
         return teacher.checkpoint
+    if teacher.checkpoint is None and teacher.train is None:
+        return None
     if teacher.train is None:
         raise UserError("teacher checkpoint not found and no teacher.train block to train one",
                         file=teacher.checkpoint, key="teacher.checkpoint")
@@ -82,23 +85,53 @@ def ensure_teacher(cfg: ExperimentConfig, *, log: Callable[[str], None] = print,
 
         exp = teacher_experiment(cfg, target.parent)
         history: list[dict] = []
-        final_state: dict = {}
+        best = BestModel(target.parent)
 
         def keep(metrics, make_state):
             history.append(metrics)
-            if metrics["epoch"] == exp.train.epochs:
-                final_state["model"] = make_state()["model"]
+            best.update(metrics, make_state)
 
         fit(exp, on_epoch_end=keep, progress=progress, log=lambda line: log(f"teacher: {line}"))
-        save_model(final_state["model"], target, metrics=history[-1])
         (target.parent / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in history))
+        log(f"teacher: best epoch {best.metrics.get('epoch')} of {len(history)} "
+            f"(bbox_mAP {best.metrics.get(BEST_METRIC, float('nan')):.4f}) kept as {target.name}")
     return str(target)
 
 
-def save_model(state_dict: dict, path: Path, *, metrics: dict | None = None) -> None:
-    """Write ``{"model": state_dict, "metrics": ...}`` atomically (temporary file, then rename)."""
+BEST_METRIC = "bbox_mAP"
+"""What ``model_best.pt`` maximises (the search's default metric)."""
+
+
+class BestModel:
+    """Keeps ``model_best.pt`` (highest :data:`BEST_METRIC` so far; the first epoch when none is
+    measured yet) and ``model_final.pt`` (last epoch) in ``folder`` from ``on_epoch_end`` calls."""
+
+    def __init__(self, folder: Path, metric: str = BEST_METRIC):
+        self.folder, self.metric = Path(folder), metric
+        self.metrics: dict = {}
+
+    def update(self, metrics: dict, make_state: Callable[[], dict]) -> None:
+        value, best = metrics.get(self.metric), self.metrics.get(self.metric)
+        improved = not self.metrics or (value is not None and (best is None or value > best))
+        last = metrics["epoch"] == metrics["epochs_total"]
+        if not (improved or last):
+            return
+        state = make_state()
+        if improved:
+            self.metrics = dict(metrics)
+            save_model(state["model"], self.folder / "model_best.pt", metrics=metrics,
+                       categories=state.get("categories"))
+        if last:
+            save_model(state["model"], self.folder / "model_final.pt", metrics=metrics,
+                       categories=state.get("categories"))
+
+
+def save_model(state_dict: dict, path: Path, *, metrics: dict | None = None,
+               categories: list[str] | None = None) -> None:
+    """Write ``{"model": state_dict, "metrics": ..., "categories": [...]}`` atomically (temporary
+    file, then rename); ``categories``: model label -> class name, background first."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save({"model": state_dict, "metrics": metrics or {}}, tmp)
+    torch.save({"model": state_dict, "metrics": metrics or {}, "categories": list(categories or [])}, tmp)
     os.replace(tmp, path)
 
 
@@ -109,18 +142,19 @@ def teacher_metrics(path: str | Path) -> dict:
 
 
 
-def check_teacher(cfg: ExperimentConfig, path: str | Path) -> dict:
-    """Load ``path`` into the configured teacher model, as every trial will, and return its
-    stored metrics; a missing, corrupt or mismatched file is a one-line :class:`UserError`
-    (key ``teacher.checkpoint``) before any trial starts."""
-    from raykd.train.setup import build_teacher, resolve_data
+def check_teacher(cfg: ExperimentConfig, path: str | Path | None) -> dict:
+    """Build the teacher and student from ``path`` (or ``teacher.weights``), as every trial
+    will, and return the teacher's stored metrics; a missing, corrupt or mismatched file, or a
+    teacher unfit for the method, is a one-line :class:`UserError` before any trial starts."""
+    from raykd.train.setup import build_pair, resolve_data
 
     val = resolve_data(cfg.data).val_annotations  # smaller than train, same categories
     try:
         with open(val, encoding="utf-8") as fh:
-            num_classes = len(json.load(fh)["categories"]) + 1
+            categories = sorted((c["id"], c["name"]) for c in json.load(fh)["categories"])
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise UserError(f"cannot read the categories ({type(err).__name__}: {err})", file=val,
                         key="data.val.annotations") from None
-    build_teacher(cfg, num_classes, str(path))
-    return teacher_metrics(path)
+    build_pair(cfg, [name for _, name in categories], [cat for cat, _ in categories],
+               str(path) if path else None, with_teacher=True, log=lambda line: None)
+    return teacher_metrics(path) if path else {}
