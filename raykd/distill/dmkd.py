@@ -11,6 +11,14 @@ from raykd.distill.config import Branches, FusionMode
 from raykd.distill.connectors import Fusion, GenerationBlock
 from raykd.distill.inputs import LevelInputs
 from raykd.distill.masks import MaskSettings, dual_masks
+from raykd.distill.record import note
+
+
+def note_masks(keep_spatial: Tensor | None, keep_channel: Tensor | None) -> None:
+    """Record the keep-masks of the enabled branches (see :mod:`raykd.distill.record`)."""
+    for name, keep in (("mask_spatial", keep_spatial), ("mask_channel", keep_channel)):
+        if keep is not None:
+            note(name, keep)
 
 
 class DualReconstruction(nn.Module):
@@ -38,6 +46,11 @@ class DualReconstruction(nn.Module):
             parts.append(self.channel(student * keep_channel))
         if self.fuse is not None:
             parts = [self.fuse(parts[0], parts[1])]
+        if len(parts) == 1:
+            note("reconstruction", parts[0])
+        else:
+            note("reconstruction_spatial", parts[0])
+            note("reconstruction_channel", parts[1])
         return torch.stack([(part - teacher).pow(2).sum() / n for part in parts]).sum()
 
 
@@ -58,4 +71,5 @@ class DMKDLoss(nn.Module):
         keep_s, keep_c = dual_masks(
             inputs.student, inputs.teacher, self.masks, 1, recon.spatial is not None, recon.channel is not None
         )
+        note_masks(keep_s, keep_c)
         return {"dmkd": self.alpha * recon(inputs.student, inputs.teacher, keep_s, keep_c)}

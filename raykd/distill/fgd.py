@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from raykd.distill.attention import channel_attention, spatial_attention
 from raykd.distill.connectors import ContextBlock
 from raykd.distill.inputs import LevelInputs
+from raykd.distill.record import note
 
 
 def box_masks(
@@ -67,6 +68,9 @@ class FGDLoss(nn.Module):
         spatial_t, channel_t = spatial_attention(teacher, self.tau), channel_attention(teacher, self.tau)
         spatial_s, channel_s = spatial_attention(student, self.tau), channel_attention(student, self.tau)
         fg, bg = box_masks(inputs.boxes, inputs.image_sizes, teacher)
+        for name, value in (("mask_fg", fg), ("mask_bg", bg), ("attention_spatial", spatial_t),
+                            ("attention_channel", channel_t)):
+            note(name, value)
         weighted = spatial_t * channel_t * (teacher - student).pow(2)
         attention = (channel_s - channel_t).abs().sum() / n + (spatial_s - spatial_t).abs().sum() / n
         relation = (self.context_student(student) - self.context_teacher(teacher)).pow(2).sum() / n

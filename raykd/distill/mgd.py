@@ -7,6 +7,7 @@ from torch import Tensor, nn
 from raykd.distill.connectors import GenerationBlock
 from raykd.distill.inputs import LevelInputs
 from raykd.distill.masks import random_spatial_mask
+from raykd.distill.record import note
 
 
 class MGDLoss(nn.Module):
@@ -25,4 +26,6 @@ class MGDLoss(nn.Module):
         student, teacher = inputs.student, inputs.teacher
         keep = random_spatial_mask(student, self.mask_ratio)
         generated = self.generation(student * keep)
+        note("mask_spatial", keep)
+        note("reconstruction", generated)
         return {"mgd": self.alpha * (generated - teacher).pow(2).sum() / student.shape[0]}

@@ -13,9 +13,10 @@ from torch import Tensor, nn
 
 from raykd.distill.cells import cell_grid
 from raykd.distill.config import Branches, FusionMode, PyramidMode, SLDDiscrepancy, SLDWeighting
-from raykd.distill.dmkd import DualReconstruction
+from raykd.distill.dmkd import DualReconstruction, note_masks
 from raykd.distill.inputs import LevelInputs
 from raykd.distill.masks import MaskSettings, dual_masks
+from raykd.distill.record import note, scope
 from raykd.distill.sld import binary_kl, foreground_logits, region_discrepancy, region_weights
 
 
@@ -87,7 +88,11 @@ class SAMKDLoss(nn.Module):
         keep_s, keep_c = dual_masks(
             student, teacher, self.masks, cells, recon.spatial is not None, recon.channel is not None
         )
-        return recon(student, teacher, keep_s, keep_c)
+        with scope(f"g{g}"):
+            note_masks(keep_s, keep_c)
+            if self.pyramid_mode == "pooled":
+                note("target", teacher)
+            return recon(student, teacher, keep_s, keep_c)
 
     def _sld(self, inputs: LevelInputs) -> Tensor:
         student, teacher = inputs.student, inputs.teacher
@@ -106,5 +111,6 @@ class SAMKDLoss(nn.Module):
             grid = cell_grid(h, w, max(self.scales), student.device)
             per_cell = region_discrepancy(discrepancy, grid)
             weights = region_weights(per_cell, grid, self.sld_weighting, self.sld_tau, self.sld_ratio)
+            note("region_weights", weights)
         kl = binary_kl(z_s, z_t, self.temperature)
         return self.sld_weight * self.temperature**2 * (weights * kl).sum() / (n * h * w)
