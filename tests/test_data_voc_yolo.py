@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -222,3 +223,35 @@ def test_data_check_and_convert_commands(tmp_path, capsys):
     original = json.loads(annotations.read_text())
     assert [a["bbox"] for a in converted["annotations"]] == [a["bbox"] for a in original["annotations"]]
     assert [i["file_name"] for i in converted["images"]] == [i["file_name"] for i in original["images"]]
+
+
+@pytest.mark.slow
+def test_one_epoch_on_voc_and_yolo_copies_trains_as_on_the_coco_original(tiny_data, write_experiment, tmp_path):
+    """The synthetic set written as VOC (classes in the COCO id order) and as YOLO trains the
+    same model: same losses, same pycocotools metrics, the same weights to the bit."""
+    from format_tools import write_copies
+
+    from raykd.config import load_experiment
+    from raykd.train.loop import fit
+
+    names = write_copies(tiny_data, tmp_path / "copies")
+    voc = {"format": "voc", "root": str(tmp_path / "copies/voc"), "classes": names}
+    yolo = {"format": "yolo", "yaml": str(tmp_path / "copies/yolo/data.yaml")}
+    data = {"coco": {}, "voc": {"train": {**voc, "split": "train"}, "val": {**voc, "split": "val"}},
+            "yolo": {"train": {**yolo, "split": "train"}, "val": {**yolo, "split": "val"}}}
+    runs = {}
+    for fmt, splits in data.items():
+        path = write_experiment(f"{fmt}.yaml", train={"epochs": 1, "output_dir": str(tmp_path / fmt)})
+        raw = yaml.safe_load(path.read_text())
+        raw["data"].update(splits)
+        path.write_text(yaml.safe_dump(raw))
+        history, weights = [], {}
+        fit(load_experiment(path), progress=False, log=lambda line: None,
+            on_epoch_end=lambda m, make_state: (history.append(m), weights.update(make_state()["model"])))
+        runs[fmt] = (history[-1], weights)
+    metrics, weights = runs["coco"]
+    for fmt in ("voc", "yolo"):
+        other, other_weights = runs[fmt]
+        for key in (*METRICS, "loss_total", "loss_classification", "loss_bbox_regression", "loss_bbox_ctrness"):
+            assert other[key] == pytest.approx(metrics[key], abs=1e-6), (fmt, key)
+        assert all(torch.equal(other_weights[k], weights[k]) for k in weights), fmt
