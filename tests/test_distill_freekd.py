@@ -11,11 +11,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from raykd.distill import DistillConfig, build_distiller
-from raykd.distill.wavelets import haar_dwt
+from raykd.distill.freekd import prompt_reconstruction
+from raykd.distill.wavelets import haar_dwt, haar_idwt
 
 with warnings.catch_warnings():  # pytorch_wavelets imports the deprecated pkg_resources
     warnings.simplefilter("ignore")
-    from pytorch_wavelets import DWTForward
+    from pytorch_wavelets import DWTForward, DWTInverse
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -26,14 +27,22 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-def _reference_dwt() -> DWTForward:
-    """The reference's ``DWTForward(J=3, mode='zero', wave='haar')``, filters built in float64."""
+def _in_float64(build):
+    """A pytorch_wavelets module with its filters built in float64 (they follow the default dtype)."""
     before = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        return DWTForward(J=3, mode="zero", wave="haar")
+        return build()
     finally:
         torch.set_default_dtype(before)
+
+
+def _reference_dwt() -> DWTForward:
+    return _in_float64(lambda: DWTForward(J=3, mode="zero", wave="haar"))
+
+
+def _reference_idwt() -> DWTInverse:
+    return _in_float64(lambda: DWTInverse(mode="zero", wave="haar"))
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 8, 6), (2, 3, 7, 10), (1, 2, 5, 3), (2, 3, 1, 1), (1, 1, 2, 9)])
@@ -117,3 +126,65 @@ def test_freekd_tokens_start_as_the_reference_draw():
     assert torch.equal(d.losses["0"].mask_token, want)
     with pytest.raises(ValueError, match="mask tokens of shape"):
         d.losses["0"].load_tokens(torch.zeros(4, 2, 8))
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 8, 6), (2, 3, 7, 10), (2, 3, 1, 1)])
+def test_haar_idwt_matches_pytorch_wavelets(shape):
+    g = torch.Generator().manual_seed(5)
+    low, highs = haar_dwt(torch.randn(*shape, generator=g, dtype=torch.float64), 3)
+    low = torch.randn(low.shape, generator=g, dtype=torch.float64, requires_grad=True)
+    highs = [torch.randn(h.shape, generator=g, dtype=torch.float64, requires_grad=True) for h in highs]
+    got, want = haar_idwt(low, highs), _reference_idwt()((low, highs))
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+    x = torch.randn(*shape, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(haar_idwt(*haar_dwt(x, 3))[..., : shape[2], : shape[3]], x)  # perfect reconstruction
+
+
+def _reference_dice(inputs: Tensor) -> Tensor:
+    pred = inputs[:, None, :, :]
+    target = inputs[:, :, None, :]
+    mask = pred.new_ones(pred.size(0), target.size(1), pred.size(2))
+    mask[:, torch.arange(mask.size(1)), torch.arange(mask.size(2))] = 0
+    a = torch.sum(pred * target, -1)
+    b = torch.sum(pred * pred, -1) + 1e-12
+    c = torch.sum(target * target, -1) + 1e-12
+    d = (2 * a) / (b + c)
+    return (d * mask).sum() / mask.sum()
+
+
+def _reference_mask_module(x: Tensor, mask_token: Tensor) -> tuple[Tensor, Tensor]:
+    """``MaskModule.forward_train`` of the reference, as written."""
+
+    def forward_mask(x: Tensor, token: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        attn = token.expand(n, -1, -1) @ x.view(n, -1, h * w)
+        return attn.sigmoid().view(n, -1, h, w)
+
+    cA, (cH, cV, cD) = _reference_dwt()(x)
+    mask_cA = forward_mask(cA, mask_token[0])
+    out_cA = (cA.unsqueeze(1) * mask_cA.unsqueeze(2)).sum(1)
+    mask_cH = forward_mask(cH.sum(2), mask_token[1])
+    out_cH = (cH.unsqueeze(1) * mask_cH.unsqueeze(2).unsqueeze(2)).sum(1)
+    mask_cV = forward_mask(cV.sum(2), mask_token[2])
+    out_cV = (cV.unsqueeze(1) * mask_cV.unsqueeze(2).unsqueeze(2)).sum(1)
+    mask_cD = forward_mask(cD.sum(2), mask_token[3])
+    out_cD = (cD.unsqueeze(1) * mask_cD.unsqueeze(2).unsqueeze(2)).sum(1)
+    mask_loss = _reference_dice(mask_cA.flatten(2)) + _reference_dice(mask_cD.flatten(2)) \
+        + _reference_dice(mask_cV.flatten(2)) + _reference_dice(mask_cH.flatten(2))
+    return _reference_idwt()((out_cA, (out_cH, out_cV, out_cD))), mask_loss
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 12, 10), (2, 4, 5, 7)])
+def test_prompt_reconstruction_matches_the_reference_mask_module(shape):
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(*shape, generator=g, dtype=torch.float64)
+    tokens = torch.randn(4, TOKENS, shape[1], generator=g, dtype=torch.float64, requires_grad=True)
+    out, dice = prompt_reconstruction(x, tokens)
+    out_r, dice_r = _reference_mask_module(x, tokens)
+    torch.testing.assert_close(out, out_r, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(dice, dice_r, rtol=1e-10, atol=1e-14)
+    weight = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    grad = torch.autograd.grad((weight * out).sum() + dice, tokens)[0]
+    grad_r = torch.autograd.grad((weight * out_r).sum() + dice_r, tokens)[0]
+    torch.testing.assert_close(grad, grad_r, rtol=1e-9, atol=1e-12)

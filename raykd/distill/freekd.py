@@ -14,9 +14,55 @@ import torch
 from torch import Tensor, nn
 
 from raykd.distill.inputs import LevelInputs
-from raykd.distill.wavelets import haar_dwt
+from raykd.distill.wavelets import haar_dwt, haar_idwt
 
 DWT_LEVELS = 3
+
+
+def initial_tokens(channels: int, num_tokens: int) -> Tensor:
+    """The reference's draw of the mask tokens ``[4, T, C]``: randn, then overwritten in place
+    by ``normal_(0, 0.01)`` (``MaskModule.__init__``)."""
+    return torch.randn(DWT_LEVELS + 1, num_tokens, channels).normal_(0, 0.01)
+
+
+def token_masks(feature: Tensor, tokens: Tensor) -> Tensor:
+    """``σ(P · x)``: ``feature [N, C, H, W]``, ``tokens [T, C]`` -> masks ``[N, T, H, W]``."""
+    n, c, h, w = feature.shape
+    return torch.sigmoid(tokens @ feature.reshape(n, c, h * w)).reshape(n, -1, h, w)
+
+
+def dice_coefficient(masks: Tensor) -> Tensor:
+    """The reference's ``dice_coeff``: mean Dice between different masks of the same image,
+    ``[N, T, P]`` -> scalar (low when the T masks cover different positions)."""
+    pred, target = masks[:, None], masks[:, :, None]
+    t = masks.shape[1]
+    off_diagonal = masks.new_ones(masks.shape[0], t, t)
+    off_diagonal[:, torch.arange(t), torch.arange(t)] = 0
+    overlap = (pred * target).sum(-1)
+    dice = 2 * overlap / ((pred * pred).sum(-1) + 1e-12 + (target * target).sum(-1) + 1e-12)
+    return (dice * off_diagonal).sum() / off_diagonal.sum()
+
+
+def prompt_reconstruction(feature: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+    """The prompt stage's forward (the reference's ``MaskModule.forward_train``).
+
+    ``feature [N, C, H, W]``, ``tokens [4, T, C]`` -> the feature rebuilt from its token-masked
+    DWT bands, ``[N, C, 2·H_1, 2·W_1]`` (crop to H, W for odd sizes), and the Dice diversity loss
+    summed over the four bands. Each band is multiplied by the sum of its T masks (the same as the
+    reference's per-token product summed over tokens).
+    """
+    low, highs = haar_dwt(feature, DWT_LEVELS)
+    mask_low = token_masks(low, tokens[0])
+    out_low = low * mask_low.sum(dim=1, keepdim=True)
+    out_highs, high_masks = [], []
+    for level, high in enumerate(highs, start=1):
+        masks = token_masks(high.sum(dim=2), tokens[level])
+        out_highs.append(high * masks.sum(dim=1)[:, None, None])
+        high_masks.append(masks)
+    dice = dice_coefficient(mask_low.flatten(2))
+    for masks in reversed(high_masks):  # the reference's order: low, then levels 3, 2, 1
+        dice = dice + dice_coefficient(masks.flatten(2))
+    return haar_idwt(out_low, out_highs), dice
 
 
 class FreeKDLoss(nn.Module):
@@ -34,8 +80,7 @@ class FreeKDLoss(nn.Module):
     def __init__(self, channels: int, num_tokens: int, alpha: float, beta: float):
         super().__init__()
         self.alpha, self.beta = alpha, beta
-        # the reference's draw: randn, then overwritten in place by normal_(0, 0.01)
-        self.register_buffer("mask_token", torch.randn(DWT_LEVELS + 1, num_tokens, channels).normal_(0, 0.01))
+        self.register_buffer("mask_token", initial_tokens(channels, num_tokens))
 
     def load_tokens(self, tokens: Tensor) -> None:
         """Set the frozen prompts ``[4, T, C]`` (e.g. the reference's ``mask_modules.i.mask_token``)."""
@@ -45,9 +90,7 @@ class FreeKDLoss(nn.Module):
 
     def prompt_masks(self, teacher_highs: Tensor, level: int) -> Tensor:
         """``[N, C, 3, H, W]`` teacher bands of DWT level ``level`` (1..3) -> masks ``[N, T, H, W]``."""
-        n, c, _, h, w = teacher_highs.shape
-        band_sum = teacher_highs.sum(dim=2).reshape(n, c, h * w)
-        return torch.sigmoid(self.mask_token[level] @ band_sum).reshape(n, -1, h, w)
+        return token_masks(teacher_highs.sum(dim=2), self.mask_token[level])
 
     def forward(self, inputs: LevelInputs) -> dict[str, Tensor]:
         student, teacher = inputs.student, inputs.teacher

@@ -1,5 +1,6 @@
 """The 2-D Haar wavelet transform FreeKD uses: ``pytorch_wavelets.DWTForward(J, wave='haar',
-mode='zero')`` written out in torch, same layout, same zero padding, differentiable."""
+mode='zero')`` and its ``DWTInverse`` written out in torch, same layout, same zero padding,
+differentiable."""
 
 from __future__ import annotations
 
@@ -38,3 +39,28 @@ def haar_dwt(x: Tensor, levels: int) -> tuple[Tensor, list[Tensor]]:
         highs.append(torch.stack((lo_hi, hi_lo, hi_hi), dim=2))
     return low, highs
 
+
+
+def _merge(lo: Tensor, hi: Tensor, dim: int) -> Tensor:
+    """Inverse of :func:`_split` along ``dim``: twice the length (no crop)."""
+    even, odd = _S * lo + _S * hi, _S * lo - _S * hi
+    out = torch.stack((even, odd), dim=dim)  # [..., W, 2] or [..., H, 2, W]: interleaved after the reshape
+    shape = list(lo.shape)
+    shape[dim] *= 2
+    return out.reshape(shape)
+
+
+def haar_idwt(low: Tensor, highs: list[Tensor]) -> Tensor:
+    """Inverse of :func:`haar_dwt` as ``pytorch_wavelets.DWTInverse(wave='haar', mode='zero')``:
+    from the coarsest level, the running low band loses its last row/column where it is larger
+    than that level's bands; the result is ``[N, C, 2·H_1, 2·W_1]`` (not cropped to the input)."""
+    for high in reversed(highs):
+        if low.shape[-2] > high.shape[-2]:
+            low = low[..., :-1, :]
+        if low.shape[-1] > high.shape[-1]:
+            low = low[..., :-1]
+        lh, hl, hh = high.unbind(dim=2)
+        lo_w = _merge(low, lh, -2)
+        hi_w = _merge(hl, hh, -2)
+        low = _merge(lo_w, hi_w, -1)
+    return low
