@@ -31,7 +31,7 @@ def test_tap_losses_equal_the_models_own(arch):
     assert taps.losses.keys() == reference.keys()
     for name in reference:
         torch.testing.assert_close(taps.losses[name], reference[name])
-    levels = ["0", "1", "2", "3"] if arch == "faster_rcnn" else ["0", "1", "2", "p6", "p7"]
+    levels = ["0", "1", "2", "3", "pool"] if arch == "faster_rcnn" else ["0", "1", "2", "p6", "p7"]
     assert list(taps.student_feats) == levels == list(taps.teacher_feats)
     assert taps.image_sizes == [(64, 48), (50, 64)]  # unpadded, per image (the batch tensor is 64×64)
     for level in levels:

@@ -9,6 +9,7 @@ train-mode random ``min_size`` that differs between the two models.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -21,8 +22,8 @@ class TapOutput:
     """What the distiller needs from one training step.
 
     losses: the student's detector losses (scalars), as torchvision names them.
-    student_feats / teacher_feats: ``{level: [N, C, H, W]}`` in FPN order; Faster R-CNN's
-        ``'pool'`` level is left out. Teacher tensors carry no gradient.
+    student_feats / teacher_feats: ``{level: [N, C, H, W]}`` in FPN order, keyed by the
+        student's level keys (Faster R-CNN's ``'pool'`` is its P6). Teacher tensors carry no gradient.
     student_logits / teacher_logits: ``{level: [N, A*K, H, W]}`` classification logits of
         dense heads (A anchors per location, K classes incl. background channel 0); None for
         Faster R-CNN or when not requested.
@@ -58,8 +59,9 @@ def split_levels(flat: Tensor, feats: list[Tensor]) -> list[Tensor]:
     return out
 
 
-def _distilled_levels(features: "OrderedDict[str, Tensor]") -> dict[str, Tensor]:
-    return {name: f for name, f in features.items() if name != "pool"}
+def _pick(levels: dict[str, Tensor], pairs: Mapping[str, str] | None) -> dict[str, Tensor]:
+    """``{student key: levels[teacher key]}`` for ``pairs`` (None: every level, as named)."""
+    return dict(levels) if pairs is None else {s: levels[t] for s, t in pairs.items()}
 
 
 def _student_losses(model: nn.Module, images, targets, features: "OrderedDict[str, Tensor]"):
@@ -84,28 +86,34 @@ def forward_taps(
     targets: list[dict[str, Tensor]],
     *,
     with_logits: bool = False,
+    pairs: Mapping[str, str] | None = None,
 ) -> TapOutput:
     """Run the student (training) and the teacher (eval, no grad) on one transformed batch.
 
     images: list of ``[3, H_i, W_i]`` floats in [0, 1]; targets: dicts with ``boxes`` (xyxy
     px) and ``labels``. The student's losses equal ``student(images, targets)``.
+    pairs: student level key -> teacher level key at the same stride
+    (:func:`~raykd.models.levels.paired_levels`); features and logits come back keyed by the
+    student's keys for these levels only. None: every level, the same keys on both sides.
     """
     batch, tgts = student.transform(images, targets)
     s_features = student.backbone(batch.tensors)
     losses, s_head = _student_losses(student, batch, tgts, s_features)
-    s_feats = _distilled_levels(s_features)
     s_logits = t_feats = t_logits = None
     if with_logits and s_head is not None:
-        s_logits = dict(zip(s_feats, split_levels(s_head["cls_logits"], list(s_feats.values()))))
+        s_logits = _pick(dict(zip(s_features, split_levels(s_head["cls_logits"], list(s_features.values())))),
+                         None if pairs is None else {s: s for s in pairs})
+    s_feats = _pick(s_features, None if pairs is None else {s: s for s in pairs})
     if teacher is not None:
         if teacher.training:
             teacher.eval()
         with torch.no_grad():
             t_features = teacher.backbone(batch.tensors)
-            t_feats = _distilled_levels(t_features)
+            t_feats = _pick(t_features, pairs)
             if with_logits and is_dense(teacher) and s_head is not None:
                 t_head = teacher.head(list(t_features.values()))
-                t_logits = dict(zip(t_feats, split_levels(t_head["cls_logits"], list(t_feats.values()))))
+                t_logits = _pick(dict(zip(t_features, split_levels(t_head["cls_logits"], list(t_features.values())))),
+                                 pairs)
     return TapOutput(
         losses=losses,
         student_feats=s_feats,

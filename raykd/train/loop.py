@@ -26,6 +26,7 @@ from raykd.config import ExperimentConfig
 from raykd.data import build_loader
 from raykd.distill import build_distiller
 from raykd.errors import UserError
+from raykd.models.levels import distilled_levels
 from raykd.models.taps import forward_taps, is_dense
 from raykd.train.evaluate import coco_metrics, predict
 from raykd.train.optim import build_optimizer, build_scheduler
@@ -54,9 +55,11 @@ class DistillStep(nn.Module):
     ``det_<torchvision name>`` and distillation terms ``<term>_<level>``.
     """
 
-    def __init__(self, student: nn.Module, distiller: nn.Module | None, teacher: nn.Module | None, amp: bool):
+    def __init__(self, student: nn.Module, distiller: nn.Module | None, teacher: nn.Module | None, amp: bool,
+                 pairs: dict[str, str] | None = None):
         super().__init__()
         self.student = student
+        self.pairs = pairs  # student level -> teacher level at the same stride
         self.distiller = distiller
         # Kept outside the module tree: DDP must neither broadcast nor hook the frozen teacher.
         self._teacher = (teacher,)
@@ -67,7 +70,8 @@ class DistillStep(nn.Module):
         teacher = self._teacher[0] if self.distiller is not None else None
         device_type = images[0].device.type
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.amp and device_type == "cuda"):
-            taps = forward_taps(self.student, teacher, images, targets, with_logits=self.with_logits)
+            taps = forward_taps(self.student, teacher, images, targets, with_logits=self.with_logits,
+                                pairs=self.pairs)
         losses = {f"det_{k.removeprefix('loss_')}": v.float() for k, v in taps.losses.items()}
         if self.distiller is not None:
             f32 = lambda d: None if d is None else {k: v.float() for k, v in d.items()}  # noqa: E731
@@ -178,13 +182,16 @@ def fit(
     student = pair.student.to(device)
     space, num_classes = pair.space, pair.space.num_classes
     levels = list(cfg.distill.levels or _level_names(student))
-    distiller = None
+    distiller = pairs = None
     if cfg.distill.method != "none":
+        pairs = distilled_levels(cfg.distill.levels, cfg.student, cfg.teacher)
+        levels = list(pairs)
         distiller = build_distiller(cfg.distill, student_channels=cfg.student.fpn_channels,
                                     teacher_channels=cfg.teacher.fpn_channels, levels=levels,
                                     num_classes=num_classes).to(device)
 
-    step_module = DistillStep(student, distiller, teacher if distiller is not None else None, amp).to(device)
+    step_module = DistillStep(student, distiller, teacher if distiller is not None else None, amp,
+                              pairs=pairs).to(device)
     train_module: nn.Module = step_module
     if world > 1:
         train_module = nn.parallel.DistributedDataParallel(
@@ -293,7 +300,7 @@ def _reseed_epoch(loader, seed: int, epoch: int) -> None:
 def _level_names(student: nn.Module) -> list[str]:
     from torchvision.models.detection import FasterRCNN
 
-    return ["0", "1", "2", "3"] if isinstance(student, FasterRCNN) else ["0", "1", "2", "p6", "p7"]
+    return ["0", "1", "2", "3", "pool"] if isinstance(student, FasterRCNN) else ["0", "1", "2", "p6", "p7"]
 
 
 def _device_name(device: torch.device) -> str:

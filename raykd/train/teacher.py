@@ -146,6 +146,7 @@ def check_teacher(cfg: ExperimentConfig, path: str | Path | None) -> dict:
     """Build the teacher and student from ``path`` (or ``teacher.weights``), as every trial
     will, and return the teacher's stored metrics; a missing, corrupt or mismatched file, or a
     teacher unfit for the method, is a one-line :class:`UserError` before any trial starts."""
+    from raykd.models.levels import distilled_levels
     from raykd.train.setup import build_pair, resolve_data
 
     val = resolve_data(cfg.data).val_annotations  # smaller than train, same categories
@@ -155,6 +156,8 @@ def check_teacher(cfg: ExperimentConfig, path: str | Path | None) -> dict:
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise UserError(f"cannot read the categories ({type(err).__name__}: {err})", file=val,
                         key="data.val.annotations") from None
+    if cfg.distill.method != "none":
+        distilled_levels(cfg.distill.levels, cfg.student, cfg.teacher)
     build_pair(cfg, [name for _, name in categories], [cat for cat, _ in categories],
                str(path) if path else None, with_teacher=True, log=lambda line: None)
     return teacher_metrics(path) if path else {}

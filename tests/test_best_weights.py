@@ -1,0 +1,49 @@
+"""model_best.pt beside model_final.pt; a teacher trained for distillation is its best epoch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from raykd.config import load_experiment
+from raykd.train.teacher import BestModel, ensure_teacher
+
+
+def test_best_model_keeps_the_best_epoch_and_the_last(tmp_path):
+    best = BestModel(tmp_path)
+    for epoch, ap in enumerate([0.1, 0.3, 0.2], start=1):
+        state = {"model": {"w": torch.tensor([float(epoch)])}, "categories": ["__background__", "a"]}
+        best.update({"epoch": epoch, "epochs_total": 3, "bbox_mAP": ap}, lambda state=state: state)
+    kept = torch.load(tmp_path / "model_best.pt", weights_only=True)
+    final = torch.load(tmp_path / "model_final.pt", weights_only=True)
+    assert kept["metrics"]["epoch"] == 2 and kept["model"]["w"].item() == 2.0
+    assert final["metrics"]["epoch"] == 3 and final["model"]["w"].item() == 3.0
+    assert kept["categories"] == ["__background__", "a"]
+
+
+@pytest.mark.slow
+def test_teacher_trained_for_distillation_is_its_best_epoch(write_experiment, tiny_teacher):
+    tiny_teacher["train"]["epochs"] = 3
+    cfg = load_experiment(write_experiment(teacher=tiny_teacher, distill={"method": "mgd"}))
+    path = ensure_teacher(cfg, log=lambda line: None, progress=False)
+    history = [json.loads(line) for line in (Path(path).parent / "metrics.jsonl").read_text().splitlines()]
+    best_epoch = max(history, key=lambda m: m["bbox_mAP"])["epoch"]
+    assert path.endswith("model_best.pt")
+    assert torch.load(path, weights_only=True)["metrics"]["epoch"] == best_epoch
+
+
+def test_levels_no_model_taps_are_refused_before_training(write_experiment, tmp_path):
+    (tmp_path / "teacher.pt").write_bytes(b"")
+    path = write_experiment(teacher={"arch": "fcos", "backbone": "resnet18", "fpn_channels": 64,
+                                     "checkpoint": str(tmp_path / "teacher.pt")},
+                            distill={"method": "mgd", "levels": ["3"]})
+    proc = subprocess.run([sys.executable, "-m", "raykd.train", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "distill.levels" in proc.stderr and "'p6' (stride 64)" in proc.stderr
+    assert not (tmp_path / "run").exists()
