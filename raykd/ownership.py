@@ -119,7 +119,7 @@ def this_process(command: str) -> Owner:
     ticks = _start_ticks(os.getpid())
     return Owner(id=uuid.uuid4().hex, host=socket.gethostname(), pid=os.getpid(), start_ticks=ticks,
                  boot_id=_read("/proc/sys/kernel/random/boot_id"), pid_ns=_pid_ns(), started_at=_started_at(ticks),
-                 command=command, job_id=os.environ.get("RAY_JOB_SUBMISSION_ID") or None)
+                 command=command, job_id=os.environ.get("RAYKD_JOB_ID") or None)
 
 
 def _parse(text: str | bytes | None) -> Owner | None:

@@ -116,6 +116,7 @@ def submit(args: argparse.Namespace, address: str) -> int:
         print("note: the space asks for GPUs and the cluster has none now (an autoscaler may add them)")
     name, attempt = _name_and_attempt(client, space, args)
     check_name(name)
+    refuse_if_running(client, f"{storage}/{name}")
     with tempfile.TemporaryDirectory(prefix="raykd-submit-") as staging:
         job = build_job(space, name=name, storage=storage, staging=Path(staging), package=not args.no_package,
                         resume=args.resume, attempt=attempt, num_samples=args.num_samples,
@@ -164,6 +165,33 @@ def _name_and_attempt(client, space, args) -> tuple[str, int]:
         raise UserError(f"search {name!r} is still running as job {running[0]}; stop it first "
                         f"({PROG} --stop {running[0]})", key="--resume")
     return name, 1 + max((int(j.metadata.get("resume", "0")) for j in earlier), default=0)
+
+
+def refuse_if_running(client, root: str) -> None:
+    """Refuse to submit into a search folder a live driver holds (:mod:`raykd.ownership`): a
+    running job of this cluster, or any other process; a job of this cluster that ended no longer
+    holds it. Storage this machine cannot read is left to the job's own check."""
+    from raykd.ownership import live_owner
+    from raykd.submit.client import TERMINAL
+
+    try:
+        owner = live_owner(root)
+    except (OSError, ValueError):
+        return
+    if owner is None:
+        return
+    if owner.job_id:
+        try:
+            status = client.status(owner.job_id)
+        except UserError:  # not a job of this cluster
+            status = None
+        if status in TERMINAL:
+            return
+        if status is not None:
+            raise UserError(f"this search is being written by job {owner.job_id} ({status}); stop it first "
+                            f"({PROG} --stop {owner.job_id}) or use another --name", file=root, key="--name")
+    raise UserError(f"this search is being written by {owner.describe()}; stop that driver first or use another "
+                    "--name", file=root, key="--name")
 
 
 def _outcome(client, job_id: str, since: float, results: str | None = None) -> int:

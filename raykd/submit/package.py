@@ -43,6 +43,7 @@ ENV_VARS = {
     "PYTHONUNBUFFERED": "1",
 }
 
+JOB_ID_VAR = "RAYKD_JOB_ID"  # the job's own id, recorded in the search folder's owner file
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -193,7 +194,8 @@ def build_job(space: Space, *, name: str, storage: str, staging: Path, package: 
                 "storage": storage, "user": _user(), "resume": str(attempt) if resume else "0"}
     job = SearchJob(
         name=name, storage=storage, entrypoint=shlex.join(args), submission_id=submission_id(name, attempt),
-        runtime_env={"working_dir": str(working_dir), "excludes": patterns, "env_vars": {**ENV_VARS, **git_env(root)}},
+        runtime_env={"working_dir": str(working_dir), "excludes": patterns,
+                     "env_vars": {**ENV_VARS, **git_env(root), JOB_ID_VAR: submission_id(name, attempt)}},
         metadata=metadata, space_in_package=space_rel, entrypoint_num_cpus=driver_cpus,
         entrypoint_num_gpus=driver_gpus,
     )
