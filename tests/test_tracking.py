@@ -242,3 +242,26 @@ def test_train_logs_each_epoch_once_across_a_resume(write_experiment, tmp_path, 
     assert len(runs) == 1 and runs.iloc[0]["tags.phase"] == "train" and runs.iloc[0]["status"] == "FINISHED"
     assert mlflow_history(uri, runs.iloc[0]["run_id"], "bbox_mAP") == expected
     assert [s for s, _ in mlflow_history(uri, runs.iloc[0]["run_id"], "loss_total")] == [1, 2]
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_train_on_ray_train_workers_logs_each_epoch_as_reported(ray_local, write_experiment, tmp_path):
+    """``raykd.train --workers 2 --log tensorboard``: the epochs are logged live by Ray Train's
+    controller (an event file of another process holds them), and once."""
+    import os
+
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    from raykd.train.__main__ import main
+
+    experiment = write_experiment(train={"epochs": 2})
+    assert main([str(experiment), "--no-progress", "--workers", "2", "--log", "tensorboard"]) == 0
+    out = tmp_path / "run"
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    board = out / "tensorboard" / "tiny"
+    assert tensorboard_scalars(board, "metrics/bbox_mAP") == [
+        (m["epoch"], pytest.approx(m["bbox_mAP"], rel=1e-6)) for m in history]
+    live = [p for p in board.glob("events.out.tfevents.*") if not p.name.endswith(f".{os.getpid()}.0")
+            and any(v.tag == "metrics/bbox_mAP" for e in EventFileLoader(str(p)).Load() for v in e.summary.value)]
+    assert live, sorted(p.name for p in board.iterdir())

@@ -34,6 +34,10 @@ class Tracker(Protocol):
 
     name: str
 
+    def open(self) -> None:
+        """Connect before the first trial (MLflow: its database and experiment), so the
+        first epoch does not stall the search."""
+
     def log_epoch(self, trial: TrialInfo, epoch: int, scalars: Mapping[str, float]) -> None:
         """Record ``scalars`` (see :func:`epoch_scalars`) of ``epoch`` (1-based) as step ``epoch``."""
 

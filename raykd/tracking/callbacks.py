@@ -32,6 +32,9 @@ class TrackingCallback(tune.Callback):
         self.feed = TrackerFeed(setup)
         self.phase = phase
 
+    def setup(self, stop=None, num_samples=None, total_num_samples=None, **info):
+        self.feed.open()
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.feed.epoch(trial_info(trial, self.phase), result)
 

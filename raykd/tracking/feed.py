@@ -34,6 +34,10 @@ class TrackerFeed:
             self._trackers = self.setup.trackers()
         return self._trackers
 
+    def open(self) -> None:
+        """Connect every tracker (a new MLflow database takes seconds to set up)."""
+        self._each("open")
+
     def epoch(self, trial: TrialInfo, result: Mapping[str, Any]) -> None:
         """One epoch's result (the trainer's metrics dict; without ``epoch`` it is ignored)."""
         if result.get("epoch") is None:
@@ -100,6 +104,7 @@ class RunFeed:
         return [TrainTrackingCallback(self.setup, self.trial)]
 
     def __enter__(self) -> RunFeed:
+        self.feed.open()
         return self
 
     def __exit__(self, kind, error, traceback) -> None:

@@ -44,6 +44,9 @@ class MlflowTracker:
         state.update(_client=None, _experiment_id=None, _runs={}, _logged={})
         return state
 
+    def open(self) -> None:
+        self.client()
+
     def client(self):
         """The ``MlflowClient`` of ``uri`` with the experiment created (first call: a new
         SQLite database takes a few seconds to set up)."""

@@ -73,6 +73,9 @@ class TensorBoardTracker:
         self._writers[trial.trial_id], self._logged[trial.trial_id] = writer, logged
         return writer
 
+    def open(self) -> None:
+        Path(self.folder).mkdir(parents=True, exist_ok=True)
+
     def log_epoch(self, trial: TrialInfo, epoch: int, scalars: Mapping[str, float]) -> None:
         writer = self._writer(trial)
         logged = self._logged[trial.trial_id]

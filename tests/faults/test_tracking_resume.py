@@ -1,0 +1,53 @@
+"""A search with ``--log tensorboard,mlflow`` whose driver is SIGKILLed twice mid-trial and resumed:
+TensorBoard and MLflow hold every epoch of every trial exactly once, with the tables' values.
+
+Killed right after an epoch is reported, the restarted trials report again the epochs Tune's
+saved state had not recorded (see raykd/search/trainable.py); the trackers must skip those.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from fault_tools import check_search
+from raykd.results import load
+from tracking_tools import mlflow_history, mlflow_runs, tensorboard_scalars
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
+
+KILLS = [(r"epoch 1/3", 0.3), (r"epoch 2/3", 0.0)]  # (what the driver printed last, seconds after it)
+
+
+def test_trackers_hold_each_epoch_once_after_driver_kills(fault_space, search_driver, tmp_path, fault_ledger,
+                                                          monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the search folder's own mlruns/
+    space = fault_space(num_samples=2, epochs=3)
+    driver = search_driver(space, name="tracked", extra=["--log", "tensorboard,mlflow"])  # --resume repeats it
+    root = tmp_path / "results" / "tracked"
+    for i, (pattern, delay) in enumerate(KILLS):
+        driver.start(*([] if i == 0 else ["--resume"]))
+        driver.wait_for(pattern)
+        time.sleep(delay)
+        driver.kill()
+    driver.start("--resume")
+    assert driver.finish() == 0, driver.text()[-3000:]
+
+    trials = load(root / "tables")
+    fault_ledger("driver SIGKILL with trackers", injected=len(KILLS), trials_expected=2, trials_found=len(trials))
+    check_search(root, trials_expected=2, epochs=3)
+    epochs = load(root / "tables", table="epochs")
+    uri = f"sqlite:///{root}/mlruns/mlflow.db"
+    runs = mlflow_runs(uri, "tracked")
+    assert sorted(runs["tags.raykd.trial_id"]) == sorted(trials["trial_id"])  # one run per trial, continued
+    for trial_id in trials["trial_id"]:
+        rows = epochs[epochs["trial_id"] == trial_id].sort_values("epoch")
+        expected = [(int(e), pytest.approx(v, rel=1e-6)) for e, v in zip(rows["epoch"], rows["bbox_mAP"])]
+        board = root / "tensorboard" / f"trial_{trial_id}"
+        assert sorted(tensorboard_scalars(board, "metrics/bbox_mAP")) == expected, trial_id
+        assert sorted(s for s, _ in tensorboard_scalars(board, "loss/loss_total")) == [1, 2, 3]
+        run = runs[runs["tags.raykd.trial_id"] == trial_id].iloc[0]
+        assert (run["status"], run["tags.status"]) == ("FINISHED", "TERMINATED")
+        assert mlflow_history(uri, run["run_id"], "bbox_mAP") == expected, trial_id
+        assert [s for s, _ in mlflow_history(uri, run["run_id"], "loss_total")] == [1, 2, 3]
