@@ -129,6 +129,25 @@ def tiny_space(experiment: Path, path: Path, num_samples: int = 2) -> Path:
     return path
 
 
+class _Broken:
+    name = "broken"
+
+    def log_epoch(self, trial, epoch, scalars):
+        raise ConnectionError("tracking server gone")
+
+
+def test_a_failing_backend_is_left_out_with_one_warning_and_the_others_go_on(tmp_path, caplog):
+    setup = TrackingSetup.from_args("tensorboard", None, folder=str(tmp_path), experiment="exp")
+    feed = TrackerFeed(setup)
+    feed.trackers.insert(0, _Broken())
+    for epoch in (1, 2):
+        feed.epoch(TRIAL, _result(epoch, 0.1 * epoch))
+    feed.close()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "tracking: broken failed (ConnectionError: tracking server gone)" in warnings[0]
+    assert [s for s, _ in tensorboard_scalars(tmp_path / "tensorboard" / "trial_t1", "metrics/bbox_mAP")] == [1, 2]
+
+
 def test_a_missing_backend_is_one_line_and_exit_2_before_anything_starts(write_experiment, tiny_teacher, tmp_path):
     """``mlflow`` hidden from the driver (``sys.modules['mlflow'] = None``, as when not installed):
     refused before the teacher is trained, Ray started or the search folder made."""

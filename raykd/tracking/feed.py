@@ -16,8 +16,9 @@ class TrackerFeed:
     """Sends epochs and ends of trials to every tracker of ``setup``.
 
     A backend that raises (server gone, database locked...) is reported in one warning and
-    left out for the rest of this driver: the Parquet tables still hold everything, and the
-    next ``--resume`` fills in what it missed (each backend skips the epochs it holds).
+    left out for the rest of this driver: the Parquet tables still hold everything, and a
+    ``--resume`` of an unfinished search fills in what it missed (each backend skips the
+    epochs it holds).
     """
 
     def __init__(self, setup: TrackingSetup):
@@ -65,7 +66,7 @@ class TrackerFeed:
                 getattr(tracker, method)(*args)
             except Exception as err:  # a tracker is a mirror: its failure must not end the run
                 log.warning("tracking: %s failed (%s: %s); not logging to it for the rest of this run (the "
-                            "tables hold every epoch; --resume fills it in)", tracker.name, type(err).__name__, err)
+                            "tables hold every epoch)", tracker.name, type(err).__name__, err)
                 self.trackers.remove(tracker)
 
 
