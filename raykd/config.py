@@ -12,10 +12,10 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from raykd.distill.config import DistillConfig
 from raykd.errors import UserError
@@ -33,11 +33,45 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class SplitConfig(_Strict):
+class CocoSplit(_Strict):
     """One COCO split: an annotation file and the folder its ``file_name`` entries are under."""
 
+    format: Literal["coco"] = "coco"
     annotations: str
     images: str
+
+
+class VocSplit(_Strict):
+    """One Pascal VOC split: ``root/Annotations/*.xml``, ``root/JPEGImages/``, ``root/ImageSets/Main/<split>.txt``.
+    ``classes``: the class names in label order (default: every name in the XML files, sorted)."""
+
+    format: Literal["voc"]
+    root: str
+    split: str = Field(min_length=1)
+    classes: list[str] | None = Field(None, min_length=1)
+
+
+class YoloSplit(_Strict):
+    """One split of a YOLO data set: the ``split`` key of an ultralytics-style ``data.yaml``
+    (``path``, ``train``/``val`` image folders with ``labels/`` beside ``images/``, ``names``)."""
+
+    format: Literal["yolo"]
+    yaml: str
+    split: str = Field(min_length=1)
+
+
+def _split_format(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return value.get("format", "coco")
+    return getattr(value, "format", None) if isinstance(value, BaseModel) else None
+
+
+SplitConfig = Annotated[
+    Annotated[CocoSplit, Tag("coco")] | Annotated[VocSplit, Tag("voc")] | Annotated[YoloSplit, Tag("yolo")],
+    Discriminator(_split_format, custom_error_type="split_format",
+                  custom_error_message="expected a mapping with format: coco (the default), voc or yolo"),
+]
+"""A data split in any of the three formats, told apart by ``format``."""
 
 
 class SyntheticConfig(_Strict):
@@ -51,7 +85,8 @@ class SyntheticConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    """Either ``train`` + ``val`` COCO splits, or a ``synthetic`` block (which fills them in)."""
+    """Either ``train`` + ``val`` splits (COCO, Pascal VOC or YOLO, see :data:`SplitConfig`), or a
+    ``synthetic`` block (which fills them in)."""
 
     train: SplitConfig | None = None
     val: SplitConfig | None = None
@@ -160,7 +195,7 @@ class ExperimentConfig(_Strict):
     teacher: TeacherConfig | None = None
     distill: DistillConfig = Field(default_factory=DistillConfig)
     train: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    cache_dir: str = Field("cache", description="teachers trained for searches are cached here")
+    cache_dir: str = Field("cache", description="cached teachers trained for searches and VOC/YOLO splits as COCO")
     source: str | None = Field(None, exclude=True, description="the YAML file this came from")
 
     @model_validator(mode="after")
@@ -233,9 +268,10 @@ def get_dotted(raw: dict[str, Any], key: str, default: Any = None) -> Any:
     return node
 
 
-_UNION_TAGS = {"str", "int", "float", "bool", "none", "list", "dict"}
+_UNION_TAGS = {"str", "int", "float", "bool", "none", "list", "dict", "coco", "voc", "yolo"}
 """Bare tags pydantic puts in an error's location for members of a union (``metric: str | list``);
-composite ones carry brackets (``literal['max','min']``, ``list[str]``)."""
+composite ones carry brackets (``literal['max','min']``, ``list[str]``); the data split formats
+are the tags of :data:`SplitConfig`."""
 
 
 def validation_message(err: ValidationError) -> tuple[str, str]:
@@ -262,6 +298,7 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     """Make the relative paths of an experiment mapping absolute against ``base``."""
     keys = [
         "data.train.annotations", "data.train.images", "data.val.annotations", "data.val.images",
+        "data.train.root", "data.train.yaml", "data.val.root", "data.val.yaml",
         "data.synthetic.out_dir", "teacher.checkpoint", "train.output_dir", "cache_dir",
         "teacher.train.output_dir", "teacher.weights", "teacher.backbone_weights", "student.weights",
         "student.backbone_weights",

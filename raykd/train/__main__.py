@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                               resume=args.resume)
     from raykd.train.setup import validate_data
 
-    validate_data(cfg.data)  # before anything is written or started
+    validate_data(cfg.data, cfg.cache_dir)  # before anything is written or started
     if args.address and args.workers == 1:
         raise UserError("--address joins a Ray cluster for --workers N > 1; one worker runs without Ray",
                         key="--address")

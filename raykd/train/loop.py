@@ -168,7 +168,7 @@ def fit(
     seed_everything(tcfg.seed + rank)
     amp = tcfg.amp and device.type == "cuda"
 
-    train_ds, val_ds = build_datasets(cfg.data)
+    train_ds, val_ds = build_datasets(cfg.data, cfg.cache_dir)
     val_count = min(len(val_ds), cfg.data.val_max_images or len(val_ds))
     val_ids = val_ds.image_ids[:val_count]
     # Under DDP each rank predicts every world-th image (no padding duplicates, unlike DistributedSampler).

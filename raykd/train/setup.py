@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,6 +14,7 @@ from torch import nn
 from raykd.config import DataConfig, ExperimentConfig, ScheduleConfig
 from raykd.data import CocoDetection, ensure_synthetic
 from raykd.data.cocofile import read_coco
+from raykd.data.converted import coco_paths
 from raykd.errors import UserError
 from raykd.models import build_detector, inherit_neck_and_head, load_weights
 from raykd.models.builders import build_pretrained
@@ -28,10 +30,12 @@ class DataPaths:
     val_images: str
 
 
-def resolve_data(cfg: DataConfig) -> DataPaths:
-    """COCO paths of the configured data; a synthetic block is generated when missing."""
+def resolve_data(cfg: DataConfig, cache_dir: str | Path) -> DataPaths:
+    """COCO paths of the configured data: a synthetic block is generated when missing, VOC and
+    YOLO splits are read from (or converted into) COCO files under ``cache_dir/data``."""
     if cfg.train is not None and cfg.val is not None:
-        return DataPaths(cfg.train.annotations, cfg.train.images, cfg.val.annotations, cfg.val.images)
+        train, val = coco_paths([cfg.train, cfg.val], cache_dir)
+        return DataPaths(str(train.annotations), str(train.images), str(val.annotations), str(val.images))
     syn = cfg.synthetic
     paths = ensure_synthetic(syn.out_dir, train_images=syn.train_images, val_images=syn.val_images,
                              seed=syn.seed, image_size=syn.image_size)
@@ -54,8 +58,8 @@ def _same_categories(train_ids: list[int], val_ids: list[int], val_file: str) ->
                         key="categories")
 
 
-def build_datasets(cfg: DataConfig) -> tuple[CocoDetection, CocoDetection]:
-    paths = resolve_data(cfg)
+def build_datasets(cfg: DataConfig, cache_dir: str | Path) -> tuple[CocoDetection, CocoDetection]:
+    paths = resolve_data(cfg, cache_dir)
     _check_paths(paths)
     train = CocoDetection(paths.train_annotations, paths.train_images, image_size=cfg.image_size, train=True)
     val = CocoDetection(paths.val_annotations, paths.val_images, image_size=cfg.image_size, train=False)
@@ -63,12 +67,13 @@ def build_datasets(cfg: DataConfig) -> tuple[CocoDetection, CocoDetection]:
     return train, val
 
 
-def validate_data(cfg: DataConfig) -> DataPaths:
-    """Check the configured data before anything starts (a synthetic block is generated first):
+def validate_data(cfg: DataConfig, cache_dir: str | Path) -> DataPaths:
+    """Check the configured data before anything starts (a synthetic block is generated first,
+    VOC and YOLO splits converted and cached under ``cache_dir``, :func:`resolve_data`):
     both annotation files read as COCO without a problem (:func:`~raykd.data.cocofile.read_coco`),
     every image file they list exists, train and val have the same categories. Images are not
     decoded here (``python -m raykd.data check`` does that); an unreadable one fails when read."""
-    paths = resolve_data(cfg)
+    paths = resolve_data(cfg, cache_dir)
     _check_paths(paths)
     categories = []
     for annotations, images in ((paths.train_annotations, paths.train_images),

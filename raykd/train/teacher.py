@@ -22,13 +22,15 @@ from raykd.errors import UserError
 
 def data_fingerprint(cfg: ExperimentConfig) -> str:
     """Identity of the training data: the synthetic generator's parameters, or the bytes of
-    the training annotation file (sha256), with the image size."""
+    the training annotation file (sha256; a VOC or YOLO split's converted COCO file), with the image size."""
     data = cfg.data
     if data.synthetic is not None:
         syn = data.synthetic.model_dump(exclude={"out_dir"})
         return config_hash("synthetic", syn, data.image_size)
     digest = hashlib.sha256()
-    path = Path(data.train.annotations)
+    from raykd.train.setup import resolve_data
+
+    path = Path(resolve_data(data, cfg.cache_dir).train_annotations)
     if not path.is_file():
         raise UserError("annotation file not found", file=path, key="data.train.annotations")
     with path.open("rb") as fh:
@@ -149,7 +151,7 @@ def check_teacher(cfg: ExperimentConfig, path: str | Path | None) -> dict:
     from raykd.models.levels import distilled_levels
     from raykd.train.setup import build_pair, resolve_data
 
-    val = resolve_data(cfg.data).val_annotations  # smaller than train, same categories
+    val = resolve_data(cfg.data, cfg.cache_dir).val_annotations  # smaller than train, same categories
     try:
         with open(val, encoding="utf-8") as fh:
             categories = sorted((c["id"], c["name"]) for c in json.load(fh)["categories"])
