@@ -1,7 +1,11 @@
-"""COCO-format detection data: dataset, transforms, loader, synthetic set and checks.
+"""Detection data in the COCO form: dataset, transforms, loader, synthetic set and checks;
+Pascal VOC (:mod:`raykd.data.voc`) and YOLO (:mod:`raykd.data.yolo`) splits read into it
+(and cached as COCO files, :mod:`raykd.data.converted`).
 
 ``python -m raykd.data synth OUT_DIR`` writes the synthetic set;
-``python -m raykd.data check ANNOTATIONS.json --images DIR`` validates a COCO set.
+``python -m raykd.data check ANNOTATIONS.json --images DIR`` validates a COCO set
+(``--format voc --root DIR --split NAME``, ``--format yolo --yaml FILE --split NAME`` the others);
+``python -m raykd.data convert --format voc|yolo ... --out FILE.json`` writes one as COCO.
 Names are imported on first use, so the commands (which need no torch) start quickly.
 """
 
