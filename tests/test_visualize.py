@@ -158,6 +158,7 @@ def test_fgd_picture_shows_its_box_masks(experiment):
 EXPECTED = {"mgd": ("mask_spatial", "norm_reconstruction", "error_reconstruction"),
             "fgd": ("mask_fg", "mask_bg"),
             "dmkd": ("mask_spatial", "mask_channel", "norm_reconstruction"),
+            "amd": ("mask_spatial", "norm_reconstruction"),
             "samkd": ("g1/mask_spatial", "g2/mask_spatial", "g4/mask_spatial", "mask_channel",
                       "norm_g4/reconstruction", "region_weights"),
             "none": (), "feature_mse": ("error_student",), "cwd": ("error_student",),
@@ -174,9 +175,13 @@ def test_every_method_renders(experiment, method):
         expected = ("attention_spatial", "attention_channel", "norm_student", "norm_teacher",
                     *EXPECTED.get(method, ()))
         assert {f"{level}/{key}" for key in expected} <= labels, sorted(labels)
-    if method not in EXPECTED:  # a method added later: whatever it records is drawn
-        drawn = {label.split("/", 1)[1] for label in labels if "/" in label}
-        assert any(key.startswith(("mask", "g1/mask", "norm_reconstruction")) for key in drawn), sorted(drawn)
+    for level in view.levels:  # whatever a method records (also one added later) is drawn
+        for key in level.notes:
+            name = key.rsplit("/", 1)[-1]
+            if name in ("mask_spatial", "mask_fg", "mask_bg", "region_weights"):
+                assert f"{level.level}/{key}" in labels, (key, sorted(labels))
+            elif name.startswith("reconstruction"):
+                assert {f"{level.level}/norm_{key}", f"{level.level}/error_{key}"} <= labels, (key, sorted(labels))
 
 
 @pytest.mark.parametrize("arch", ["fcos", "retinanet", "faster_rcnn"])
@@ -270,3 +275,49 @@ def test_student_from_a_run_folder_brings_the_trained_distiller(experiment, tmp_
     torch.save({"finished": True}, tmp_path / "marker.pt")
     _refused([str(path), "--out", str(tmp_path / "p"), "--student", str(tmp_path / "marker.pt")],
              "--student", "holds no weights")
+
+
+def test_analyze_report_shows_the_best_trials_pictures_when_its_checkpoint_holds_weights(experiment, tmp_path):
+    from datetime import datetime, timezone
+
+    import pyarrow as pa
+
+    from raykd.analyze.__main__ import main as analyze
+    from raykd.results import TableWriter, write_run_row
+
+    exp = experiment(method="mgd", mask_ratio=0.4)
+    space = tmp_path / "space.yaml"
+    space.write_text(f"experiment: {exp.name}\nmetric: bbox_mAP\nmode: max\nsearch: {{num_samples: 2}}\n"
+                     "space:\n  distill.method: {choice: [none, mgd]}\n")
+    root = tmp_path / "results" / "demo"
+    params = {"distill.method": pa.string(), "distill.mask_ratio": pa.float64()}
+    writer = TableWriter(root / "tables", "demo", params, flush_every_s=3600)
+    trials = {"best": ({"distill.method": "mgd", "distill.mask_ratio": 0.4}, 0.3),
+              "base": ({"distill.method": "none"}, 0.1)}
+    for trial, (config, value) in trials.items():
+        writer.add_result(trial, config, {"epoch": 1, "epochs_total": 1, "bbox_mAP": value, "AP50": value,
+                                          "AP75": value, "AP_S": value, "AP_M": value, "AP_L": -1.0,
+                                          "time_total_s": 1.0, "num_workers": 1, "executor": "inline"})
+        writer.end_trial(trial, config=config)
+    writer.flush()
+    write_run_row(root / "tables", {"experiment": "demo", "started_at": datetime.now(timezone.utc),
+                                    "space_path": str(space), "space_text": space.read_text()})
+    cfg = load_experiment(exp)
+    (root / "teacher.json").write_text(json.dumps({"checkpoint": cfg.teacher.checkpoint, "bbox_mAP": 0.2}))
+    _, _, models, _ = _view(exp)
+    state = root / "trial_best" / "checkpoint_000000" / "state.pt"
+    state.parent.mkdir(parents=True)
+    torch.save({"model": models.student.state_dict(), "distiller": models.distiller.state_dict()}, state)
+
+    out = tmp_path / "report"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert analyze([str(root), "--out", str(out), "--format", "md"]) == 0
+    text = (out / "report.md").read_text()
+    assert "## Distillation pictures" in text and f"Trial best from {state}" in text
+    drawn = sorted((out / "plots").glob("distillation_*.png"))
+    assert len(drawn) == 2 and all(f.read_bytes()[:4] == b"\x89PNG" for f in drawn)
+
+    torch.save({"finished": True}, state)  # what a search leaves of an ended trial
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert analyze([str(root), "--out", str(out), "--format", "md"]) == 0
+    assert "No distillation pictures: trial best has no checkpoint with weights" in (out / "report.md").read_text()

@@ -46,6 +46,7 @@ class Analysis:
     verdict: Verdict  # what the search found: from the confirmation trials when there are any
     confirmation: Ranking | None = None  # the confirmation trials (phase = confirm), ranked
     notes: list[str] = field(default_factory=list)
+    results: list[str] = field(default_factory=list)  # the RESULTS paths read
 
 
 def _check_by(by: Sequence[str] | None, names: list[str]) -> list[str]:
@@ -121,7 +122,7 @@ def analyze(paths: Sequence[str], *, metric: str = "bbox_mAP", by: Sequence[str]
         configs=configs, leaderboard=ranking.leaderboard,
         ablations=ablations, interactions=interactions, ofat=tables.ofat(frame, configs),
         path=tables.ablation_path(frame, levels, factors, configs), importance=imp, verdict=chosen,
-        confirmation=confirmation, notes=notes)
+        confirmation=confirmation, notes=notes, results=[str(p) for p in paths])
 
 
 # --- formatting -------------------------------------------------------------------------
@@ -345,6 +346,9 @@ def build_report(a: Analysis, *, with_plots: bool = True) -> Report:
         sections.append(Section("Ablation path", [path_table(a)]))
     if with_plots:
         sections.append(Section("Plots", _plots(a)))
+        pictures = _distillation_pictures(a)
+        if pictures:
+            sections.append(Section("Distillation pictures", pictures))
     if len(s.excluded):
         sections.append(Section("Trials not compared", [excluded_table(a)]))
     sections.append(Section("Method", [_method_text(a)]))
@@ -372,6 +376,19 @@ def _plots(a: Analysis) -> list[Plot]:
                         plots.parallel(s.frame, order[:8], m, top=TOP),
                         "factors in order of importance; n/a: parameter undefined for that trial"))
     return out
+
+
+def _distillation_pictures(a: Analysis) -> list[Text | Plot]:
+    """What the best compared trial's distiller masked and rebuilt (:mod:`raykd.visualize`), when
+    a results folder holds that trial's folder; its checkpoint must still hold weights."""
+    from raykd.visualize.trial import search_pictures
+
+    best = a.scores.frame.sort_values("value", ascending=False, kind="stable").iloc[0]
+    found = search_pictures(a.results, best.to_dict(), a.inputs.params)
+    if found is None:
+        return []
+    return [Text(found.note)] + [Plot(f"distillation_{p.image_id}", f"Trial {best['trial_id']}: val image {p.image_id}",
+                                      p.png) for p in found.pictures]
 
 
 def _importance_order(a: Analysis) -> list[Factor]:

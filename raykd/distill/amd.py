@@ -12,7 +12,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from raykd.distill.connectors import ChannelAdapter
-from raykd.distill.dmkd import DualReconstruction
+from raykd.distill.dmkd import DualReconstruction, note_masks
 from raykd.distill.inputs import LevelInputs
 from raykd.distill.masks import MaskSettings, dual_masks
 
@@ -35,4 +35,5 @@ class AMDLoss(nn.Module):
     def forward(self, inputs: LevelInputs) -> dict[str, Tensor]:
         student = inputs.student if self.adapter is None else self.adapter(inputs.student)
         keep_s, _ = dual_masks(student, inputs.teacher, self.masks, 1, True, False)
+        note_masks(keep_s, None)
         return {"amd": self.alpha * self.reconstruction(student, inputs.teacher, keep_s, None)}
