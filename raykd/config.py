@@ -23,6 +23,8 @@ from raykd.errors import UserError
 Arch = Literal["fcos", "retinanet", "retinanet_v2", "faster_rcnn", "faster_rcnn_v2", "mask_rcnn", "mask_rcnn_v2"]
 Norm = Literal["frozen_bn", "bn", "sync_bn"]
 
+SEED_KEY = "train.seed"
+"""The dotted key of a trial's seed (data order and initialisation)."""
 WEIGHTS_ENUM = re.compile(r"^[A-Za-z0-9_]+_Weights\.[A-Za-z0-9_]+$")
 """A torchvision weights enum as ``Class.MEMBER`` (every such class is named ``*_Weights``); other
 ``weights`` / ``backbone_weights`` values are file paths."""
@@ -142,10 +144,21 @@ class ModelConfig(_Strict):
         return self.trainable_layers if self.trainable_layers is not None else (3 if self.pretrained else 5)
 
 
+MASK_ARCHS = ("mask_rcnn", "mask_rcnn_v2")
+_NO_MASKS = "needs instance masks to train, which raykd's data pipeline does not read yet"
+
+
 class StudentConfig(ModelConfig):
     """The trained model. ``inherit``: copy the teacher's FPN and head weights first."""
 
     inherit: bool = False
+
+    @model_validator(mode="after")
+    def _trainable_arch(self) -> StudentConfig:
+        if self.arch in MASK_ARCHS:
+            raise ValueError(f"arch {self.arch} {_NO_MASKS}: train faster_rcnn{self.arch[9:]} (same FPN and box "
+                             "head), or use it as a teacher (teacher.weights)")
+        return self
 
 
 class ScheduleConfig(_Strict):
@@ -183,6 +196,8 @@ class TeacherConfig(ModelConfig):
     def _has_source(self) -> TeacherConfig:
         if self.checkpoint is None and self.train is None and self.weights is None:
             raise ValueError("expected teacher.checkpoint, teacher.weights or a teacher.train block to train one")
+        if self.train is not None and self.arch in MASK_ARCHS:
+            raise ValueError(f"a {self.arch} teacher.train block {_NO_MASKS}: give teacher.weights without train")
         return self
 
 
@@ -298,6 +313,9 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     """Make the relative paths of an experiment mapping absolute against ``base``."""
     keys = [
         "data.train.annotations", "data.train.images", "data.val.annotations", "data.val.images",
+        "data.train.root", "data.train.yaml", "data.val.root", "data.val.yaml",
+        "data.train.root", "data.train.yaml", "data.val.root", "data.val.yaml",
+        "data.train.root", "data.train.yaml", "data.val.root", "data.val.yaml",
         "data.train.root", "data.train.yaml", "data.val.root", "data.val.yaml",
         "data.synthetic.out_dir", "teacher.checkpoint", "train.output_dir", "cache_dir",
         "teacher.train.output_dir", "teacher.weights", "teacher.backbone_weights", "student.weights",

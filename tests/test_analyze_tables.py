@@ -225,3 +225,43 @@ def test_importances_skip_small_scopes_with_a_note():
     frame = pd.DataFrame({R: [0.3, 0.5, 0.7, 0.9], "value": [0.1, 0.2, 0.3, 0.4]})
     imp = importances(frame, [R])
     assert imp.frame.empty and "fewer than 6" in imp.notes[0]
+
+
+# --- the verdict (best, baseline, delta) ---------------------------------------------------
+
+
+def _ranking(frame):
+    from raykd.analyze.scores import Scores
+    from raykd.analyze.verdict import Ranking
+
+    configs = tables.group_configs(frame, [M, R])
+    scores = Scores(frame, pd.DataFrame(), "completed", None, "completed trials only", "bbox_mAP")
+    return Ranking(scores, [M, R], configs, tables.leaderboard(frame, configs, top=10))
+
+
+def test_verdict_is_the_leaderboard_top_with_a_paired_delta():
+    import json
+
+    from raykd.analyze.verdict import verdict
+
+    v = verdict(_ranking(GRID), "confirm")
+    assert (v.best_label, v.best_config, v.best_seeds) == ("method=mgd, mask_ratio=0.65", {M: "mgd", R: 0.65}, [0, 1, 2])
+    assert (v.best.n, v.best.mean, v.baseline.n, v.baseline.mean) == (3, pytest.approx(0.36), 3, pytest.approx(0.30))
+    ci = sps.ttest_rel([0.36, 0.35, 0.37], [0.30, 0.31, 0.29]).confidence_interval(0.95)
+    assert (v.delta.paired, v.delta.n, v.delta.label) == (True, 3, v.best_label)
+    assert (v.delta.ci_low, v.delta.ci_high) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    data = json.loads(json.dumps(v.to_json()))
+    assert data["best"]["phase"] == "confirm" and data["delta"]["paired"] is True and data["fidelity"]["rule"] == "completed"
+    assert v.lines()[0] == "best (confirmation on fresh seeds): method=mgd, mask_ratio=0.65: bbox_mAP (x100) 36.00 ± 2.48 (n=3)"
+    assert v.lines()[2].startswith("best − baseline: +6.00 [") and v.lines()[2].endswith("(95% CI, paired over 3 seeds)")
+
+
+def test_verdict_when_the_baseline_wins_names_the_best_distilled_configuration():
+    from raykd.analyze.verdict import verdict
+
+    frame = scored([("none", None, 0, 0.40), ("none", None, 1, 0.41), ("mgd", 0.65, 0, 0.36), ("mgd", 0.65, 1, 0.35),
+                    ("dmkd", 0.65, 0, 0.30)])
+    v = verdict(_ranking(frame), "search")
+    assert v.best_label == "method=none" and v.best_config == {M: "none"}
+    assert v.delta.label == "method=mgd, mask_ratio=0.65" and v.delta.mean == pytest.approx(-0.05)
+    assert v.lines()[2].startswith("best distilled (method=mgd, mask_ratio=0.65) − baseline: -5.00")

@@ -1,12 +1,14 @@
-"""End-to-end searches on tiny data with each executor (driver kills: tests/faults/)."""
+"""End-to-end searches on tiny data with each executor, and search-then-confirm (driver kills: tests/faults/)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
+from raykd.analyze.factors import SCALE
 from raykd.results import load
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -58,10 +60,53 @@ def test_search_runs_with_each_executor(ray_local, tiny_space, tmp_path, executo
     space = tiny_space(executor=executor, num_samples=3 if executor == "inline" else 2, epochs=epochs)
     assert main([str(space), "--storage", str(tmp_path / "results"), "--name", executor]) == 0
     out = capsys.readouterr().out
-    assert "best trial" in out and f"python -m raykd.analyze {tmp_path / 'results' / executor}" in out
+    assert "best (search phase)" in out and f"python -m raykd.analyze {tmp_path / 'results' / executor}" in out
     trials = _check_tables(tmp_path / "results" / executor, 3 if executor == "inline" else 2, epochs)
     assert set(trials["executor"]) == {executor}
     assert (tmp_path / "results" / executor / "optuna.journal").is_file()
     if executor == "inline":
         assert set(trials["distill.method"]) >= {"none", "samkd"}  # the points to evaluate ran
 
+
+def _verdict_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(("best (", "baseline (", "best − baseline",
+                                                                      "best distilled ("))]
+
+
+def test_confirmation_trials_run_on_fresh_seeds_and_lead_the_verdict(ray_local, tiny_space, tmp_path, capsys):
+    from raykd.analyze.__main__ import main as analyze
+    from raykd.search.__main__ import main as search
+
+    space = tiny_space(num_samples=3, epochs=2, confirm={"top": 1, "seeds": [100, 101], "baseline": True})
+    root = tmp_path / "results" / "confirmed"
+    assert search([str(space), "--storage", str(root.parent), "--name", root.name]) == 0
+    out = capsys.readouterr().out
+    assert "confirm: 2 configurations × 2 fresh seeds [100, 101] at the full budget (2 epochs)" in out
+
+    trials = load(root / "tables")
+    assert len(trials) == 7 and trials["trial_id"].is_unique
+    searched, confirmed = trials[trials["phase"] == "search"], trials[trials["phase"] == "confirm"]
+    assert len(searched) == 3 and len(confirmed) == 4
+    assert set(confirmed["stop_reason"]) == {"completed"} and set(confirmed["epochs_run"]) == {2}
+    assert not set(searched["seed"]) & {100, 101}
+    # each confirmed configuration ran once per fresh seed; one of them is the baseline
+    by_method = confirmed.groupby("distill.method")["seed"].apply(sorted).to_dict()
+    assert by_method.pop("none") == [100, 101] and list(by_method.values()) == [[100, 101]]
+
+    search_lines = _verdict_lines(out)
+    assert search_lines[0].startswith("best (confirmation on fresh seeds): ")
+    assert "− baseline: " in search_lines[2] and "(95% CI, paired over 2 seeds)" in search_lines[2]
+
+    assert analyze([str(root), "--format", "md"]) == 0
+    analyze_out = capsys.readouterr().out
+    assert _verdict_lines(analyze_out) == search_lines  # one definition of best, baseline and delta
+    summary = json.loads((root / "report" / "summary.json").read_text())
+    assert summary["metric"] == "bbox_mAP" and summary["best"]["phase"] == "confirm"
+    assert summary["best"]["n"] == 2 and summary["best"]["seeds"] == [100, 101]
+    assert summary["baseline"]["n"] == 2
+    assert summary["delta"]["paired"] is True and summary["delta"]["n"] == 2
+    assert f"{summary['best']['mean'] * SCALE:.2f}" in search_lines[0]
+    best_rows = confirmed[confirmed["distill.method"] == summary["best"]["config"]["distill.method"]]
+    assert summary["best"]["mean"] == pytest.approx(best_rows["final_bbox_mAP"].mean())
+    report = (root / "report" / "report.md").read_text()
+    assert report.index("Confirmation on fresh seeds") < report.index("Leaderboard of the search phase")

@@ -168,3 +168,25 @@ def test_named_points_fill_active_keys(space_file):
     assert space.points[0] == {"distill.method": "none"}
     assert space.points[1]["distill.method"] == "mgd" and 1e-8 <= space.points[1]["distill.alpha"] <= 1e-6
     assert space.points[2]["distill.alpha"] == pytest.approx(1e-7)  # geometric middle of the range
+
+
+@pytest.mark.parametrize("confirm, repeats, key, message", [
+    ({"top": 1, "seeds": [1, 7]}, 1, "confirm.seeds", "expected fresh seeds, not ones the search phase runs: [1]"),
+    ({"top": 1, "seeds": [3, 9]}, 3, "confirm.seeds", "[3]"),  # repeats run seeds 1, 2, 3
+    ({"top": 1, "seeds": [7, 7]}, 1, "confirm.seeds", "expected distinct seeds"),
+    ({"top": 1, "seeds": [7]}, 1, "confirm.seeds", "at least 2"),
+    ({"top": 0, "seeds": [7, 8]}, 1, "confirm.top", "greater than or equal to 1"),
+])
+def test_confirm_block_is_checked(space_file, confirm, repeats, key, message):
+    path = space_file(confirm=confirm, search={"repeats": repeats},
+                      space={"distill.method": {"choice": ["none", "mgd"]}, "train.seed": {"choice": [0, 1]}})
+    with pytest.raises(UserError) as err:
+        Space(path)
+    assert (err.value.key, str(path)) == (key, str(err.value.file)) and message in err.value.message
+
+
+def test_confirm_block_with_fresh_seeds_is_accepted(space_file):
+    space = Space(space_file(confirm={"top": 2, "seeds": [100, 101, 102]},
+                             space={"distill.method": {"choice": ["none", "mgd"]}, "train.seed": {"choice": [0, 1]}}))
+    assert space.spec.confirm.seeds == [100, 101, 102] and space.spec.confirm.baseline is True
+    assert space.search_seeds() == {0, 1}

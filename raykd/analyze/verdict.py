@@ -51,8 +51,10 @@ class Estimate:
 
 @dataclass(frozen=True)
 class Delta:
-    """best − baseline with its 95% interval: ``paired`` over ``n`` shared seeds, else Welch."""
+    """The best distilled configuration (``label``) − the baseline, with its 95% interval:
+    ``paired`` over ``n`` shared seeds, else Welch."""
 
+    label: str
     mean: float
     ci_low: float
     ci_high: float
@@ -94,7 +96,8 @@ class Verdict:
             out.append(f"baseline ({METHOD}={BASELINE_METHOD}): {_ci(self.baseline)} (n={self.baseline.n})")
         if self.delta is not None:
             how = f"paired over {self.delta.n} seeds" if self.delta.paired else "Welch"
-            out.append(f"best − baseline: {_signed(self.delta.mean)} [{_signed(self.delta.ci_low)}, "
+            which = "best" if self.delta.label == self.best_label else f"best distilled ({self.delta.label})"
+            out.append(f"{which} − baseline: {_signed(self.delta.mean)} [{_signed(self.delta.ci_low)}, "
                        f"{_signed(self.delta.ci_high)}] (95% CI, {how})")
         return out
 
@@ -130,19 +133,23 @@ def rank(trials: pd.DataFrame, epochs: pd.DataFrame | None, params: Sequence[str
 
 
 def verdict(ranking: Ranking, phase: str) -> Verdict:
-    """The verdict of one phase's :class:`Ranking`."""
+    """The verdict of one phase's :class:`Ranking`: its best configuration, the baseline, and
+    the best distilled configuration's difference to the baseline (the baseline may be best)."""
     board = ranking.leaderboard
     best = board[board["role"] != "teacher"].iloc[0]
     base = board[board["role"] == "baseline"]
     best_id = ranking.configs.order[0]
     seeds = sorted({int(s) for s in ranking.configs.rows(ranking.scores.frame, best_id)["seed"] if not is_null(s)})
     baseline = delta = None
+    distilled = board[(board["role"] == "config")
+                      & (board[METHOD] != BASELINE_METHOD if METHOD in board else True)]
     if len(base):
         b = base.iloc[0]
         baseline = Estimate(float(b["mean"]), float(b["ci_low"]), float(b["ci_high"]), int(b["n"]))
-        if best_id != ranking.configs.baseline:
-            delta = Delta(float(best["diff"]), float(best["diff_low"]), float(best["diff_high"]),
-                          best["diff_test"] == "paired", int(best["diff_n"]))
+        if len(distilled):
+            d = distilled.iloc[0]
+            delta = Delta(str(d["config"]), float(d["diff"]), float(d["diff_low"]), float(d["diff_high"]),
+                          d["diff_test"] == "paired", int(d["diff_n"]))
     return Verdict(
         metric=ranking.scores.metric, phase=phase, fidelity=ranking.scores.fidelity,
         fidelity_note=ranking.scores.note, best_config=ranking.values(best_id), best_label=str(best["config"]),

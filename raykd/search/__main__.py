@@ -14,8 +14,9 @@ from pathlib import Path
 
 from raykd.config import parse_overrides
 from raykd.errors import ArgumentParser, UserError, run_cli
-from raykd.ownership import claim, has_content, refuse_if_owned
+from raykd.ownership import claim, has_content, ownership_lost, refuse_if_owned
 from raykd.ray_address import check_reachable
+from raykd.results.schema import CONFIRM_PHASE, METRICS
 from raykd.results.store import storage_failure
 from raykd.search.space import Space
 from raykd.tracking import add_tracking_args
@@ -220,16 +221,12 @@ def _search(args: argparse.Namespace, space: Space, storage: str, name: str, pat
     resume_cmd = (f"{PROG} {shlex.quote(str(args.space))} --resume --name {shlex.quote(name)}"
                   + (f" --storage {shlex.quote(storage)}" if args.storage != "results" else ""))
     search_start = time.perf_counter()
-    try:
-        tuner.fit()
-    except Exception as err:
-        failure = storage_failure(err)
-        if failure is None:
-            raise
-        # The tables hold every part published before; nothing half-written is visible.
-        print(f"{PROG}: error: {storage}: --storage: cannot write the results ({failure.strerror}); "
-              f"free space or fix the storage, then continue with: {resume_cmd}", file=sys.stderr, flush=True)
+    if not _fit(tuner, storage, resume_cmd):
         return 3
+    if spec.confirm is not None and not _unfinished(paths):
+        confirm = _confirm_tuner(args, space, paths, teacher_ckpt)
+        if confirm is not None and not _fit(confirm, storage, resume_cmd):
+            return 3
     search_s = time.perf_counter() - search_start
     unfinished = _summary(space, paths, prep_s, search_s)
     if unfinished:
@@ -238,36 +235,76 @@ def _search(args: argparse.Namespace, space: Space, storage: str, name: str, pat
     return 0
 
 
-def _present(value) -> bool:
-    """False for the nulls pandas gives conditional parameters (None or NaN)."""
-    return value is not None and not (isinstance(value, float) and value != value)
+def _fit(tuner, storage: str, resume_cmd: str) -> bool:
+    """Run ``tuner``; False (after one line on stderr) when the storage cannot take the results."""
+    try:
+        tuner.fit()
+    except Exception as err:
+        lost = ownership_lost(err)
+        if lost is not None:
+            raise lost from None  # one line: another driver holds the folder now
+        failure = storage_failure(err)
+        if failure is None:
+            raise
+        # The tables hold every part published before; nothing half-written is visible.
+        print(f"{PROG}: error: {storage}: --storage: cannot write the results ({failure.strerror}); "
+              f"free space or fix the storage, then continue with: {resume_cmd}", file=sys.stderr, flush=True)
+        return False
+    return True
+
+
+def _unfinished(paths) -> int:
+    """Trials of the tables still marked running (a search stopped before they ended)."""
+    from raykd.results import load
+
+    trials = load(paths.tables)
+    return int((trials["status"] == "RUNNING").sum()) if len(trials) else 0
+
+
+def _confirm_tuner(args: argparse.Namespace, space: Space, paths, teacher_ckpt: str | None):
+    """The confirmation phase's Tuner: restored when it had started, else built from the
+    search phase's ranking; None when no search trial has a value to rank."""
+    from ray.tune import Tuner
+
+    from raykd.search.confirm import confirmation_points
+    from raykd.search.tuner import build_confirm_tuner, restore_tuner
+
+    confirm = space.spec.confirm
+    if Tuner.can_restore(paths.confirm_root):
+        print(f"confirm: continuing the confirmation phase in {paths.confirm_root}", flush=True)
+        return restore_tuner(space, paths, teacher_ckpt, confirm=True)
+    points = confirmation_points(space, paths.root)
+    if not points:
+        print("confirm: no search trial has a value to rank; nothing to confirm", flush=True)
+        return None
+    print(f"confirm: {len(points) // len(confirm.seeds)} configurations × {len(confirm.seeds)} fresh seeds "
+          f"{confirm.seeds} at the full budget ({space.base_config.train.epochs} epochs), no early stopping",
+          flush=True)
+    return build_confirm_tuner(space, paths, teacher_ckpt, points, quiet=args.quiet, autoscaling=bool(args.address),
+                               extra_callbacks=args.tracking.tune_callbacks(CONFIRM_PHASE))
 
 
 def _summary(space: Space, paths, prep_s: float, search_s: float) -> int:
-    """Print the outcome; return the number of trials left unfinished (a stopped search)."""
-    from raykd.results import load
+    """Print the outcome; return the number of trials left unfinished (a stopped search).
 
-    metric, mode = space.spec.metrics[0], space.spec.modes[0]
-    trials = load(paths.tables)
-    counts = trials["stop_reason"].value_counts().to_dict() if len(trials) else {}
+    Best configuration, baseline and their difference come from
+    :func:`raykd.analyze.verdict.decide`, as in ``raykd.analyze``'s summary and ``summary.json``.
+    """
+    from raykd.analyze.inputs import read_inputs
+    from raykd.analyze.verdict import decide
+
+    metric = space.spec.metrics[0]
+    inputs = read_inputs([paths.root])
+    trials = inputs.trials
+    counts = trials["stop_reason"].value_counts().to_dict()
     print(f"\ndone: {len(trials)} trials ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}); "
           f"preparation {prep_s:.0f} s, search {search_s:.0f} s", flush=True)
-    col = f"final_{metric}" if f"final_{metric}" in trials else metric
-    scored = trials[trials[col].notna()] if col in trials else trials.iloc[0:0]
-    if len(scored):
-        best = scored.sort_values(col, ascending=(mode == "min")).iloc[0]
-        chosen = {k: best[k] for k in space.params if k in best.index and _present(best[k])}
-        print(f"best trial {best['trial_id']}: {metric} {best[col]:.4f} after {best['epochs_run']} epochs — "
-              + ", ".join(f"{k}={list(v) if hasattr(v, '__len__') and not isinstance(v, str) else v}"
-                          for k, v in chosen.items()))
-        if "distill.method" in trials:
-            base = scored[scored["distill.method"] == "none"]
-            full = base[base["epochs_run"] == base["epochs_total"]]
-            if len(full):
-                print(f"no-distillation baseline: {metric} {full[col].mean():.4f} (n={len(full)})")
+    found = decide(trials, inputs.epochs, inputs.params, metric) if metric in METRICS else None
+    for line in found.lines() if found else []:
+        print(line)
     print(f"tables: {paths.tables}")
     print(f"next:   python -m raykd.analyze {shlex.quote(paths.root)}")
-    return int((trials["status"] == "RUNNING").sum()) if len(trials) else 0
+    return int((trials["status"] == "RUNNING").sum())
 
 
 if __name__ == "__main__":

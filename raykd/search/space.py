@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from raykd.config import (
+    SEED_KEY,
     experiment_from_dict,
     get_dotted,
     load_experiment_dict,
@@ -125,6 +126,23 @@ def encode_choice(value: Any) -> Any:
     return value
 
 
+class ConfirmSettings(_Strict):
+    """After the search: the ``top`` configurations (and the no-distillation baseline) re-run at
+    the full budget on fresh ``seeds``, without early stopping (``phase = confirm``)."""
+
+    top: int = Field(2, ge=1, description="configurations to confirm, best first by the search metric")
+    seeds: list[int] = Field(min_length=2, description="fresh seeds, each run by every confirmed configuration "
+                                                       "(two or more: the differences are paired over them)")
+    baseline: bool = Field(True, description="also re-run the no-distillation baseline on the same seeds")
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"expected distinct seeds, got {seeds}")
+        return seeds
+
+
 class SpaceSpec(_Strict):
     """A search-space file (see ``search_spaces/`` and DESIGN.md)."""
 
@@ -138,6 +156,7 @@ class SpaceSpec(_Strict):
     space: dict[str, Param] = Field(default_factory=dict)
     fixed: dict[str, Any] = Field(default_factory=dict)
     points_to_evaluate: list[dict[str, Any] | str] = Field(default_factory=list)
+    confirm: ConfirmSettings | None = None
 
     @field_validator("space", mode="before")
     @classmethod
@@ -158,6 +177,8 @@ class SpaceSpec(_Strict):
             raise ValueError(f"sampler {self.search.sampler!r} is single-objective; use nsga2 or tpe for several metrics")
         if len(metrics) > 1 and self.scheduler.type == "asha":
             raise ValueError("asha stops trials on one metric; use scheduler.type: none for several metrics")
+        if self.confirm is not None and (len(metrics) > 1 or modes[0] != "max"):
+            raise ValueError("confirm ranks configurations by one metric to maximise (mode: max)")
         return self
 
     @property
@@ -233,6 +254,7 @@ class Space:
         self._check_keys()
         self.spec.space = {key: self.params[key] for key in self._dependency_order()}
         self.points = [self._point(p, i) for i, p in enumerate(self.spec.points_to_evaluate)]
+        self._check_confirm_seeds()
 
     @property
     def name(self) -> str:
@@ -242,7 +264,26 @@ class Space:
     def params(self) -> dict[str, Param]:
         return self.spec.space
 
+    def search_seeds(self) -> set[int]:
+        """Every ``train.seed`` a search-phase trial can run with (repeats shift it by 0..repeats-1)."""
+        seed = self.params.get(SEED_KEY)
+        starts = ([int(v) for v in seed.candidates()] if seed is not None and seed.kind in ("choice", "value")
+                  else [int(self.base_config.train.seed)])
+        return {s + i for s in starts for i in range(self.spec.search.repeats)}
+
     # ---------------------------------------------------------------- validation
+
+    def _check_confirm_seeds(self) -> None:
+        confirm = self.spec.confirm
+        if confirm is None:
+            return
+        seed = self.params.get(SEED_KEY)
+        if seed is not None and seed.kind not in ("choice", "value"):
+            return  # a searched seed range: freshness cannot be listed, the user chose the seeds
+        used = sorted(self.search_seeds() & set(confirm.seeds))
+        if used:
+            raise UserError(f"expected fresh seeds, not ones the search phase runs: {used}", file=self.path,
+                            key="confirm.seeds")
 
     def _check_value(self, key: str, value: Any, where: str) -> None:
         trial = copy.deepcopy(self.base)

@@ -18,11 +18,10 @@ import pyarrow.fs as pafs
 import torch
 from ray import tune
 
-from raykd.config import experiment_from_dict, get_dotted, set_dotted
+from raykd.config import SEED_KEY, experiment_from_dict, get_dotted, set_dotted
 from raykd.errors import UserError
 from raykd.train.checkpoint import STATE_FILE, load_state, save_state
 
-SEED_KEY = "train.seed"
 FINISHED = "finished"
 EPOCH_FILE = "epoch.json"  # beside the state in each trial checkpoint
 

@@ -7,6 +7,7 @@ folders, ``tables/`` (the Parquet trial tables, see ``raykd.results``) and
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -19,11 +20,12 @@ import pyarrow.fs as pafs
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search import Repeater
+from ray.tune.search import Repeater, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from raykd.errors import UserError
 from raykd.results import arrow_type_for
+from raykd.results.schema import CONFIRM_PHASE, SEARCH_PHASE
 from raykd.search.progress import ProgressCallback
 from raykd.search.snapshot import back_up
 from raykd.search.space import Space, encode_choice
@@ -33,6 +35,7 @@ from raykd.train.checkpoint import STATE_FILE
 TABLES = "tables"
 TRAIN_DRIVER_CPU = 0.01  # Ray refuses 0 CPUs for a trial; its TorchTrainer workers hold the real ones
 JOURNAL = "optuna.journal"
+CONFIRM_FOLDER = "confirm"  # Tune state of the confirmation phase, inside the search folder
 
 
 @dataclass
@@ -47,6 +50,11 @@ class SearchPaths:
     @property
     def tables(self) -> str:
         return f"{self.root}/{TABLES}"
+
+    @property
+    def confirm_root(self) -> str:
+        """Tune's state of the confirmation phase (its trials go to the same tables)."""
+        return f"{self.root}/{CONFIRM_FOLDER}"
 
     @property
     def journal(self) -> str | None:
@@ -189,8 +197,6 @@ def build_tuner(space: Space, paths: SearchPaths, teacher_checkpoint: str | None
 
     ``extra_callbacks``: more Tune callbacks (benchmarks use one to time trials).
     """
-    from raykd.results.callback import ParquetResultsCallback
-
     spec = space.spec
     metrics, modes = spec.metrics, spec.modes
     single = len(metrics) == 1
@@ -212,13 +218,7 @@ def build_tuner(space: Space, paths: SearchPaths, teacher_checkpoint: str | None
     if spec.scheduler.type == "asha" and epochs > spec.scheduler.grace_period:
         scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=spec.scheduler.grace_period,
                                   reduction_factor=spec.scheduler.reduction_factor)
-    callbacks = [
-        ParquetResultsCallback(paths.tables, paths.name, param_types(space), flush_every_s=5.0),
-        ProgressCallback(metrics[0], modes[0], epochs=epochs, quiet=quiet),
-        ShrinkFinishedCheckpoints(),
-        *([BackUpState(paths.root)] if "://" not in paths.storage else []),
-        *(extra_callbacks or []),
-    ]
+    callbacks = _callbacks(space, paths, paths.root, SEARCH_PHASE, quiet=quiet, extra=extra_callbacks)
     return tune.Tuner(
         make_trainable(space, paths, teacher_checkpoint),
         tune_config=tune.TuneConfig(
@@ -227,25 +227,96 @@ def build_tuner(space: Space, paths: SearchPaths, teacher_checkpoint: str | None
             num_samples=spec.search.num_samples * spec.search.repeats,
             max_concurrent_trials=max_concurrent(space, autoscaling=autoscaling),
             trial_dirname_creator=trial_dirname,
-            # Reusing trial actors saves seconds per trial; with TorchTrainer trials it hung under
-            # ASHA (RAY_NOTES.md), so only the inline executor reuses them.
-            reuse_actors=spec.resources.resolved_executor() == "inline",
+            reuse_actors=_reuse_actors(space),
         ),
-        run_config=tune.RunConfig(
-            name=paths.name, storage_path=paths.storage, callbacks=callbacks, verbose=0,
-            failure_config=tune.FailureConfig(max_failures=1),
-            # Two, not one: the experiment snapshot may still name the previous checkpoint when
-            # the driver dies, and resuming from a deleted checkpoint fails the trial.
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-        ),
+        run_config=_run_config(paths.name, paths.storage, callbacks),
     )
 
 
-def restore_tuner(space: Space, paths: SearchPaths, teacher_checkpoint: str | None):
-    """The interrupted search at ``paths``; unfinished and errored trials continue."""
-    if not tune.Tuner.can_restore(paths.root):
-        raise UserError(f"no search state to resume at {paths.root}", key="--resume")
-    return tune.Tuner.restore(paths.root, trainable=make_trainable(space, paths, teacher_checkpoint),
+def _callbacks(space: Space, paths: SearchPaths, state_root: str, phase: str, *, quiet: bool,
+               extra: list | None) -> list:
+    """The Tune callbacks of one phase: tables, progress lines, checkpoint shrinking, state backups."""
+    from raykd.results.callback import ParquetResultsCallback
+
+    return [
+        ParquetResultsCallback(paths.tables, paths.name, param_types(space), flush_every_s=5.0, phase=phase),
+        ProgressCallback(space.spec.metrics[0], space.spec.modes[0], epochs=space.base_config.train.epochs,
+                         quiet=quiet),
+        ShrinkFinishedCheckpoints(),
+        *([BackUpState(state_root)] if "://" not in paths.storage else []),
+        *(extra or []),
+    ]
+
+
+def _reuse_actors(space: Space) -> bool:
+    # Reusing trial actors saves seconds per trial; with TorchTrainer trials it hung under
+    # ASHA (RAY_NOTES.md), so only the inline executor reuses them.
+    return space.spec.resources.resolved_executor() == "inline"
+
+
+def _run_config(name: str, storage: str, callbacks: list) -> tune.RunConfig:
+    return tune.RunConfig(
+        name=name, storage_path=storage, callbacks=callbacks, verbose=0,
+        failure_config=tune.FailureConfig(max_failures=1),
+        # Two, not one: the experiment snapshot may still name the previous checkpoint when
+        # the driver dies, and resuming from a deleted checkpoint fails the trial.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+    )
+
+
+class FixedPoints(Searcher):
+    """Suggests each of ``points`` (flat dotted configs) once, in order, then ``FINISHED``.
+
+    Tune's BasicVariantGenerator only takes points whose keys its param space has, and a
+    conditional key missing from one point would reach the trial as ``None``.
+    """
+
+    def __init__(self, points: list[dict[str, Any]]):
+        super().__init__()
+        self.points, self.given = [dict(p) for p in points], 0
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str:
+        if self.given >= len(self.points):
+            return Searcher.FINISHED
+        self.given += 1
+        return dict(self.points[self.given - 1])
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        return None
+
+    def save(self, checkpoint_path: str) -> None:
+        Path(checkpoint_path).write_text(json.dumps({"points": self.points, "given": self.given}))
+
+    def restore(self, checkpoint_path: str) -> None:
+        state = json.loads(Path(checkpoint_path).read_text())
+        self.points, self.given = state["points"], state["given"]
+
+
+def build_confirm_tuner(space: Space, paths: SearchPaths, teacher_checkpoint: str | None,
+                        points: list[dict[str, Any]], *, quiet: bool = False, autoscaling: bool = False,
+                        extra_callbacks: list | None = None):
+    """A :class:`ray.tune.Tuner` that runs each of ``points`` (dotted config mappings) once,
+    at the full budget (no scheduler), as ``phase = confirm`` trials of the same tables; its
+    Tune state lives in ``paths.confirm_root``."""
+    callbacks = _callbacks(space, paths, paths.confirm_root, CONFIRM_PHASE, quiet=quiet, extra=extra_callbacks)
+    return tune.Tuner(
+        make_trainable(space, paths, teacher_checkpoint),
+        tune_config=tune.TuneConfig(
+            search_alg=FixedPoints(points), num_samples=len(points),
+            max_concurrent_trials=max_concurrent(space, autoscaling=autoscaling),
+            trial_dirname_creator=trial_dirname, reuse_actors=_reuse_actors(space),
+        ),
+        run_config=_run_config(CONFIRM_FOLDER, paths.root, callbacks),
+    )
+
+
+def restore_tuner(space: Space, paths: SearchPaths, teacher_checkpoint: str | None, *, confirm: bool = False):
+    """The interrupted search (or its confirmation phase) at ``paths``; unfinished and errored
+    trials continue."""
+    root = paths.confirm_root if confirm else paths.root
+    if not tune.Tuner.can_restore(root):
+        raise UserError(f"no search state to resume at {root}", key="--resume")
+    return tune.Tuner.restore(root, trainable=make_trainable(space, paths, teacher_checkpoint),
                               resume_unfinished=True, resume_errored=True)
 
 

@@ -45,7 +45,7 @@ def test_driver_killed_at_seven_points_then_resumed(fault_space, search_driver, 
             check_parts(root / "tables")
     driver.start("--resume")
     assert driver.finish() == 0, driver.text()[-3000:]
-    assert "best trial" in driver.text()
+    assert "best (search phase)" in driver.text()
 
     trials = load(root / "tables")
     fault_ledger("driver SIGKILL", injected=len(KILL_POINTS), trials_expected=4, trials_found=len(trials))
