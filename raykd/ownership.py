@@ -275,6 +275,17 @@ def check_held(path: str | os.PathLike) -> None:
             claim.check()
 
 
+def ownership_lost(err: BaseException) -> OwnershipLost | None:
+    """The :class:`OwnershipLost` behind ``err`` (Tune wraps its callbacks' errors), or None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OwnershipLost):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def _write_uri(folder: str, owner: Owner) -> None:
     fs, path = pafs.FileSystem.from_uri(_file(folder))
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)  # a no-op on object stores

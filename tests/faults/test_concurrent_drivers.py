@@ -50,7 +50,7 @@ def test_two_drivers_started_together_one_runs(fault_space, tmp_path, fault_ledg
         assert sorted(codes) == [0, 2], [d.text()[-2000:] for d in drivers]
         winner, loser = (drivers[0], drivers[1]) if codes[0] == 0 else (drivers[1], drivers[0])
         assert re.match(refusal(root, winner.process.pid), _only_line(loser)), _only_line(loser)
-        assert "best trial" in winner.text()
+        assert "best (search phase)" in winner.text()
         trials = load(root / "tables")
         fault_ledger("double start", trials_expected=2, trials_found=len(trials))
         check_search(root, trials_expected=2, epochs=2)
@@ -181,3 +181,27 @@ def test_teacher_cache_lock_against_other_processes(write_experiment, tiny_teach
     assert ensure_teacher(load_experiment(path), log=lines.append, progress=False) == str(target)
     assert lines == [f"teacher: cached at {target}"]
     fault_ledger("teacher cache: holder SIGKILLed while another process waits")
+
+
+def test_driver_whose_folder_is_taken_over_stops_before_publishing(fault_space, search_driver, tmp_path,
+                                                                   fault_ledger):
+    """Another host judged this driver gone (no heartbeat) and took the folder: the driver finds a
+    foreign owner at its next table publish and stops, adding nothing to the tables."""
+    space = fault_space(num_samples=2, epochs=3)
+    root = tmp_path / "results" / "faulty"
+    driver = search_driver(space)
+    driver.start()
+    driver.wait_for(r"trial \w+ started")
+    owner = json.loads((root / ".owner.json").read_text())
+    (root / ".owner.json").write_text(json.dumps({**owner, "id": "f" * 32, "host": "elsewhere", "pid": 1}))
+    parts = {p.name for p in (root / "tables").glob("*/*.parquet")}
+    code = driver.finish(timeout=300)
+    errors = [line for line in driver.text().splitlines() if line.startswith(f"{PROG}: error:")]
+    assert code == 2 and errors == [
+        f"{PROG}: error: {root}: this folder was taken over by {PROG} on host elsewhere, pid 1, started "
+        f"{owner['started_at']} while {PROG} ran; stopped writing to it"], driver.text()[-3000:]
+    assert "Traceback" not in driver.text()
+    # At most the one publish under way when the owner file changed lands after it.
+    assert len({p.name for p in (root / "tables").glob("*/*.parquet")} - parts) <= 2
+    assert json.loads((root / ".owner.json").read_text())["host"] == "elsewhere"  # not removed by the old driver
+    fault_ledger("search folder taken over from a live driver")
