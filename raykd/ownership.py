@@ -101,6 +101,20 @@ def _start_ticks(pid: int) -> int | None:
     return int(fields[19]) if fields and len(fields) > 19 else None  # field 22 of stat(5)
 
 
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, killed but not yet reaped by its parent, does not)."""
+    fields = _stat_fields(pid)
+    if fields is not None:
+        return fields[0] != "Z"
+    try:
+        os.kill(pid, 0)  # no /proc (macOS), or no such pid
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _pid_ns() -> str | None:
     try:
         return os.readlink("/proc/self/ns/pid")
@@ -135,7 +149,7 @@ def gone_reason(owner: Owner, heartbeat_age_s: float) -> str | None:
     if owner.host == me.host and owner.boot_id == me.boot_id and owner.pid_ns == me.pid_ns:
         if owner.pid == me.pid and owner.start_ticks == me.start_ticks:
             return None  # this very process: a folder claimed twice is a bug, not a dead owner
-        if not Path(f"/proc/{owner.pid}").exists():
+        if not _alive(owner.pid):
             return "its process has ended"
         ticks = _start_ticks(owner.pid)
         if ticks is not None and owner.start_ticks is not None and ticks != owner.start_ticks:

@@ -186,3 +186,25 @@ def test_uri_storage_owner_object(tmp_path, monkeypatch):
             refuse_if_owned(uri, key="--name", todo="x")
     finally:
         held.release()
+
+
+def test_zombie_owner_is_gone(tmp_path):
+    """Killed but not yet reaped by its parent: its /proc entry stays, in state Z."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        time.sleep(0.1)
+        ticks = int(Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        _write_owner(tmp_path / "s", replace(this_process("old"), pid=child.pid, start_ticks=ticks))
+        with pytest.raises(FolderOwned):
+            _claim(tmp_path / "s")
+        child.kill()
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        held = _claim(tmp_path / "s")
+        assert held.taken_over == "its process has ended"
+        held.release()
+    finally:
+        child.kill()
+        child.wait()
