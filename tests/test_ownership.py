@@ -53,8 +53,7 @@ def test_owner_file_names_this_process(tmp_path):
     held = _claim(tmp_path / "s")
     try:
         record = json.loads((tmp_path / "s" / OWNER_FILE).read_text())
-        stat = Path(f"/proc/{os.getpid()}/stat").read_text().rsplit(")", 1)[1].split()
-        assert record["pid"] == os.getpid() and record["start_ticks"] == int(stat[19])
+        assert record["pid"] == os.getpid() and record["start_ticks"] == int(_stat(os.getpid())[19])
         assert record["boot_id"] == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
         assert held.taken_over is None
     finally:
@@ -90,15 +89,25 @@ def test_live_process_refuses_then_dead_one_is_taken_over(tmp_path):
     held.release()
 
 
+def _stat(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def _owned_by_child(folder: Path) -> tuple[subprocess.Popen, int]:
+    """A live child process named as the owner of ``folder`` (checked: it refuses); its start ticks."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    time.sleep(0.1)
+    ticks = int(_stat(child.pid)[19])
+    _write_owner(folder, replace(this_process("old"), pid=child.pid, start_ticks=ticks))
+    with pytest.raises(FolderOwned):
+        _claim(folder)
+    return child, ticks
+
+
 def test_reused_pid_is_not_the_owner(tmp_path):
     """The owner file names a live pid, but that process started at another time."""
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    other, ticks = _owned_by_child(tmp_path / "s")
     try:
-        time.sleep(0.1)
-        ticks = int(Path(f"/proc/{other.pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-        _write_owner(tmp_path / "s", replace(this_process("old"), pid=other.pid, start_ticks=ticks))
-        with pytest.raises(FolderOwned):
-            _claim(tmp_path / "s")
         _write_owner(tmp_path / "s", replace(this_process("old"), pid=other.pid, start_ticks=ticks - 100))
         held = _claim(tmp_path / "s")
         assert "another process" in held.taken_over
@@ -190,16 +199,11 @@ def test_uri_storage_owner_object(tmp_path, monkeypatch):
 
 def test_zombie_owner_is_gone(tmp_path):
     """Killed but not yet reaped by its parent: its /proc entry stays, in state Z."""
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    child, _ = _owned_by_child(tmp_path / "s")
     try:
-        time.sleep(0.1)
-        ticks = int(Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-        _write_owner(tmp_path / "s", replace(this_process("old"), pid=child.pid, start_ticks=ticks))
-        with pytest.raises(FolderOwned):
-            _claim(tmp_path / "s")
         child.kill()
         deadline = time.monotonic() + 10
-        while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        while _stat(child.pid)[0] != "Z":
             assert time.monotonic() < deadline
             time.sleep(0.05)
         held = _claim(tmp_path / "s")
