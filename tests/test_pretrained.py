@@ -160,3 +160,13 @@ def test_coco_label_map_round_trips():
     assert [r["category_id"] for r in results] == cat_ids  # zebra, absent from the data set, dropped
     assert matched_space(categories, ["car", "circle"], [1, 2]) is None
     assert data_space(["a"], [3]).identity
+
+
+def test_mask_rcnn_is_refused_as_a_trained_model_but_taken_as_a_teacher():
+    from pydantic import ValidationError
+
+    from raykd.config import StudentConfig, TeacherConfig
+
+    with pytest.raises(ValidationError, match="instance masks"):
+        StudentConfig(arch="mask_rcnn_v2")
+    assert TeacherConfig(arch="mask_rcnn", backbone="resnet50", weights="MaskRCNN_ResNet50_FPN_Weights.COCO_V1").weights

@@ -14,7 +14,8 @@ MGD = {"method": "mgd"}
 # (id, experiment sections, key named, words of what was expected)
 CASES = [
     ("unknown-student-arch", {"student": {"arch": "yolo"}}, "student.arch",
-     "Input should be 'fcos', 'retinanet' or 'faster_rcnn' (got 'yolo')"),
+     "Input should be 'fcos', 'retinanet', 'retinanet_v2', 'faster_rcnn', 'faster_rcnn_v2', 'mask_rcnn' or "
+     "'mask_rcnn_v2' (got 'yolo')"),
     ("unknown-backbone", {"student": {"backbone": "resnet9"}}, "student.backbone",
      "Input should be 'resnet18', 'resnet34'"),
     ("fcos-fpn-not-multiple-of-32", {"student": {"fpn_channels": 48}}, "student",

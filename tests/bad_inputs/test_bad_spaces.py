@@ -83,4 +83,5 @@ def test_space_whose_experiment_is_invalid(bench):
     experiment = bench.experiment("bad_exp.yaml", student={"arch": "yolo"})
     space = bench.space(exp=experiment)
     bench.check_refused("search", [space, "--storage", bench.storage], where=[str(experiment), "student.arch"],
-                  what="Input should be 'fcos', 'retinanet' or 'faster_rcnn' (got 'yolo')")
+                  what="Input should be 'fcos', 'retinanet', 'retinanet_v2', 'faster_rcnn', 'faster_rcnn_v2', "
+                       "'mask_rcnn' or 'mask_rcnn_v2' (got 'yolo')")
