@@ -182,13 +182,18 @@ def test_yolo_names_as_mapping_and_images_without_label_files(tmp_path):
     assert boxes == [(1, 2, [0.0, 0.0, 30.0, 20.0]), (1, 1, [pytest.approx(6.0), 0.0, pytest.approx(3.0), 10.0])]
 
 
-def test_converted_file_is_cached_by_the_sources(tmp_path):
+def test_converted_file_is_cached_by_the_sources(tmp_path, monkeypatch):
+    from raykd.data import voc
+
     root = _voc_root(tmp_path / "voc", _obj("ant", (2, 2, 6, 6)), filename="x.png")
     split = VocSplit(format="voc", root=str(root), split="train")
     (first,) = coco_paths([split], tmp_path / "cache")
     stamp = first.annotations.stat().st_mtime_ns
-    (again,) = coco_paths([split], tmp_path / "cache")
+    parse = voc.read_voc
+    monkeypatch.setattr(voc, "read_voc", lambda *args: pytest.fail("parsed again, the cache holds it"))
+    (again,) = coco_paths([split], tmp_path / "cache")  # as every trial of a search does
     assert again.annotations == first.annotations and again.annotations.stat().st_mtime_ns == stamp  # not rewritten
+    monkeypatch.setattr(voc, "read_voc", parse)
     xml = root / "Annotations" / "x.xml"
     xml.write_text(xml.read_text().replace("<xmax>6</xmax>", "<xmax>7</xmax>"))
     (changed,) = coco_paths([split], tmp_path / "cache")
