@@ -20,7 +20,7 @@ from raykd.errors import UserError
 from raykd.results import load
 from raykd.tracking import TrackingSetup, TrialInfo, epoch_scalars, parse_backends
 from raykd.tracking.feed import TrackerFeed
-from raykd.tracking.setup import for_search
+from raykd.tracking.setup import for_search, for_train
 from tracking_tools import mlflow_history, mlflow_runs, tensorboard_hparams, tensorboard_scalars
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,6 +78,15 @@ def test_resume_keeps_the_trackers_a_search_started_with(tmp_path, monkeypatch):
     for_search(None, None, storage=str(tmp_path), root=bare, name="bare", resume=False).save()
     with pytest.raises(UserError, match="--log: this search logs to no tracker since it started"):
         for_search("tensorboard", None, storage=str(tmp_path), root=bare, name="bare", resume=True)
+
+
+def test_a_resumed_training_run_keeps_its_trackers_or_takes_new_ones(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = str(tmp_path / "run")
+    first = for_train("tensorboard", None, output_dir=out, name="tiny", resume=False)
+    first.save()
+    assert for_train(None, None, output_dir=out, name="tiny", resume=True) == first
+    assert for_train("mlflow", None, output_dir=out, name="tiny", resume=True).backends == ("mlflow",)
 
 
 def test_epoch_scalars_leave_out_missing_metrics_and_non_numbers():

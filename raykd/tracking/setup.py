@@ -66,8 +66,15 @@ def for_search(log: str | None, mlflow_uri: str | None, *, storage: str, root: s
 
 def for_train(log: str | None, mlflow_uri: str | None, *, output_dir: str, name: str, resume: bool) -> TrackingSetup:
     """The trackers of a ``raykd.train`` run writing ``output_dir`` (MLflow experiment: the
-    experiment's ``name``); ``--resume`` keeps those the run started with."""
-    return for_search(log, mlflow_uri, storage=output_dir, root=output_dir, name=name, resume=resume)
+    experiment's ``name``). ``--resume`` without ``--log`` keeps those the run started with;
+    with ``--log`` it takes those (unlike a search, whose trackers live in Tune's saved state):
+    the resumed history fills each new tracker in."""
+    given = TrackingSetup.from_args(log, mlflow_uri, folder=output_dir, experiment=name)
+    stored = TrackingSetup.load(output_dir) if resume and log is None and mlflow_uri is None else None
+    if stored is None:
+        return given
+    check_installed(stored.backends)
+    return stored
 
 
 def run_config(config: Mapping[str, Any]) -> dict[str, Any]:
