@@ -85,7 +85,9 @@ class DistillConfig(BaseModel):
     (τ_w), ``sld_discrepancy``, ``T_kd``. AMD (reconstruction; DMKD's mask switches apply):
     ``channel_adapter`` (the squeeze-and-excitation module on S'). FreeKD: ``alpha`` (frequency
     loss, default 1), ``beta`` (companion FPN MSE, default 5), ``freekd_tokens`` (prompts per band,
-    6 as its detection configs). DFMSD (reconstruction; DMKD's mask switches apply):
+    6 as its detection configs); its prompt stage (a reconstruction, ``raykd/train/prompts.py``):
+    ``freekd_prompt_steps`` (0: none, tokens stay at their initialisation), ``freekd_prompt_lr``
+    (Adam), ``freekd_prompt_dice`` (weight of the Dice diversity loss). DFMSD (reconstruction; DMKD's mask switches apply):
     ``dfmsd_alignment``, ``dfmsd_enhancement`` with its ``dfmsd_boost`` κ, ``dfmsd_adaptation``.
     See METHODS.md for the equations.
     """
@@ -124,6 +126,9 @@ class DistillConfig(BaseModel):
 
     channel_adapter: bool = True
     freekd_tokens: int = Field(default=6, ge=1)
+    freekd_prompt_steps: int = Field(default=0, ge=0)
+    freekd_prompt_lr: float = Field(default=1e-3, gt=0.0, allow_inf_nan=False)
+    freekd_prompt_dice: float = Field(default=1.0, ge=0.0, allow_inf_nan=False)
     dfmsd_alignment: DFMSDAlignment = "standardize"
     dfmsd_enhancement: DFMSDEnhancement = "boxes"
     dfmsd_boost: float = Field(default=1.0, ge=0.0, allow_inf_nan=False)

@@ -4,8 +4,9 @@ Gumpest/FreeKD ``mmrazor/models/losses/freekd.py`` and its detection configs, co
 The mask tokens ("frequency prompts") are frozen during distillation, as in the reference
 configs (``distiller.losses``: ``lr_mult=0``); they are a buffer here, so the student's
 optimiser never sees them. The reference first trains them on the teacher (its released
-``*_prompt.pth``); raykd has no prompt stage yet, so they keep the reference's initialisation
-``N(0, 0.01²)`` unless :meth:`FreeKDLoss.load_tokens` sets them.
+``*_prompt.pth``); raykd's prompt stage (``raykd/train/prompts.py``, a reconstruction around the
+exact :func:`prompt_reconstruction`) runs when ``distill.freekd_prompt_steps > 0``; otherwise
+they keep the reference's initialisation ``N(0, 0.01²)``.
 """
 
 from __future__ import annotations

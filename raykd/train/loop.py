@@ -30,6 +30,7 @@ from raykd.models.levels import distilled_levels
 from raykd.models.taps import forward_taps, is_dense
 from raykd.train.evaluate import coco_metrics, predict
 from raykd.train.optim import build_optimizer, build_scheduler
+from raykd.train.prompts import ensure_prompts, load_prompts
 from raykd.train.setup import build_datasets, build_pair, choose_device, seed_everything
 
 EpochCallback = Callable[[dict[str, Any], Callable[[], dict[str, Any]]], None]
@@ -189,6 +190,9 @@ def fit(
         distiller = build_distiller(cfg.distill, student_channels=cfg.student.fpn_channels,
                                     teacher_channels=cfg.teacher.fpn_channels, levels=levels,
                                     num_classes=num_classes).to(device)
+        prompts = ensure_prompts(cfg, teacher, train_ds, device, space.model_labels, log=log)
+        if prompts is not None:  # FreeKD's tokens, trained once on the teacher
+            load_prompts(distiller, pairs, prompts)
 
     step_module = DistillStep(student, distiller, teacher if distiller is not None else None, amp,
                               pairs=pairs).to(device)
