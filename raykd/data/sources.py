@@ -36,14 +36,30 @@ class Sources:
         digest = hashlib.sha256(repr(options).encode())
         for path in self.texts:
             digest.update(f"\0T{self._rel(path)}\0".encode())
-            digest.update(hashlib.sha256(path.read_bytes()).digest())
+            digest.update(hashlib.sha256(read_bytes(path)).digest())
         for path in self.images:
-            stat = path.stat()
+            try:
+                stat = path.stat()
+            except OSError as err:
+                raise UserError(f"cannot read the image file ({err.strerror})", file=path) from None
             digest.update(f"\0I{self._rel(path)}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
         return digest.hexdigest()
 
     def _rel(self, path: Path) -> str:
         return os.path.relpath(path, self.base)
+
+
+def read_bytes(path: Path) -> bytes:
+    """The bytes of an annotation file; :class:`UserError` naming it when it cannot be read."""
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise UserError(f"cannot read the file ({err.strerror})", file=path) from None
+
+
+def read_lines(path: Path) -> list[str]:
+    """The lines of a text annotation file (undecodable bytes replaced)."""
+    return read_bytes(path).decode("utf-8", errors="replace").splitlines()
 
 
 @dataclass

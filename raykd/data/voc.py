@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from raykd.data.images import header_size
-from raykd.data.sources import IMAGE_SUFFIXES, CocoBuilder, Sources, check_box
+from raykd.data.sources import IMAGE_SUFFIXES, CocoBuilder, Sources, check_box, read_bytes, read_lines
 from raykd.errors import UserError
 
 READER_VERSION = 1
@@ -110,7 +110,7 @@ def _split_ids(root: Path, split: str) -> list[tuple[int, str]]:
     """(line number, image id) of each non-blank line of the split file."""
     path = split_file(root, split)
     ids = []
-    for number, text in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+    for number, text in enumerate(read_lines(path), start=1):
         fields = text.split()
         if len(fields) > 1:
             raise UserError(f"expected one image id a line, got {len(fields)} fields: {text.strip()!r}",
@@ -133,7 +133,7 @@ def _image_files(folder: Path) -> dict[str, list[str]]:
 
 def _parse(path: Path) -> ET.Element:
     try:
-        return ET.parse(path).getroot()
+        return ET.fromstring(read_bytes(path))
     except ET.ParseError as err:
         line, column = err.position
         raise UserError(f"expected Pascal VOC XML, the file is not well-formed XML at line {line} column {column + 1}",

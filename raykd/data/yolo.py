@@ -27,7 +27,7 @@ from typing import Any
 
 from raykd.config import load_yaml
 from raykd.data.images import header_size
-from raykd.data.sources import IMAGE_SUFFIXES, CocoBuilder, Sources, check_box
+from raykd.data.sources import IMAGE_SUFFIXES, CocoBuilder, Sources, check_box, read_lines
 from raykd.errors import UserError
 
 READER_VERSION = 1
@@ -85,7 +85,7 @@ def read_yolo(files: YoloSplitFiles) -> dict[str, Any]:
         labels = label_path(image)
         if not labels.is_file():
             continue
-        for line, text in enumerate(labels.read_text(errors="replace").splitlines(), start=1):
+        for line, text in enumerate(read_lines(labels), start=1):
             if text.strip():
                 label, xyxy, written = _parse_line(text, labels, line, len(files.names), width, height)
                 check_box(xyxy, width, height, labels, f"line {line}", written)
@@ -135,7 +135,7 @@ def _names(raw: dict[str, Any], file: Path) -> list[str]:
 
 def _listed_images(listing: Path) -> list[Path]:
     images = []
-    for line, text in enumerate(listing.read_text(errors="replace").splitlines(), start=1):
+    for line, text in enumerate(read_lines(listing), start=1):
         if not text.strip():
             continue
         image = listing.parent / text.strip()
