@@ -199,8 +199,10 @@ def has_content(folder: str | Path) -> bool:
     holding it but before writing anything leaves only that)."""
     try:
         return any(not p.name.startswith(OWNER_FILE) for p in Path(folder).iterdir())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return False
+    except OSError:
+        return True  # there, unreadable: not a folder to start a new search in
 
 
 @contextlib.contextmanager

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from raykd import ownership
-from raykd.ownership import OWNER_FILE, FolderOwned, OwnershipLost, check_held, claim, refuse_if_owned, this_process
+from raykd.ownership import (
+    OWNER_FILE, FolderOwned, OwnershipLost, check_held, claim, has_content, refuse_if_owned, this_process,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 HOLD = textwrap.dedent("""
@@ -212,3 +214,14 @@ def test_zombie_owner_is_gone(tmp_path):
     finally:
         child.kill()
         child.wait()
+
+
+def test_has_content(tmp_path):
+    assert not has_content(tmp_path / "missing") and not has_content(tmp_path / "f" / "below_a_file")
+    (tmp_path / "f").write_text("")
+    assert not has_content(tmp_path / "f" / "below_a_file")
+    held = _claim(tmp_path / "s")
+    assert not has_content(tmp_path / "s")  # only the owner file
+    (tmp_path / "s" / "tables").mkdir()
+    assert has_content(tmp_path / "s")
+    held.release()
