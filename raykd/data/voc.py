@@ -78,7 +78,7 @@ def read_voc(root: str | Path, split: str, classes: Sequence[str] | None = None)
         if image_id not in parsed and not path.is_file():
             raise UserError(f"image {image_id!r} listed in the split has no annotation file {path}",
                             file=split_file(root, split), key=f"line {line}")
-        tree = parsed.get(image_id) or _parse(path)
+        tree = parsed[image_id] if image_id in parsed else _parse(path)
         file_name = _image_name(tree, image_id, images, path)
         width, height = _size(tree, path, root / "JPEGImages" / file_name)
         number = builder.add_image(file_name, width, height)
