@@ -82,7 +82,7 @@ def test_string_booleans_and_floats_are_accepted():
         ("dmkd", {"alpha": 2e-5}),
         ("samkd", {"alpha": 2e-5, "beta": 1.0}),
         ("amd", {"alpha": 2e-5}),
-        ("freekd", {"alpha": 1.0, "beta": 5.0}),
+        ("freekd", {"alpha": 1.0}),
         ("dfmsd", {"alpha": 2e-5}),
     ],
 )

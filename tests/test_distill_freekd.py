@@ -93,7 +93,7 @@ def test_freekd_matches_the_reference_code():
     g = torch.Generator().manual_seed(1)
     student = {k: torch.randn(N, CS, h, w, generator=g, dtype=torch.float64, requires_grad=True) for k, (h, w) in LEVELS.items()}
     teacher = {k: torch.randn(N, CT, h, w, generator=g, dtype=torch.float64) for k, (h, w) in LEVELS.items()}
-    cfg = DistillConfig(method="freekd", alpha=0.7, beta=3.0, freekd_tokens=TOKENS)
+    cfg = DistillConfig(method="freekd", alpha=0.7, freekd_mse_weight=3.0, freekd_tokens=TOKENS)
     d = build_distiller(cfg, CS, CT, list(LEVELS), num_classes=3).double()
     for level in LEVELS:  # prompts strong enough that the masks vary between 0 and 1
         d.losses[level].load_tokens(torch.randn(4, TOKENS, CT, generator=g, dtype=torch.float64))

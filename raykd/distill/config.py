@@ -43,7 +43,7 @@ DEFAULT_WEIGHTS: dict[str, dict[str, float]] = {
     "dmkd": {"alpha": 2e-5},
     "samkd": {"alpha": 2e-5, "beta": 1.0},
     "amd": {"alpha": 2e-5},
-    "freekd": {"alpha": 1.0, "beta": 5.0},
+    "freekd": {"alpha": 1.0},
     "dfmsd": {"alpha": 2e-5},
 }
 
@@ -84,10 +84,11 @@ class DistillConfig(BaseModel):
     ``share_generators``, ``sld`` and its ``sld_weighting``, ``sld_ratio`` (ρ), ``sld_tau``
     (τ_w), ``sld_discrepancy``, ``T_kd``. AMD (reconstruction; DMKD's mask switches apply):
     ``channel_adapter`` (the squeeze-and-excitation module on S'). FreeKD: ``alpha`` (frequency
-    loss, default 1), ``beta`` (companion FPN MSE, default 5), ``freekd_tokens`` (prompts per band,
-    6 as its detection configs); its prompt stage (a reconstruction, ``raykd/train/prompts.py``):
-    ``freekd_prompt_steps`` (0: none, tokens stay at their initialisation), ``freekd_prompt_lr``
-    (Adam), ``freekd_prompt_dice`` (weight of the Dice diversity loss). DFMSD (reconstruction; DMKD's mask switches apply):
+    loss, default 1), ``freekd_mse_weight`` (companion FPN MSE, 5), ``freekd_tokens`` (prompts
+    per band, 6 as its detection configs); its prompt stage (a reconstruction,
+    ``raykd/train/prompts.py``): ``freekd_prompt_steps`` (0: none, tokens stay at their
+    initialisation), ``freekd_prompt_lr`` (Adam), ``freekd_prompt_dice`` (weight of the Dice
+    diversity loss). DFMSD (reconstruction; DMKD's mask switches apply):
     ``dfmsd_alignment``, ``dfmsd_enhancement`` with its ``dfmsd_boost`` κ, ``dfmsd_adaptation``.
     See METHODS.md for the equations.
     """
@@ -126,6 +127,7 @@ class DistillConfig(BaseModel):
 
     channel_adapter: bool = True
     freekd_tokens: int = Field(default=6, ge=1)
+    freekd_mse_weight: float = Field(default=5.0, ge=0.0, allow_inf_nan=False)
     freekd_prompt_steps: int = Field(default=0, ge=0)
     freekd_prompt_lr: float = Field(default=1e-3, gt=0.0, allow_inf_nan=False)
     freekd_prompt_dice: float = Field(default=1.0, ge=0.0, allow_inf_nan=False)

@@ -129,7 +129,7 @@ LOSS_BUILDERS: dict[str, Callable[[DistillConfig, int, int], nn.Module]] = {
     "dmkd": lambda cfg, c, k: DMKDLoss(c, cfg.require("alpha"), _mask_settings(cfg), cfg.branches, cfg.fusion),
     "samkd": _samkd,
     "amd": lambda cfg, c, k: AMDLoss(c, cfg.require("alpha"), _mask_settings(cfg), cfg.channel_adapter),
-    "freekd": lambda cfg, c, k: FreeKDLoss(c, cfg.freekd_tokens, cfg.require("alpha"), cfg.require("beta")),
+    "freekd": lambda cfg, c, k: FreeKDLoss(c, cfg.freekd_tokens, cfg.require("alpha"), cfg.freekd_mse_weight),
     "dfmsd": lambda cfg, c, k: DFMSDLoss(
         c, cfg.require("alpha"), _mask_settings(cfg), cfg.branches, cfg.fusion,
         cfg.dfmsd_alignment, cfg.dfmsd_enhancement, cfg.dfmsd_boost, cfg.dfmsd_adaptation,

@@ -75,12 +75,13 @@ class FreeKDLoss(nn.Module):
     is unused by the loss, as in the reference);
     ``L_freq = Σ_j mean_{n,t,c,o,h,w} |M_j ⊙ D_j(S') − M_j ⊙ D_j(T)|`` and ``L_mse = mean((S' − T)²)``.
     Since ``M_j > 0`` the mean is computed as ``Σ M_j · Σ_{c,o}|D_j(S') − D_j(T)| / (N·T·C·3·H_j·W_j)``,
-    without the ``[N, T, C, 3, H_j, W_j]`` tensor. Terms: ``freekd = α L_freq``, ``freekd_mse = β L_mse``.
+    without the ``[N, T, C, 3, H_j, W_j]`` tensor. Terms: ``freekd = α L_freq``,
+    ``freekd_mse = mse_weight · L_mse``.
     """
 
-    def __init__(self, channels: int, num_tokens: int, alpha: float, beta: float):
+    def __init__(self, channels: int, num_tokens: int, alpha: float, mse_weight: float):
         super().__init__()
-        self.alpha, self.beta = alpha, beta
+        self.alpha, self.mse_weight = alpha, mse_weight
         self.register_buffer("mask_token", initial_tokens(channels, num_tokens))
 
     def load_tokens(self, tokens: Tensor) -> None:
@@ -103,4 +104,4 @@ class FreeKDLoss(nn.Module):
             distance = (hs - ht).abs().sum(dim=(1, 2))  # [N, H_j, W_j]
             freq = freq + (masks * distance[:, None]).sum() / (masks.numel() * hs.shape[1] * hs.shape[2])
         mse = (student - teacher).pow(2).mean()
-        return {"freekd": self.alpha * freq, "freekd_mse": self.beta * mse}
+        return {"freekd": self.alpha * freq, "freekd_mse": self.mse_weight * mse}
