@@ -93,9 +93,30 @@ class DataConfig(_Strict):
     train: SplitConfig | None = None
     val: SplitConfig | None = None
     synthetic: SyntheticConfig | None = None
-    image_size: int = Field(160, ge=32, description="longer image side after resizing, px")
+    image_size: int = Field(160, ge=32, description="longer image side after resizing, px (cap with min_size)")
+    min_size: int | None = Field(None, ge=16, description="shorter image side after resizing, px, unless the "
+                                 "longer side would pass max_size (torchvision's detection resize; COCO: 800)")
+    max_size: int | None = Field(None, ge=32, description="the longer side's cap, px (COCO: 1333); "
+                                 "the same as image_size, which it sets")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     val_max_images: int | None = Field(None, ge=1, description="evaluate on the first N val images")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _max_size_is_image_size(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("max_size") is not None:
+            if data.get("image_size") not in (None, data["max_size"]):
+                raise ValueError(f"data.max_size ({data['max_size']}) and data.image_size ({data['image_size']}) "
+                                 "name the same longer-side cap: give one")
+            data = {**data, "image_size": data["max_size"]}
+        return data
+
+    @model_validator(mode="after")
+    def _sizes(self) -> DataConfig:
+        if self.min_size is not None and self.min_size >= self.image_size:
+            raise ValueError(f"data.min_size ({self.min_size}) must be below the longer-side cap "
+                             f"data.max_size / image_size ({self.image_size})")
+        return self
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:

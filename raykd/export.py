@@ -96,7 +96,7 @@ def export(run_dir: Path, out: Path, which: str = "best") -> dict:
     meta = {
         "arch": cfg.student.arch, "backbone": cfg.student.backbone, "fpn_channels": cfg.student.fpn_channels,
         "builder": f"torchvision.models.detection.{builder}" if builder else None,
-        "kwargs": {"min_size": side, "max_size": side, **_score_kwarg(cfg.student.arch)},
+        "kwargs": {"min_size": cfg.data.min_size or side, "max_size": side, **_score_kwarg(cfg.student.arch)},
         "categories": list(categories), "source": str(found[0]), "metrics": _metrics(found[0]),
     }
     out.parent.mkdir(parents=True, exist_ok=True)

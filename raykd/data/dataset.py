@@ -37,7 +37,8 @@ class CocoDetection(torch.utils.data.Dataset):
     """A COCO annotation file and its image folder, as detection samples.
 
     ``dataset[i]`` is ``(image, target)``: ``image`` float32 ``[3, H, W]`` in [0, 1], resized so
-    that ``max(H, W) == image_size``; ``target`` holds ``boxes`` float32 ``[K, 4]`` (xyxy, pixels
+    that ``max(H, W) == image_size`` (with ``min_size``: ``min(H, W) == min_size`` unless that would
+    take the longer side past ``image_size``, see :func:`~raykd.data.transforms.detection_transforms`); ``target`` holds ``boxes`` float32 ``[K, 4]`` (xyxy, pixels
     of the resized image), ``labels`` int64 ``[K]`` in ``1..num_classes-1``, ``image_id`` (int,
     the file's id) and ``orig_size`` int64 ``[2]`` = (height, width) of the original image.
     ``K`` may be 0. Category ids are mapped to contiguous labels in sorted order (label 0 is
@@ -47,7 +48,8 @@ class CocoDetection(torch.utils.data.Dataset):
     when a sample is read: a missing or unreadable one raises :class:`UserError`.
     """
 
-    def __init__(self, annotations: str | Path, images: str | Path, image_size: int, train: bool):
+    def __init__(self, annotations: str | Path, images: str | Path, image_size: int, train: bool,
+                 min_size: int | None = None):
         if image_size < 1:
             raise UserError(f"expected a positive image size, got {image_size}", key="image_size")
         self.annotations_path = Path(annotations)
@@ -55,11 +57,13 @@ class CocoDetection(torch.utils.data.Dataset):
         if not self.images_dir.is_dir():
             raise UserError("image folder not found", file=self.images_dir)
         self.image_size = int(image_size)
+        self.min_size = min_size
         self.train = bool(train)
         parsed = read_coco(self.annotations_path)
         parsed.raise_first_problem()
         self._file_digest = hashlib.sha256(parsed.raw).hexdigest()
-        fingerprinted = f"{self._file_digest}|image_size={self.image_size}"
+        fingerprinted = f"{self._file_digest}|image_size={self.image_size}" + (
+            f"|min_size={min_size}" if min_size is not None else "")
         self._fingerprint = hashlib.sha256(fingerprinted.encode()).hexdigest()[:16]
         self._coco: COCO | None = None  # built on first use (evaluation): the parsed JSON is not kept
 
@@ -79,7 +83,7 @@ class CocoDetection(torch.utils.data.Dataset):
         self._sizes = np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
         self._files = [image.file_name for image in parsed.images]
         self._file_keys = np.asarray([image.index for image in parsed.images], dtype=np.int64)
-        self.transforms = detection_transforms(self.image_size, self.train)
+        self.transforms = detection_transforms(self.image_size, self.train, min_size)
 
     def _warn_dropped(self, parsed: CocoFile, targets: Targets) -> None:
         parts = []

@@ -1,4 +1,4 @@
-"""Detection transforms on torchvision transforms v2: resize the longer side, flip, to float."""
+"""Detection transforms on torchvision transforms v2: resize as torchvision's detectors do, flip, to float."""
 
 from __future__ import annotations
 
@@ -6,18 +6,20 @@ import torch
 from torchvision.transforms import v2
 
 
-def detection_transforms(image_size: int, train: bool) -> v2.Compose:
+def detection_transforms(image_size: int, train: bool, min_size: int | None = None) -> v2.Compose:
     """Transforms for ``(PIL image, {"boxes": BoundingBoxes, "labels": ...})`` samples.
 
-    The longer image side becomes ``image_size`` pixels, the aspect ratio is kept (the shorter
-    side is truncated to an integer) and boxes are scaled by the same per-axis ratios; in
-    training the image and its boxes are flipped horizontally with probability 0.5. The
-    output image is float32 ``[3, H, W]`` in [0, 1]. Detectors are built with
-    ``min_size = max_size = image_size`` so their own transform does not resize again.
+    Without ``min_size`` the longer image side becomes ``image_size`` pixels. With it, the
+    shorter side becomes ``min_size`` unless the longer side would then pass ``image_size``,
+    which caps it (torchvision's detection resize; COCO: 800 / 1333). The aspect ratio is kept
+    (the other side truncated to an integer) and boxes are scaled by the same per-axis ratios;
+    in training the image and its boxes are flipped horizontally with probability 0.5. The
+    output image is float32 ``[3, H, W]`` in [0, 1]. Detectors are built with the same
+    ``min_size`` / ``max_size`` so their own transform does not resize again.
     No ``SanitizeBoundingBoxes``: degenerate boxes are dropped (and counted) when the
     annotation file is read, and images without boxes pass through unchanged.
     """
-    steps: list[v2.Transform] = [v2.ToImage(), v2.Resize(size=None, max_size=image_size, antialias=True)]
+    steps: list[v2.Transform] = [v2.ToImage(), v2.Resize(size=min_size, max_size=image_size, antialias=True)]
     if train:
         steps.append(v2.RandomHorizontalFlip(p=0.5))
     steps.append(v2.ToDtype(torch.float32, scale=True))

@@ -91,16 +91,17 @@ def build_backbone(cfg: ModelConfig) -> BackboneWithFPN:
     return BackboneWithFPN(body, return_layers, in_channels, c, extra_blocks=extra, norm_layer=fpn_norm)
 
 
-def build_detector(cfg: ModelConfig, num_classes: int, image_size: int) -> nn.Module:
+def build_detector(cfg: ModelConfig, num_classes: int, image_size: int, min_size: int | None = None) -> nn.Module:
     """A torchvision detector for ``num_classes`` labels (label 0 is background), random weights.
 
-    ``image_size`` is the longer side the data pipeline already resized to; the model's own
-    transform keeps it (min_size = max_size = image_size) and only normalises and pads.
+    ``image_size`` (the longer side's cap) and ``min_size`` (the shorter side's target, None:
+    the longer side is ``image_size``) are those the data pipeline already resized with; the
+    model's own transform keeps the images as they are and only normalises and pads.
     ``norm: sync_bn`` turns every BatchNorm2d of the model into SyncBatchNorm.
     """
     backbone = build_backbone(cfg)
     c = cfg.fpn_channels
-    common = {"min_size": image_size, "max_size": image_size}
+    common = {"min_size": min_size or image_size, "max_size": image_size}
     if cfg.arch == "fcos":
         model = FCOS(backbone, num_classes, score_thresh=EVAL_SCORE_THRESH, **common)
     elif cfg.arch == "retinanet":
@@ -125,10 +126,12 @@ def build_detector(cfg: ModelConfig, num_classes: int, image_size: int) -> nn.Mo
 
 
 def build_pretrained(cfg: ModelConfig, names: list[str], cat_ids: list[int], image_size: int, *, key: str,
-                     space: LabelSpace | None = None, log=print) -> tuple[nn.Module, LabelSpace, bool]:
+                     space: LabelSpace | None = None, min_size: int | None = None,
+                     log=print) -> tuple[nn.Module, LabelSpace, bool]:
     """The detector of ``cfg`` with its ``weights`` and ``backbone_weights`` applied.
 
-    names / cat_ids: the data set's class names and category ids (data label order);
+    names / cat_ids: the data set's class names and category ids (data label order); image_size,
+    min_size: as for :func:`build_detector`;
     space: the numbering to use when the weights do not bring their own (default: the data
     set's). Returns (model, its label space, whether the whole-detector weights' head was
     kept; True without such weights). A head is kept when the weights' categories name every
@@ -142,7 +145,7 @@ def build_pretrained(cfg: ModelConfig, names: list[str], cat_ids: list[int], ima
         matched = matched_space(pretrained.categories, names, cat_ids)
         keep = matched is not None
         space = matched or space
-    model = build_detector(cfg, space.num_classes, image_size)
+    model = build_detector(cfg, space.num_classes, image_size, min_size)
     if pretrained is not None:
         keep = keep and class_layers_fit(model, pretrained.state_dict)
         load_detector_weights(model, pretrained, keep_head=keep, key=f"{key}.weights")

@@ -61,8 +61,10 @@ def _same_categories(train_ids: list[int], val_ids: list[int], val_file: str) ->
 def build_datasets(cfg: DataConfig, cache_dir: str | Path) -> tuple[CocoDetection, CocoDetection]:
     paths = resolve_data(cfg, cache_dir)
     _check_paths(paths)
-    train = CocoDetection(paths.train_annotations, paths.train_images, image_size=cfg.image_size, train=True)
-    val = CocoDetection(paths.val_annotations, paths.val_images, image_size=cfg.image_size, train=False)
+    train = CocoDetection(paths.train_annotations, paths.train_images, image_size=cfg.image_size, train=True,
+                          min_size=cfg.min_size)
+    val = CocoDetection(paths.val_annotations, paths.val_images, image_size=cfg.image_size, train=False,
+                        min_size=cfg.min_size)
     _same_categories(train.cat_ids, val.cat_ids, paths.val_annotations)
     return train, val
 
@@ -105,7 +107,7 @@ def seed_everything(seed: int) -> None:
 
 
 def build_student(cfg: ExperimentConfig, num_classes: int, teacher: nn.Module | None) -> nn.Module:
-    student = build_detector(cfg.student, num_classes, cfg.data.image_size)
+    student = build_detector(cfg.student, num_classes, cfg.data.image_size, cfg.data.min_size)
     if cfg.student.inherit:
         inherit_neck_and_head(student, teacher)
     return student
@@ -113,7 +115,7 @@ def build_student(cfg: ExperimentConfig, num_classes: int, teacher: nn.Module | 
 
 def build_teacher(cfg: ExperimentConfig, num_classes: int, checkpoint: str) -> nn.Module:
     """The frozen teacher in eval mode with gradients off, weights from ``checkpoint``."""
-    teacher = build_detector(cfg.teacher, num_classes, cfg.data.image_size)
+    teacher = build_detector(cfg.teacher, num_classes, cfg.data.image_size, cfg.data.min_size)
     load_weights(teacher, checkpoint, what="teacher.checkpoint")
     teacher.eval()
     for param in teacher.parameters():
@@ -155,18 +157,18 @@ def build_pair(cfg: ExperimentConfig, names: list[str], cat_ids: list[int], teac
             stored = read_file(teacher_checkpoint, "teacher.checkpoint")
             teacher_space = (matched_space(stored.categories, names, cat_ids) if stored.categories else None) \
                 or data_space(names, cat_ids)
-            teacher = build_detector(tcfg, teacher_space.num_classes, cfg.data.image_size)
+            teacher = build_detector(tcfg, teacher_space.num_classes, cfg.data.image_size, cfg.data.min_size)
             load_state_into(teacher, stored.state_dict, file=teacher_checkpoint, key="teacher.checkpoint")
         else:
             teacher, teacher_space, head_fits = build_pretrained(tcfg, names, cat_ids, cfg.data.image_size,
-                                                                 key="teacher", log=log)
+                                                                 key="teacher", min_size=cfg.data.min_size, log=log)
         teacher.eval()
         for param in teacher.parameters():
             param.requires_grad_(False)
     adopt = teacher_space if teacher_space is not None and teacher_space.kept and cfg.student.weights is None \
         else None
     student, space, _ = build_pretrained(cfg.student, names, cat_ids, cfg.data.image_size, key="student",
-                                         space=adopt, log=log)
+                                         space=adopt, min_size=cfg.data.min_size, log=log)
     if teacher is not None and reads_teacher_logits(cfg) and (not head_fits or teacher_space.categories != space.categories):
         why = "its head does not fit the data set's classes" if not head_fits else \
             f"it predicts {teacher_space.num_classes} classes, the student {space.num_classes}"

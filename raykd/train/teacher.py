@@ -26,7 +26,7 @@ def data_fingerprint(cfg: ExperimentConfig) -> str:
     data = cfg.data
     if data.synthetic is not None:
         syn = data.synthetic.model_dump(exclude={"out_dir"})
-        return config_hash("synthetic", syn, data.image_size)
+        return config_hash("synthetic", syn, *_sizes(data))
     digest = hashlib.sha256()
     from raykd.train.setup import resolve_data
 
@@ -36,7 +36,13 @@ def data_fingerprint(cfg: ExperimentConfig) -> str:
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
-    return config_hash("coco", digest.hexdigest(), data.image_size)
+    return config_hash("coco", digest.hexdigest(), *_sizes(data))
+
+
+def _sizes(data) -> tuple:
+    """The resize settings in a data fingerprint (only the image size unless min_size is set,
+    so caches keyed before min_size existed stay valid)."""
+    return (data.image_size,) if data.min_size is None else (data.image_size, data.min_size)
 
 
 def teacher_experiment(cfg: ExperimentConfig, output_dir: Path) -> ExperimentConfig:
