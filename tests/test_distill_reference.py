@@ -3,8 +3,6 @@ METHODS.md formulas (values and gradients w.r.t. student features and module par
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F

@@ -51,7 +51,8 @@ class DFMSDLoss(nn.Module):
         adaptation: DFMSDAdaptation,
     ):
         super().__init__()
-        self.alpha, self.masks, self.alignment, self.enhancement, self.boost = alpha, masks, alignment, enhancement, boost
+        self.alpha, self.masks = alpha, masks
+        self.alignment, self.enhancement, self.boost = alignment, enhancement, boost
         self.adapter = nn.Conv2d(channels, channels, kernel_size=3, padding=1) if adaptation == "adapter" else None
         if self.adapter is not None:
             nn.init.zeros_(self.adapter.weight)

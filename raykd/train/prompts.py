@@ -70,7 +70,8 @@ def train_prompts(teacher: nn.Module, loader, steps: int, num_tokens: int, lr: f
     ``relabel`` maps the data set's labels to the teacher's, as the training loop does."""
     if not is_dense(teacher):
         raise UserError(f"FreeKD's prompt stage needs a dense-head teacher (fcos, retinanet), got "
-                        f"{type(teacher).__name__}; set distill.freekd_prompt_steps: 0", key="distill.freekd_prompt_steps")
+                        f"{type(teacher).__name__}; set distill.freekd_prompt_steps: 0",
+                        key="distill.freekd_prompt_steps")
     teacher.eval()
     channels = teacher.backbone.out_channels
     tokens: dict[str, Tensor] = {}
