@@ -4,7 +4,8 @@ Knows nothing of Ray, YAML or files. Three separate ideas, as in MMRazor: what i
 (FPN features and dense-head logits, given by the caller), connectors (align convs,
 generation blocks, fusion, GcBlocks) and losses (one module per method and level).
 DMKD, SAMKD, AMD and DFMSD are reconstructions from their abstracts; MGD, FGD, CWD, PKD and
-FreeKD (its loss; not its prompt stage) follow their reference code. See ``METHODS.md``.
+FreeKD (its loss; its prompt-training loop is a reconstruction) follow their reference code.
+See ``METHODS.md``.
 """
 
 from raykd.distill.config import METHODS, DistillConfig
