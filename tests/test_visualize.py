@@ -184,6 +184,7 @@ def test_every_method_renders(experiment, method):
                 assert {f"{level.level}/norm_{key}", f"{level.level}/error_{key}"} <= labels, (key, sorted(labels))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["fcos", "retinanet", "faster_rcnn"])
 def test_every_detector_family_renders_a_png(experiment, arch, tmp_path):
     out = tmp_path / "pictures"
@@ -277,6 +278,7 @@ def test_student_from_a_run_folder_brings_the_trained_distiller(experiment, tmp_
              "--student", "holds no weights")
 
 
+@pytest.mark.slow
 def test_analyze_report_shows_the_best_trials_pictures_when_its_checkpoint_holds_weights(experiment, tmp_path):
     from datetime import datetime, timezone
 

@@ -47,7 +47,7 @@ def figure(view: ImageView, cfg: DistillConfig, subtitle: str) -> Figure:
             ("student", "student detections", view.student_detections)]
     for col, (key, title, detections) in enumerate(tops):
         ax = fig.add_subplot(grid[0, col], label=f"detections/{key}")
-        ax.imshow(image)
+        ax.imshow(image, interpolation="nearest")
         if detections is None:
             _boxes(ax, view.boxes.cpu().numpy(), "lime")
         else:

@@ -27,7 +27,8 @@ class Models:
 
     ``student_source``: where the student's weights came from (``untrained (seed S)`` or a
     path); ``distiller_trained``: whether the distiller's blocks (generation, fusion, align)
-    were loaded from a training state rather than freshly initialised.
+    were loaded from a training state rather than freshly initialised; ``space``: the
+    student's label space (data set labels are mapped into it, as in training).
     """
 
     teacher: nn.Module
