@@ -170,3 +170,16 @@ def test_mask_rcnn_is_refused_as_a_trained_model_but_taken_as_a_teacher():
     with pytest.raises(ValidationError, match="instance masks"):
         StudentConfig(arch="mask_rcnn_v2")
     assert TeacherConfig(arch="mask_rcnn", backbone="resnet50", weights="MaskRCNN_ResNet50_FPN_Weights.COCO_V1").weights
+
+
+@pytest.mark.parametrize("value, words", [("nope.pt", "checkpoint file not found"),
+                                          ("ResNet18_Weights.NOPE", "unknown torchvision weights")])
+def test_train_refuses_bad_weights_before_writing_anything(write_experiment, tmp_path, value, words):
+    import subprocess
+    import sys
+
+    path = write_experiment(student={"backbone_weights": value})
+    proc = subprocess.run([sys.executable, "-m", "raykd.train", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "student.backbone_weights" in proc.stderr and words in proc.stderr
+    assert not (tmp_path / "run").exists()

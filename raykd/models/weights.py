@@ -160,3 +160,17 @@ def backbone_state(pretrained: Pretrained) -> dict[str, Tensor]:
 def load_backbone_weights(model: nn.Module, pretrained: Pretrained, *, key: str) -> None:
     """Classification (or detector) backbone weights into ``model.backbone.body``."""
     load_state_into(model.backbone.body, backbone_state(pretrained), file=pretrained.source, key=key)
+
+
+WEIGHT_KEYS = ("weights", "backbone_weights")
+
+
+def check_weights(cfg) -> None:
+    """Read every pretrained weights value of an experiment once (downloading an enum's file
+    into the torch hub cache when online), so a missing or unreadable one is a one-line
+    :class:`UserError` before anything is written or started."""
+    for role in ("student", "teacher"):
+        model = getattr(cfg, role)
+        for name in WEIGHT_KEYS if model is not None else ():
+            if getattr(model, name):
+                read_pretrained(getattr(model, name), f"{role}.{name}")

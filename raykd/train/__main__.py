@@ -62,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from raykd.train.setup import validate_data
 
     validate_data(cfg.data, cfg.cache_dir)  # before anything is written or started
+    from raykd.models.weights import check_weights
+
+    check_weights(cfg)
     if args.address and args.workers == 1:
         raise UserError("--address joins a Ray cluster for --workers N > 1; one worker runs without Ray",
                         key="--address")
