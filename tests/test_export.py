@@ -8,7 +8,6 @@ import sys
 
 import pytest
 import torch
-import yaml
 from torchvision.models import detection
 
 from raykd.config import ModelConfig
@@ -18,13 +17,10 @@ from raykd.models import build_detector
 CATEGORIES = ["__background__", "circle", "square"]
 
 
-def _run_dir(tmp_path, tiny_data, student: dict):
-    from tests.conftest import tiny_experiment_dict
-
+def _run_dir(tmp_path, write_experiment, student: dict):
     run = tmp_path / "run"
     run.mkdir()
-    exp = tiny_experiment_dict(tiny_data, tmp_path, student=student)
-    (run / "config.yaml").write_text(yaml.safe_dump(exp))
+    (run / "config.yaml").write_text(write_experiment(student=student).read_text())
     torch.manual_seed(0)
     model = build_detector(ModelConfig(**student), len(CATEGORIES), 64)
     state = {k: (v + 0.1 * torch.rand_like(v) if "running_" in k else v) for k, v in model.state_dict().items()}
@@ -41,8 +37,8 @@ def _run_dir(tmp_path, tiny_data, student: dict):
     {"arch": "fcos", "backbone": "resnet50", "fpn_channels": 256, "norm": "frozen_bn", "trainable_layers": 3},
     {"arch": "faster_rcnn", "backbone": "resnet18", "fpn_channels": 32, "norm": "frozen_bn"},
 ])
-def test_export_loads_strictly_into_torchvision_and_predicts_the_same(tmp_path, tiny_data, student):
-    run, ours = _run_dir(tmp_path, tiny_data, student)
+def test_export_loads_strictly_into_torchvision_and_predicts_the_same(tmp_path, write_experiment, student):
+    run, ours = _run_dir(tmp_path, write_experiment, student)
     assert main([str(run), "--out", str(tmp_path / "student.pth")]) == 0
     meta = json.loads((tmp_path / "student.json").read_text())
     assert meta["categories"] == CATEGORIES and meta["metrics"]["epoch"] == 2
