@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import shlex
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ from raykd.config import parse_overrides
 from raykd.errors import ArgumentParser, UserError, run_cli
 from raykd.ownership import claim, has_content, ownership_lost, refuse_if_owned
 from raykd.ray_address import check_reachable
-from raykd.results.schema import CONFIRM_PHASE, METRICS
+from raykd.results.schema import CONFIRM_PHASE, METRICS, SEARCH_PHASE
 from raykd.results.store import storage_failure
 from raykd.search.space import Space
 from raykd.tracking import add_tracking_args
@@ -223,7 +224,7 @@ def _search(args: argparse.Namespace, space: Space, storage: str, name: str, pat
     search_start = time.perf_counter()
     if not _fit(tuner, storage, resume_cmd):
         return 3
-    if spec.confirm is not None and not _unfinished(paths):
+    if spec.confirm is not None and not _unfinished(paths, SEARCH_PHASE):
         confirm = _confirm_tuner(args, space, paths, teacher_ckpt)
         if confirm is not None and not _fit(confirm, storage, resume_cmd):
             return 3
@@ -253,12 +254,13 @@ def _fit(tuner, storage: str, resume_cmd: str) -> bool:
     return True
 
 
-def _unfinished(paths) -> int:
-    """Trials of the tables still marked running (a search stopped before they ended)."""
+def _unfinished(paths, phase: str) -> int:
+    """Trials of ``phase`` the tables still mark running (a search stopped before they ended)."""
+    from raykd.analyze.verdict import phase_of
     from raykd.results import load
 
     trials = load(paths.tables)
-    return int((trials["status"] == "RUNNING").sum()) if len(trials) else 0
+    return int(((trials["status"] == "RUNNING") & (phase_of(trials) == phase)).sum()) if len(trials) else 0
 
 
 def _confirm_tuner(args: argparse.Namespace, space: Space, paths, teacher_ckpt: str | None):
@@ -269,10 +271,15 @@ def _confirm_tuner(args: argparse.Namespace, space: Space, paths, teacher_ckpt: 
     from raykd.search.confirm import confirmation_points
     from raykd.search.tuner import build_confirm_tuner, restore_tuner
 
+    from raykd.search.snapshot import has_state
+
     confirm = space.spec.confirm
-    if Tuner.can_restore(paths.confirm_root):
+    if Tuner.can_restore(paths.confirm_root) and ("://" in paths.storage or has_state(paths.confirm_root)):
         print(f"confirm: continuing the confirmation phase in {paths.confirm_root}", flush=True)
         return restore_tuner(space, paths, teacher_ckpt, confirm=True)
+    if "://" not in paths.storage and Path(paths.confirm_root).exists():
+        # Its driver stopped before Tune saved a state: no confirmation trial had started.
+        shutil.rmtree(paths.confirm_root)
     points = confirmation_points(space, paths.root)
     if not points:
         print("confirm: no search trial has a value to rank; nothing to confirm", flush=True)

@@ -27,13 +27,14 @@ EPOCH_FILE = "epoch.json"  # beside the state in each trial checkpoint
 
 
 def trial_experiment(config: dict[str, Any], base: dict[str, Any], threads: int | None) -> dict[str, Any]:
-    """The experiment mapping of one trial: ``base`` with the trial's dotted keys applied.
+    """The experiment mapping of one trial: ``base`` with the trial's dotted keys applied
+    (keys whose value is ``None`` are undefined for this trial, as in the confirmation phase).
 
     With ``search.repeats`` Tune's Repeater sets ``__trial_index__``; it shifts the seed.
     """
     exp = copy.deepcopy(base)
     for key, value in config.items():
-        if not key.startswith("__"):
+        if not key.startswith("__") and value is not None:  # None: a conditional key left undefined
             set_dotted(exp, key, value)
     if "__trial_index__" in config:
         set_dotted(exp, SEED_KEY, int(get_dotted(exp, SEED_KEY, 0)) + int(config["__trial_index__"]))

@@ -7,7 +7,6 @@ folders, ``tables/`` (the Parquet trial tables, see ``raykd.results``) and
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -20,7 +19,7 @@ import pyarrow.fs as pafs
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search import Repeater, Searcher
+from ray.tune.search import BasicVariantGenerator, Repeater
 from ray.tune.search.optuna import OptunaSearch
 
 from raykd.errors import UserError
@@ -264,46 +263,25 @@ def _run_config(name: str, storage: str, callbacks: list) -> tune.RunConfig:
     )
 
 
-class FixedPoints(Searcher):
-    """Suggests each of ``points`` (flat dotted configs) once, in order, then ``FINISHED``.
-
-    Tune's BasicVariantGenerator only takes points whose keys its param space has, and a
-    conditional key missing from one point would reach the trial as ``None``.
-    """
-
-    def __init__(self, points: list[dict[str, Any]]):
-        super().__init__()
-        self.points, self.given = [dict(p) for p in points], 0
-
-    def suggest(self, trial_id: str) -> dict[str, Any] | str:
-        if self.given >= len(self.points):
-            return Searcher.FINISHED
-        self.given += 1
-        return dict(self.points[self.given - 1])
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        return None
-
-    def save(self, checkpoint_path: str) -> None:
-        Path(checkpoint_path).write_text(json.dumps({"points": self.points, "given": self.given}))
-
-    def restore(self, checkpoint_path: str) -> None:
-        state = json.loads(Path(checkpoint_path).read_text())
-        self.points, self.given = state["points"], state["given"]
-
-
 def build_confirm_tuner(space: Space, paths: SearchPaths, teacher_checkpoint: str | None,
                         points: list[dict[str, Any]], *, quiet: bool = False, autoscaling: bool = False,
                         extra_callbacks: list | None = None):
     """A :class:`ray.tune.Tuner` that runs each of ``points`` (dotted config mappings) once,
     at the full budget (no scheduler), as ``phase = confirm`` trials of the same tables; its
-    Tune state lives in ``paths.confirm_root``."""
+    Tune state lives in ``paths.confirm_root``.
+
+    Tune's variant generator takes points whose keys its param space has: every point gets
+    every key, ``None`` where a conditional key is undefined (the trainable leaves those out).
+    """
+    keys = sorted({key for point in points for key in point})
     callbacks = _callbacks(space, paths, paths.confirm_root, CONFIRM_PHASE, quiet=quiet, extra=extra_callbacks)
     return tune.Tuner(
         make_trainable(space, paths, teacher_checkpoint),
+        param_space=dict.fromkeys(keys),
         tune_config=tune.TuneConfig(
-            search_alg=FixedPoints(points), num_samples=len(points),
-            max_concurrent_trials=max_concurrent(space, autoscaling=autoscaling),
+            search_alg=BasicVariantGenerator(points_to_evaluate=[{k: p.get(k) for k in keys} for p in points],
+                                             max_concurrent=max_concurrent(space, autoscaling=autoscaling)),
+            num_samples=len(points),
             trial_dirname_creator=trial_dirname, reuse_actors=_reuse_actors(space),
         ),
         run_config=_run_config(CONFIRM_FOLDER, paths.root, callbacks),

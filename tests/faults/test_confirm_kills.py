@@ -1,0 +1,43 @@
+"""The search driver SIGKILLed in the confirmation phase, then continued with --resume: the
+confirmation trials finish once each, tagged ``phase = confirm``, on the fresh seeds."""
+
+from __future__ import annotations
+
+import pytest
+
+from fault_tools import check_parts
+from raykd.results import load
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
+
+KILL_POINTS = [
+    (r"^confirm: \d+ configurations", "confirmation phase starting"),
+    (r"^confirm: [\s\S]*epoch 1/2", "first confirmation result, checkpoint in flight"),
+]
+
+
+def test_driver_killed_in_the_confirmation_phase_then_resumed(fault_space, search_driver, tmp_path, fault_ledger):
+    space = fault_space(num_samples=3, epochs=2, confirm={"top": 1, "seeds": [100, 101], "baseline": True})
+    driver = search_driver(space)
+    root = tmp_path / "results" / "faulty"
+    for i, (pattern, _point) in enumerate(KILL_POINTS):
+        driver.start(*([] if i == 0 else ["--resume"]))
+        driver.wait_for(pattern, timeout=600)
+        driver.kill()
+        check_parts(root / "tables")
+    driver.start("--resume")
+    assert driver.finish() == 0, driver.text()[-3000:]
+    assert "best (confirmation on fresh seeds)" in driver.text()
+
+    trials = load(root / "tables")
+    epochs = load(root / "tables", table="epochs")
+    fault_ledger("driver SIGKILL in the confirmation phase", injected=len(KILL_POINTS), trials_expected=7,
+                 trials_found=len(trials))
+    assert trials["trial_id"].is_unique and len(trials) == 7
+    assert set(trials["status"]) == {"TERMINATED"} and set(trials["epochs_run"]) == {2}
+    confirmed = trials[trials["phase"] == "confirm"]
+    assert len(confirmed) == 4 and (trials["phase"] == "search").sum() == 3
+    assert sorted(confirmed["seed"]) == [100, 100, 101, 101] and "none" in set(confirmed["distill.method"])
+    for trial_id in trials["trial_id"]:  # every epoch once: nothing lost, nothing twice
+        assert sorted(epochs.loc[epochs["trial_id"] == trial_id, "epoch"]) == [1, 2]
+    assert {p.name.removeprefix("trial_") for p in (root / "confirm").glob("trial_*")} == set(confirmed["trial_id"])
