@@ -183,3 +183,25 @@ def test_train_refuses_bad_weights_before_writing_anything(write_experiment, tmp
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "student.backbone_weights" in proc.stderr and words in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_teacher_whose_head_does_not_fit_is_refused_for_logit_methods_only(write_experiment, tmp_path):
+    from raykd.config import load_experiment
+    from raykd.train.setup import build_pair
+
+    model = ModelConfig(arch="fcos", backbone="resnet18", fpn_channels=32)
+    other = ["__background__", "cat", "dog", "cow", "pig"]  # not the synthetic set's shapes
+    torch.save({"model": build_detector(model, len(other), 64).state_dict(), "categories": other},
+               tmp_path / "other.pt")
+    teacher = {**model.model_dump(), "weights": str(tmp_path / "other.pt")}
+    names, cat_ids = ["circle", "square"], [1, 3]
+    cfg = load_experiment(write_experiment(teacher=teacher, distill={"method": "samkd"}))
+    with pytest.raises(UserError, match="add a teacher.train block") as err:
+        build_pair(cfg, names, cat_ids, None, with_teacher=True, log=lambda line: None)
+    assert err.value.key == "teacher.train"
+    lines = []
+    cfg = load_experiment(write_experiment(teacher=teacher, distill={"method": "mgd"}))  # features only
+    pair = build_pair(cfg, names, cat_ids, None, with_teacher=True, log=lines.append)
+    assert pair.teacher_space.num_classes == pair.space.num_classes == 3 and len(lines) == 1
+    cfg = load_experiment(write_experiment(teacher={**teacher, "train": {"epochs": 1}}, distill={"method": "samkd"}))
+    assert build_pair(cfg, names, cat_ids, None, with_teacher=True, log=lambda line: None).teacher is not None

@@ -169,7 +169,9 @@ def build_pair(cfg: ExperimentConfig, names: list[str], cat_ids: list[int], teac
         else None
     student, space, _ = build_pretrained(cfg.student, names, cat_ids, cfg.data.image_size, key="student",
                                          space=adopt, min_size=cfg.data.min_size, log=log)
-    if teacher is not None and reads_teacher_logits(cfg) and (not head_fits or teacher_space.categories != space.categories):
+    # without a checkpoint, a teacher.train block means it is fine-tuned first (ensure_teacher)
+    unfit = not head_fits and cfg.teacher.train is None
+    if teacher is not None and reads_teacher_logits(cfg) and (unfit or teacher_space.categories != space.categories):
         why = "its head does not fit the data set's classes" if not head_fits else \
             f"it predicts {teacher_space.num_classes} classes, the student {space.num_classes}"
         raise UserError(f"distill.method {cfg.distill.method} compares the teacher's class logits, but {why}: "
