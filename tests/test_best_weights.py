@@ -27,14 +27,18 @@ def test_best_model_keeps_the_best_epoch_and_the_last(tmp_path):
 
 
 @pytest.mark.slow
-def test_teacher_trained_for_distillation_is_its_best_epoch(write_experiment, tiny_teacher):
+@pytest.mark.parametrize("checkpoint", [None, "teachers/mine.pt"])
+def test_teacher_trained_for_distillation_is_its_best_epoch(write_experiment, tiny_teacher, tmp_path, checkpoint):
     tiny_teacher["train"]["epochs"] = 3
+    if checkpoint:  # a configured teacher.checkpoint that is missing: trained into it
+        tiny_teacher["checkpoint"] = str(tmp_path / checkpoint)
     cfg = load_experiment(write_experiment(teacher=tiny_teacher, distill={"method": "mgd"}))
     path = ensure_teacher(cfg, log=lambda line: None, progress=False)
     history = [json.loads(line) for line in (Path(path).parent / "metrics.jsonl").read_text().splitlines()]
     best_epoch = max(history, key=lambda m: m["bbox_mAP"])["epoch"]
-    assert path.endswith("model_best.pt")
+    assert path == (str(tmp_path / checkpoint) if checkpoint else str(Path(path).parent / "model_best.pt"))
     assert torch.load(path, weights_only=True)["metrics"]["epoch"] == best_epoch
+    assert torch.load(Path(path).parent / "model_final.pt", weights_only=True)["metrics"]["epoch"] == 3
 
 
 def test_levels_no_model_taps_are_refused_before_training(write_experiment, tmp_path):

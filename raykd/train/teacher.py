@@ -11,6 +11,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -101,6 +102,8 @@ def ensure_teacher(cfg: ExperimentConfig, *, log: Callable[[str], None] = print,
 
         fit(exp, on_epoch_end=keep, progress=progress, log=lambda line: log(f"teacher: {line}"))
         (target.parent / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in history))
+        if target.name != "model_best.pt":  # a configured teacher.checkpoint holds the best epoch too
+            shutil.copyfile(target.parent / "model_best.pt", target)
         log(f"teacher: best epoch {best.metrics.get('epoch')} of {len(history)} "
             f"(bbox_mAP {best.metrics.get(BEST_METRIC, float('nan')):.4f}) kept as {target.name}")
     return str(target)
