@@ -205,3 +205,42 @@ def test_teacher_whose_head_does_not_fit_is_refused_for_logit_methods_only(write
     assert pair.teacher_space.num_classes == pair.space.num_classes == 3 and len(lines) == 1
     cfg = load_experiment(write_experiment(teacher={**teacher, "train": {"epochs": 1}}, distill={"method": "samkd"}))
     assert build_pair(cfg, names, cat_ids, None, with_teacher=True, log=lambda line: None).teacher is not None
+
+
+def test_training_in_a_kept_pretrained_numbering_maps_labels_both_ways(write_experiment, tmp_path, tiny_data,
+                                                                     monkeypatch):
+    import json
+
+    import raykd.train.loop as loop
+    from raykd.config import load_experiment
+    from raykd.train.loop import fit
+
+    files = sorted(json.loads((tiny_data / "annotations/train.json").read_text())["categories"], key=lambda c: c["id"])
+    names, cat_ids = [c["name"] for c in files], [c["id"] for c in files]
+    seen_labels, to_cat = set(), {}
+
+    def forward_taps(student, teacher, images, targets, **kwargs):
+        seen_labels.update(int(label) for t in targets for label in t["labels"])
+        return original_taps(student, teacher, images, targets, **kwargs)
+
+    def predict(model, loader, device, label_to_cat_id, **kwargs):
+        to_cat.update({label: label_to_cat_id(label) for label in range(len(categories))})
+        return original_predict(model, loader, device, label_to_cat_id, **kwargs)
+
+    original_taps, original_predict = loop.forward_taps, loop.predict
+    monkeypatch.setattr(loop, "forward_taps", forward_taps)
+    monkeypatch.setattr(loop, "predict", predict)
+    categories = ["__background__", "N/A", *reversed(names), "zebra"]  # another order, a gap, an extra class
+    model = ModelConfig(arch="fcos", backbone="resnet18", fpn_channels=32)
+    torch.save({"model": build_detector(model, len(categories), 64).state_dict(), "categories": categories},
+               tmp_path / "pretrained.pt")
+    cfg = load_experiment(write_experiment(student={"weights": str(tmp_path / "pretrained.pt")},
+                                           train={"epochs": 1, "steps_per_epoch": 2}))
+    states = []
+    metrics = fit(cfg, on_epoch_end=lambda m, make_state: states.append(make_state()), progress=False,
+                  log=lambda line: None)
+    assert states[0]["categories"] == categories  # the head kept its numbering
+    assert seen_labels and seen_labels <= {categories.index(name) for name in names}  # targets mapped in
+    assert [to_cat[categories.index(name)] for name in names] == cat_ids  # predictions mapped out
+    assert to_cat[categories.index("zebra")] is None and to_cat[1] is None
+    assert 0.0 <= metrics["bbox_mAP"] <= 1.0
