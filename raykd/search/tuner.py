@@ -271,7 +271,8 @@ def build_confirm_tuner(space: Space, paths: SearchPaths, teacher_checkpoint: st
     Tune state lives in ``paths.confirm_root``.
 
     Tune's variant generator takes points whose keys its param space has: every point gets
-    every key, ``None`` where a conditional key is undefined (the trainable leaves those out).
+    every key, ``None`` where a conditional key is undefined (the trainable leaves those out),
+    and lists travel as the search's categoricals do (:func:`~raykd.search.space.encode_choice`).
     """
     keys = sorted({key for point in points for key in point})
     callbacks = _callbacks(space, paths, paths.confirm_root, CONFIRM_PHASE, quiet=quiet, extra=extra_callbacks)
@@ -279,7 +280,8 @@ def build_confirm_tuner(space: Space, paths: SearchPaths, teacher_checkpoint: st
         make_trainable(space, paths, teacher_checkpoint),
         param_space=dict.fromkeys(keys),
         tune_config=tune.TuneConfig(
-            search_alg=BasicVariantGenerator(points_to_evaluate=[{k: p.get(k) for k in keys} for p in points],
+            search_alg=BasicVariantGenerator(points_to_evaluate=[{k: encode_choice(p.get(k)) for k in keys}
+                                                                 for p in points],
                                              max_concurrent=max_concurrent(space, autoscaling=autoscaling)),
             num_samples=len(points),
             trial_dirname_creator=trial_dirname, reuse_actors=_reuse_actors(space),
