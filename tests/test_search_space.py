@@ -190,3 +190,40 @@ def test_confirm_block_with_fresh_seeds_is_accepted(space_file):
                              space={"distill.method": {"choice": ["none", "mgd"]}, "train.seed": {"choice": [0, 1]}}))
     assert space.spec.confirm.seeds == [100, 101, 102] and space.spec.confirm.baseline is True
     assert space.search_seeds() == {0, 1}
+
+
+def test_confirmation_points_take_the_top_of_each_method_and_the_baseline(space_file, tmp_path):
+    import pyarrow as pa
+
+    from raykd.results import TableWriter
+    from raykd.search.confirm import confirmation_points
+
+    space = Space(space_file(
+        confirm={"top": 1, "per": "distill.method", "seeds": [100, 101]},
+        space={"distill.method": {"choice": ["none", "mgd", "dmkd"]},
+               "distill.alpha": {"loguniform": [1e-8, 1e-6], "when": {"distill.method": ["mgd", "dmkd"]}}}))
+    root = tmp_path / "search"
+    writer = TableWriter(root / "tables", "search", {"distill.method": pa.string(), "distill.alpha": pa.float64()})
+    scores = [("a", "mgd", 1e-7, 0.30), ("b", "mgd", 2e-7, 0.35), ("c", "dmkd", 1e-7, 0.20),
+              ("d", "dmkd", 3e-7, 0.25), ("e", "none", None, 0.22)]
+    for trial_id, method, alpha, value in scores:
+        config = {"distill.method": method, **({"distill.alpha": alpha} if alpha else {})}
+        writer.add_result(trial_id, config, {"epoch": 1, "epochs_total": 1, "bbox_mAP": value})
+        writer.end_trial(trial_id, config=config)
+    writer.flush()
+    points = confirmation_points(space, str(root))
+    # the best mgd and the best dmkd (not the two best overall, both mgd), then the baseline
+    assert points == [{"distill.method": m, **a, "train.seed": s}
+                      for m, a in (("mgd", {"distill.alpha": 2e-7}), ("dmkd", {"distill.alpha": 3e-7}),
+                                   ("none", {}))
+                      for s in (100, 101)]
+    space.spec.confirm.per = None
+    space.spec.confirm.top = 2
+    assert [p["distill.alpha"] for p in confirmation_points(space, str(root))[:4:2]] == [2e-7, 1e-7]
+
+
+def test_confirm_per_must_be_a_searched_key(space_file):
+    path = space_file(confirm={"top": 1, "per": "distill.fusion", "seeds": [100, 101]})
+    with pytest.raises(UserError) as err:
+        Space(path)
+    assert err.value.key == "confirm.per" and "expected a searched key" in err.value.message

@@ -18,10 +18,13 @@ from raykd.search.space import Space
 
 
 def confirmation_points(space: Space, root: str) -> list[dict[str, Any]]:
-    """The dotted configs of the confirmation trials of the search folder ``root``: the
-    ``confirm.top`` best distilled configurations of its search phase (ranked as
-    ``raykd.analyze`` ranks them) and, with ``confirm.baseline``, its best no-distillation
-    configuration, each once per ``confirm.seeds``. Empty when no trial has a value yet."""
+    """The dotted configs of the confirmation trials of the search folder ``root``.
+
+    The ``confirm.top`` best distilled configurations of its search phase (ranked as
+    ``raykd.analyze`` ranks them; the top of each value of ``confirm.per`` when given) and,
+    with ``confirm.baseline``, its best no-distillation configuration, each once per
+    ``confirm.seeds``. Empty when no trial has a value yet.
+    """
     confirm = space.spec.confirm
     assert confirm is not None
     inputs = read_inputs([root])
@@ -30,8 +33,12 @@ def confirmation_points(space: Space, root: str) -> list[dict[str, Any]]:
     if ranking is None:
         return []
     configs = ranking.configs
-    distilled = [i for i in configs.order if ranking.values(i).get(METHOD) != BASELINE_METHOD][:confirm.top]
-    chosen = [ranking.values(i) for i in distilled]
+    distilled = [ranking.values(i) for i in configs.order if ranking.values(i).get(METHOD) != BASELINE_METHOD]
+    chosen: list[dict[str, Any]] = []
+    for values in distilled:  # best first
+        group = [c for c in chosen if confirm.per is None or c.get(confirm.per) == values.get(confirm.per)]
+        if len(group) < confirm.top:
+            chosen.append(values)
     if confirm.baseline:
         chosen.append(ranking.values(configs.baseline) if configs.baseline is not None else {METHOD: BASELINE_METHOD})
     searched = set(space.params)

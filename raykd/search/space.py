@@ -134,6 +134,8 @@ class ConfirmSettings(_Strict):
     seeds: list[int] = Field(min_length=2, description="fresh seeds, each run by every confirmed configuration "
                                                        "(two or more: the differences are paired over them)")
     baseline: bool = Field(True, description="also re-run the no-distillation baseline on the same seeds")
+    per: str | None = Field(None, description="a searched key: confirm the top configurations of each of its "
+                                              "values (e.g. distill.method: the best of every method)")
 
     @field_validator("seeds")
     @classmethod
@@ -280,6 +282,9 @@ class Space:
         seed = self.params.get(SEED_KEY)
         if seed is not None and seed.kind not in ("choice", "value"):
             return  # a searched seed range: freshness cannot be listed, the user chose the seeds
+        if confirm.per is not None and confirm.per not in self.params:
+            raise UserError(f"expected a searched key, got {confirm.per!r} (searched: {', '.join(self.params)})",
+                            file=self.path, key="confirm.per")
         used = sorted(self.search_seeds() & set(confirm.seeds))
         if used:
             raise UserError(f"expected fresh seeds, not ones the search phase runs: {used}", file=self.path,
