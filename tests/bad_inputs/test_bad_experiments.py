@@ -32,7 +32,7 @@ CASES = [
                                              "synthetic": {"out_dir": "syn", "image_size": 48}}},
      "data.synthetic.image_size", "greater than or equal to 64 (got 48)"),
     ("teacher-without-checkpoint-or-train", {"distill": MGD, "teacher": {"arch": "fcos", "fpn_channels": 64}},
-     "teacher", "expected teacher.checkpoint or a teacher.train block"),
+     "teacher", "expected teacher.checkpoint, teacher.weights or a teacher.train block"),
 ]
 
 
