@@ -184,7 +184,6 @@ def test_every_method_renders(experiment, method):
                 assert {f"{level.level}/norm_{key}", f"{level.level}/error_{key}"} <= labels, (key, sorted(labels))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["fcos", "retinanet", "faster_rcnn"])
 def test_every_detector_family_renders_a_png(experiment, arch, tmp_path):
     out = tmp_path / "pictures"
