@@ -121,12 +121,14 @@ class Process:
 
 
 def test_two_train_runs_on_one_output_dir(write_experiment, tmp_path, fault_ledger):
-    path = write_experiment(train={"epochs": 30})
+    # Far more epochs than the test waits for: the first run must still hold the folder when the
+    # refused starts are checked, however slow they are to start (it is SIGKILLed after them).
+    path = write_experiment(train={"epochs": 1000})
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "raykd.train", str(path), "--no-progress"]
     first = Process(cmd, tmp_path / "first.log")
     try:
-        first.wait_for(r"epoch 1/30")
+        first.wait_for(r"epoch 1/1000")
         for flags in ([], ["--resume"]):
             second = subprocess.run(cmd + flags, cwd=REPO, capture_output=True, text=True, timeout=300)
             assert second.returncode == 2 and second.stdout == "", second.stdout[-2000:]
