@@ -194,7 +194,10 @@ def _search(args: argparse.Namespace, space: Space, storage: str, name: str, pat
     if cfg.teacher is not None:
         teacher_ckpt = ensure_teacher(cfg, log=lambda line: print(line, flush=True), progress=not args.quiet)
         teacher = check_teacher(cfg, teacher_ckpt)
-        print(f"teacher: {teacher_ckpt} (bbox_mAP {teacher.get('bbox_mAP', float('nan')):.4f})", flush=True)
+        if teacher_ckpt is None:  # teacher.weights as they are: no checkpoint, no evaluation on this data
+            print(f"teacher: {cfg.teacher.weights} (pretrained weights, not trained on this data)", flush=True)
+        else:
+            print(f"teacher: {teacher_ckpt} (bbox_mAP {teacher.get('bbox_mAP', float('nan')):.4f})", flush=True)
     prep_s = time.perf_counter() - started
 
     _init_ray(address, args.num_cpus)
