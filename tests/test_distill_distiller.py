@@ -13,13 +13,7 @@ from raykd.distill import METHODS, DistillConfig, Distiller, build_distiller, te
 from raykd.distill.config import AttentionSource, Branches, FusionMode, MaskRule, Polarity
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is faster and does not spin against other jobs on the machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # P3-P7 of a 128-px input, FCOS/RetinaNet level names

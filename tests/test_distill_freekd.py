@@ -19,12 +19,7 @@ with warnings.catch_warnings():  # pytorch_wavelets imports the deprecated pkg_r
     from pytorch_wavelets import DWTForward, DWTInverse
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _in_float64(build):

@@ -12,13 +12,7 @@ from raykd.distill.cells import cell_grid, cell_mean
 from raykd.distill.masks import MaskSettings, dual_masks, random_spatial_mask, topk_cell_mask
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is faster and does not spin against other jobs on the machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 CPU = torch.device("cpu")

@@ -14,13 +14,7 @@ from raykd.distill.masks import MaskSettings, dual_masks
 from raykd.distill.pkd import standardise
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is faster and does not spin against other jobs on the machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 LEVELS = {"0": (8, 8), "1": (4, 4), "p7": (1, 1)}

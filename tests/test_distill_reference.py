@@ -11,13 +11,7 @@ from torch import Tensor
 from raykd.distill import DistillConfig, build_distiller
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is faster and does not spin against other jobs on the machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 N, CS, CT = 2, 3, 4

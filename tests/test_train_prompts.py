@@ -17,12 +17,7 @@ from raykd.train.prompts import PROMPT_SEED, train_prompts
 LEVELS = ["0", "1", "2", "p6", "p7"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _batches():

@@ -30,12 +30,7 @@ from raykd.visualize.render import prepare
 STUDENT_FPN, TEACHER_FPN = 64, 96
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
