@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from proc_tools import kill_session
+from raykd.errors import UserError
 from raykd.results import load
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,6 +83,28 @@ def check_parts(tables: Path) -> int:
     for part in parts:
         pq.read_table(part)  # raises on a torn or corrupt file
     return len(parts)
+
+
+def intact_trials(root: Path, epochs: int, statuses: set[str] = frozenset({"TERMINATED"})) -> list[str]:
+    """Ids of the trials a search left whole: in the trials table once, with a Tune trial folder,
+    a status in ``statuses`` and, when TERMINATED, every epoch 1..``epochs`` in the epochs table.
+
+    What the hardening ledger counts as found: a trial with a torn curve or no Tune folder is lost."""
+    try:
+        trials = load(root / "tables")
+        epoch_rows = load(root / "tables", table="epochs")
+    except UserError:
+        return []
+    tune_trials = {p.name.removeprefix("trial_") for p in root.glob("trial_*") if p.is_dir()}
+    counts = trials["trial_id"].value_counts()
+    whole = []
+    for row in trials.itertuples():
+        if counts[row.trial_id] != 1 or row.trial_id not in tune_trials or row.status not in statuses:
+            continue
+        seen = sorted(epoch_rows.loc[epoch_rows["trial_id"] == row.trial_id, "epoch"])
+        if row.status != "TERMINATED" or (seen == list(range(1, epochs + 1)) and row.epochs_run == epochs):
+            whole.append(row.trial_id)
+    return whole
 
 
 def check_search(root: Path, trials_expected: int, epochs: int, statuses: set[str] = frozenset({"TERMINATED"})):
