@@ -12,13 +12,14 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from raykd.distill.config import DistillConfig
 from raykd.errors import UserError
+from raykd.uri import is_uri
 
 Arch = Literal["fcos", "retinanet", "retinanet_v2", "faster_rcnn", "faster_rcnn_v2", "mask_rcnn", "mask_rcnn_v2"]
 Norm = Literal["frozen_bn", "bn", "sync_bn"]
@@ -30,6 +31,18 @@ WEIGHTS_ENUM = re.compile(r"^[A-Za-z0-9_]+_Weights\.[A-Za-z0-9_]+$")
 ``weights`` / ``backbone_weights`` values are file paths."""
 Backbone = Literal["resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v3_large"]
 
+PATH_MARK = "raykd_path"
+"""The ``json_schema_extra`` key that marks a field as a file-system path (see :func:`path_field`)."""
+
+
+def path_field(default: Any = ..., *, shared: bool = True, **kwargs: Any) -> Any:
+    """A ``str`` field holding a file or folder path: a relative value in a YAML file is relative
+    to that file's folder (:func:`load_experiment_dict`). ``shared``: every trial of a search reads
+    it (or shares what is written there), so on a multi-node cluster it must not point into the
+    job's per-node package (:func:`raykd.submit.package.node_local_paths`); ``False`` for a
+    run's own output folder, which a search replaces."""
+    return Field(default, json_schema_extra={PATH_MARK: "shared" if shared else "own"}, **kwargs)
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -39,8 +52,8 @@ class CocoSplit(_Strict):
     """One COCO split: an annotation file and the folder its ``file_name`` entries are under."""
 
     format: Literal["coco"] = "coco"
-    annotations: str
-    images: str
+    annotations: str = path_field()
+    images: str = path_field()
 
 
 class VocSplit(_Strict):
@@ -48,7 +61,7 @@ class VocSplit(_Strict):
     ``classes``: the class names in label order (default: every name in the XML files, sorted)."""
 
     format: Literal["voc"]
-    root: str
+    root: str = path_field()
     split: str = Field(min_length=1)
     classes: list[str] | None = Field(None, min_length=1)
 
@@ -58,7 +71,7 @@ class YoloSplit(_Strict):
     (``path``, ``train``/``val`` image folders with ``labels/`` beside ``images/``, ``names``)."""
 
     format: Literal["yolo"]
-    yaml: str
+    yaml: str = path_field()
     split: str = Field(min_length=1)
 
 
@@ -79,7 +92,7 @@ SplitConfig = Annotated[
 class SyntheticConfig(_Strict):
     """Generate the synthetic shapes set into ``out_dir`` when it is missing."""
 
-    out_dir: str
+    out_dir: str = path_field()
     train_images: int = Field(3000, ge=1)
     val_images: int = Field(500, ge=1)
     seed: int = 0
@@ -138,8 +151,8 @@ class ModelConfig(_Strict):
     arch: Arch = "fcos"
     backbone: Backbone = "resnet18"
     fpn_channels: int = Field(256, ge=8)
-    weights: str | None = Field(None, min_length=1)
-    backbone_weights: str | None = Field(None, min_length=1)
+    weights: str | None = path_field(None, min_length=1)  # or a torchvision enum (WEIGHTS_ENUM)
+    backbone_weights: str | None = path_field(None, min_length=1)
     norm: Norm | None = None
     trainable_layers: int | None = Field(None, ge=0, le=5)
 
@@ -203,14 +216,14 @@ class ScheduleConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1, description="torch CPU threads per worker")
     eval_every: int = Field(1, ge=1, description="evaluate every N epochs (and after the last)")
-    output_dir: str = "runs/experiment"
+    output_dir: str = path_field("runs/experiment", shared=False)
 
 
 class TeacherConfig(ModelConfig):
     """The frozen teacher: a checkpoint, pretrained ``weights``, or how to train one (from
     ``weights`` when given) when the checkpoint is missing."""
 
-    checkpoint: str | None = None
+    checkpoint: str | None = path_field(None)
     train: ScheduleConfig | None = None
 
     @model_validator(mode="after")
@@ -231,7 +244,7 @@ class ExperimentConfig(_Strict):
     teacher: TeacherConfig | None = None
     distill: DistillConfig = Field(default_factory=DistillConfig)
     train: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    cache_dir: str = Field("cache", description="cached teachers trained for searches and VOC/YOLO splits as COCO")
+    cache_dir: str = path_field("cache", description="cached teachers trained for searches and VOC/YOLO splits as COCO")
     source: str | None = Field(None, exclude=True, description="the YAML file this came from")
 
     @model_validator(mode="after")
@@ -330,25 +343,42 @@ def validation_message(err: ValidationError) -> tuple[str, str]:
     return key, msg.removeprefix("Value error, ")
 
 
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation names (through unions, ``Optional`` and ``Annotated``)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for arg in get_args(annotation) for model in _models_in(arg)]
+
+
+def path_keys(model: type[BaseModel], *, shared_only: bool = False, prefix: str = "") -> tuple[str, ...]:
+    """Dotted keys of every field marked with :func:`path_field` in ``model`` and the models
+    inside it (each key once, in field order; a data split lists the keys of all its formats).
+    ``shared_only``: only those every trial of a search reads."""
+    keys: list[str] = []
+    for name, info in model.model_fields.items():
+        key = f"{prefix}{name}"
+        mark = (info.json_schema_extra or {}).get(PATH_MARK) if isinstance(info.json_schema_extra, dict) else None
+        if mark is not None and (mark == "shared" or not shared_only):
+            keys.append(key)
+        for inner in _models_in(info.annotation):
+            keys += path_keys(inner, shared_only=shared_only, prefix=f"{key}.")
+    return tuple(dict.fromkeys(keys))
+
+
+def relative_path(value: Any) -> bool:
+    """Whether a path key's value resolves against the experiment file: a string that is not a
+    URI, a torchvision weights enum (``Class.MEMBER``) or an absolute (or ``~``) path."""
+    return (isinstance(value, str) and not WEIGHTS_ENUM.match(value) and not is_uri(value)
+            and not Path(value).expanduser().is_absolute())
+
+
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     """Make the relative paths of an experiment mapping absolute against ``base``."""
-    keys = [
-        "data.train.annotations", "data.train.images", "data.val.annotations", "data.val.images",
-        "data.train.root", "data.train.yaml", "data.val.root", "data.val.yaml",
-        "data.train.root", "data.train.yaml", "data.val.root", "data.val.yaml",
-        "data.train.root", "data.train.yaml", "data.val.root", "data.val.yaml",
-        "data.train.root", "data.train.yaml", "data.val.root", "data.val.yaml",
-        "data.synthetic.out_dir", "teacher.checkpoint", "train.output_dir", "cache_dir",
-        "teacher.train.output_dir", "teacher.weights", "teacher.backbone_weights", "student.weights",
-        "student.backbone_weights",
-    ]
-    for key in keys:
+    for key in PATH_KEYS:
         value = get_dotted(raw, key)
-        if isinstance(value, str) and WEIGHTS_ENUM.match(value):
-            continue
-        if isinstance(value, str) and "://" not in value and not Path(value).expanduser().is_absolute():
+        if relative_path(value):
             set_dotted(raw, key, str((base / value).resolve()))
-        elif isinstance(value, str) and value.startswith("~"):
+        elif isinstance(value, str) and value.startswith("~") and not WEIGHTS_ENUM.match(value):
             set_dotted(raw, key, str(Path(value).expanduser()))
 
 
@@ -394,3 +424,9 @@ def config_hash(*parts: Any) -> str:
     """A short stable hash of JSON-serialisable parts (teacher cache keys)."""
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+PATH_KEYS = path_keys(ExperimentConfig)
+"""Every path-typed key of an experiment (derived from the :func:`path_field` marks)."""
+SHARED_PATH_KEYS = path_keys(ExperimentConfig, shared_only=True)
+"""The path keys every trial of a search reads: node-local when relative on a multi-node cluster."""

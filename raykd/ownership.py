@@ -45,6 +45,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from raykd.errors import UserError
+from raykd.uri import is_uri
 
 OWNER_FILE = ".owner.json"
 HEARTBEAT_S = 15.0
@@ -163,7 +164,7 @@ def gone_reason(owner: Owner, heartbeat_age_s: float) -> str | None:
 
 
 def _uri(folder: str) -> bool:
-    return "://" in folder
+    return is_uri(folder)
 
 
 def _file(folder: str) -> str:

@@ -11,6 +11,7 @@ from raykd.analyze.report import FORMATS, parse_formats, write, write_summary
 from raykd.analyze.scores import FIDELITIES
 from raykd.errors import ArgumentParser, UserError, run_cli
 from raykd.results import METRICS
+from raykd.uri import is_uri
 
 PROG = "python -m raykd.analyze"
 
@@ -65,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def default_out(results: Sequence[str]) -> Path:
     """``RESULTS/report`` for one local results folder, else ``./report``."""
-    if len(results) == 1 and "://" not in results[0] and Path(results[0]).is_dir():
+    if len(results) == 1 and not is_uri(results[0]) and Path(results[0]).is_dir():
         return Path(results[0]) / "report"
     return Path("report")
 

@@ -1,8 +1,9 @@
 """Finding and reading what the analysis works from: the tables, the teacher's metrics, filters.
 
 A RESULTS argument is a search folder (``STORAGE/NAME``, tables under ``tables/`` and the
-teacher's metrics in ``teacher.json``), a tables folder (``trials/``, ``epochs/``,
-``runs/``), one table's folder of part files, or Parquet part files (each part says in its
+teacher's metrics in ``teacher.json``, see :mod:`raykd.results.layout`), a tables folder
+(``trials/``, ``epochs/``, ``runs/``), a storage folder holding one search, one table's
+folder of part files, or Parquet part files (each part says in its
 metadata which table it belongs to). Local paths and pyarrow URIs (``s3://...``) both work.
 """
 
@@ -22,10 +23,8 @@ import yaml
 from raykd.errors import UserError
 from raykd.results import load, load_table, param_names
 from raykd.results import schema as S
-from raykd.results.store import join, list_parts, resolve
-
-TABLES_DIR = "tables"
-TEACHER_FILE = "teacher.json"
+from raykd.results.layout import TEACHER_FILE, find_tables
+from raykd.results.store import join, list_parts, location, resolve
 
 
 @dataclass
@@ -63,18 +62,19 @@ def locate(paths: Sequence[str]) -> Sources:
         if info.type == pafs.FileType.NotFound:
             raise UserError("no such results folder or file", file=origin)
         if info.type == pafs.FileType.File:
-            sources.tables[_table_of_file(fs, base, origin)].append(_uri(origin, base))
+            sources.tables[_table_of_file(fs, base, origin)].append(location(origin, base))
             continue
-        folders, teacher_dirs = _table_folders(fs, base.rstrip("/"))
+        folders, teacher_dirs = _table_folders(fs, base.rstrip("/"), origin)
         if not folders:
             raise UserError("no raykd tables here (expected a search folder with tables/, a tables folder "
-                            "with trials/ and epochs/, or Parquet part files)", file=origin)
+                            "with trials/ and epochs/, a storage folder holding one search, or Parquet part "
+                            "files)", file=origin)
         for name, folder in folders.items():
-            sources.tables[name].append(_uri(origin, folder))
+            sources.tables[name].append(location(origin, folder))
         for folder in teacher_dirs:
             candidate = join(folder, TEACHER_FILE)
             if fs.get_file_info(candidate).type == pafs.FileType.File:
-                sources.teacher_files.append(_uri(origin, candidate))
+                sources.teacher_files.append(location(origin, candidate))
                 break
     if not sources.tables["trials"]:
         raise UserError("no 'trials' part files here (expected tables/trials/part-*.parquet)",
@@ -82,25 +82,21 @@ def locate(paths: Sequence[str]) -> Sources:
     return sources
 
 
-def _uri(origin: str, path: str) -> str:
-    """``path`` in the form the reader takes (the scheme kept for remote filesystems)."""
-    return f"{origin.split('://', 1)[0]}://{path.lstrip('/')}" if "://" in origin else path
-
-
 def _parent(path: str) -> str:
     return path.rsplit("/", 1)[0] if "/" in path.strip("/") else path
 
 
-def _table_folders(fs: pafs.FileSystem, base: str) -> tuple[dict[str, str], list[str]]:
+def _table_folders(fs: pafs.FileSystem, base: str, origin: str) -> tuple[dict[str, str], list[str]]:
     """Folders holding parts of each table under ``base``, and where ``teacher.json`` may be.
 
-    ``base`` is a search folder (``base/tables/trials``), a tables folder (``base/trials``)
-    or one table's folder of parts (``.../tables/trials``: its sibling tables are used too).
+    ``base`` is a search folder, a tables folder or a storage folder holding one search
+    (:func:`~raykd.results.layout.find_tables`), or one table's folder of parts
+    (``.../tables/trials``: its sibling tables are used too).
     """
-    if fs.get_file_info(join(join(base, TABLES_DIR), "trials")).type == pafs.FileType.Directory:
-        root, teacher_dirs = join(base, TABLES_DIR), [base]
-    elif fs.get_file_info(join(base, "trials")).type == pafs.FileType.Directory:
-        root, teacher_dirs = base, [base, _parent(base)]
+    found = find_tables(fs, base, origin)
+    if found is not None:
+        root = found.tables
+        teacher_dirs = [found.search] if found.tables != base else [base, _parent(base)]
     else:
         parts = list_parts(fs, base)
         if not parts:

@@ -24,6 +24,7 @@ import pandas as pd
 from raykd.analyze import stats
 from raykd.errors import UserError
 from raykd.results import METRICS
+from raykd.stop_reasons import EARLY_STOPPED, stopped_early_text
 
 FIDELITIES = ("auto", "common-epoch", "completed", "best")
 MIN_TRIALS = 3
@@ -114,8 +115,8 @@ def _not_completed(row: pd.Series) -> str:
     epoch = int(row["epochs_run"]) if not pd.isna(row["epochs_run"]) else 0
     if row["status"] == "RUNNING":
         return f"still running (epoch {epoch})"
-    if row["stop_reason"] == "early_stopped":
-        return f"stopped early by the scheduler after epoch {epoch} of {row['epochs_total']}"
+    if row["stop_reason"] == EARLY_STOPPED:
+        return stopped_early_text(epoch, row["epochs_total"])
     return "no value at its final epoch"
 
 

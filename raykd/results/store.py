@@ -12,6 +12,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from raykd.uri import is_uri
+
 TMP_PREFIX = ".tmp-"
 # Storage errors no retry fixes: full, over quota, read-only.
 STORAGE_GONE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
@@ -21,9 +23,15 @@ _counter = itertools.count()
 def resolve(root: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     """Filesystem and path of ``root``: a URI (``s3://...``, ``file:///...``) or a local path."""
     text = os.fspath(root)
-    if "://" in text:
+    if is_uri(text):
         return pafs.FileSystem.from_uri(text)
     return pafs.LocalFileSystem(), Path(text).expanduser().resolve().as_posix()
+
+
+def location(origin: str, path: str) -> str:
+    """``path`` (as :func:`resolve` returns it for ``origin``) in the form readers take: with the
+    scheme of ``origin`` kept for remote filesystems."""
+    return f"{origin.split('://', 1)[0]}://{path.lstrip('/')}" if is_uri(origin) else path
 
 
 def join(folder: str, name: str) -> str:

@@ -41,6 +41,7 @@ from raykd.ownership import check_held
 from raykd.results import schema as S
 from raykd.results.read import newest, read_parts
 from raykd.results.store import join, publish, resolve
+from raykd.stop_reasons import stop_reason
 
 log = logging.getLogger(__name__)
 
@@ -268,19 +269,11 @@ class TableWriter:
         scored = [r for r in trial.epochs.values() if r.get("bbox_mAP") is not None]
         best = max(scored, key=lambda r: (r["bbox_mAP"], -r["epoch"])) if scored else {}
         epochs_run = max(trial.epochs) if trial.epochs else 0
-        if trial.status == "RUNNING":
-            stop_reason = "running"
-        elif trial.status == "ERROR":
-            stop_reason = "error"
-        elif trial.epochs_total is not None and epochs_run < trial.epochs_total:
-            stop_reason = "early_stopped"
-        else:
-            stop_reason = "completed"
         return {
             "experiment": self.experiment,
             "trial_id": trial_id,
             "status": trial.status,
-            "stop_reason": stop_reason,
+            "stop_reason": stop_reason(trial.status, epochs_run, trial.epochs_total),
             "phase": trial.phase,
             "error": trial.error,
             **trial.config,

@@ -21,6 +21,7 @@ from raykd.results.schema import CONFIRM_PHASE, METRICS, SEARCH_PHASE
 from raykd.results.store import storage_failure
 from raykd.search.space import Space
 from raykd.tracking import add_tracking_args
+from raykd.uri import is_uri, resolve_storage
 
 PROG = "python -m raykd.search"
 PROBE_BYTES = 1 << 20  # written and removed before anything starts
@@ -56,15 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _storage(value: str) -> str:
-    if "://" in value:
-        return value.rstrip("/")
-    return str(Path(value).expanduser().resolve())
-
-
 def _check_writable(storage: str) -> None:
     """Fail before any work when a local storage folder cannot be written."""
-    if "://" in storage:
+    if is_uri(storage):
         return
     if Path(storage).exists() and not Path(storage).is_dir():
         raise UserError("expected a folder to hold searches, this is a file", file=storage, key="--storage")
@@ -91,7 +86,7 @@ def _pick_name(space: Space, storage: str, name: str | None, resume: bool) -> st
         return name
     stem = space.name
     if resume:
-        if "://" in storage:
+        if is_uri(storage):
             raise UserError("--resume on a URI storage needs --name", key="--name")
         candidates = sorted(p.name for p in Path(storage).glob(f"{stem}-*") if p.is_dir())
         if not candidates:
@@ -104,7 +99,7 @@ def _check_resumable(paths) -> None:
     """``--resume`` needs a search folder (local) or Tune state (URI) under that name."""
     from ray.tune import Tuner
 
-    if Path(paths.root).is_dir() if "://" not in paths.storage else Tuner.can_restore(paths.root):
+    if Path(paths.root).is_dir() if not is_uri(paths.storage) else Tuner.can_restore(paths.root):
         return
     raise UserError(f"no search to resume at {paths.root} (nothing was started under that name)", key="--resume")
 
@@ -113,7 +108,7 @@ def _restorable(paths) -> bool:
     """Whether Tune saved a whole state to restore. Torn state sets (a driver killed while Tune
     copied them) are set aside first; a local folder without any state (its driver died before
     Tune saved one) starts over, unless trials already reached the tables."""
-    if "://" in paths.storage:
+    if is_uri(paths.storage):
         return True
     from raykd.results import load_table
     from raykd.search.snapshot import BACKUP_FOLDER, TORN_FOLDER, has_state, restore_backup, set_aside_torn
@@ -151,13 +146,13 @@ def _init_ray(address: str | None, num_cpus: int | None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     space = Space(args.space, parse_overrides(args.overrides), num_samples=args.num_samples)
-    storage = _storage(args.storage)
+    storage = resolve_storage(args.storage)
     name = _pick_name(space, storage, args.name, args.resume)
     from raykd.search.tuner import SearchPaths
 
     paths = SearchPaths(storage, name)
     refuse_if_owned(paths.root, key="--name", todo=OWNED_TODO)
-    if not args.resume and "://" not in storage and has_content(paths.root):
+    if not args.resume and not is_uri(storage) and has_content(paths.root):
         raise UserError(f"a search named {name!r} exists at {paths.root}; pass --resume or another --name",
                         key="--name")
     if args.resume:
@@ -204,10 +199,10 @@ def _search(args: argparse.Namespace, space: Space, storage: str, name: str, pat
     from raykd.results import write_run
     from raykd.search.tuner import build_tuner, restore_tuner
 
-    if "://" not in storage:
+    if not is_uri(storage):
         Path(paths.root).mkdir(parents=True, exist_ok=True)
         if teacher_ckpt:
-            Path(paths.root, "teacher.json").write_text(json.dumps(
+            Path(paths.teacher).write_text(json.dumps(
                 {"checkpoint": teacher_ckpt, **teacher}, default=str))
     write_run(paths.tables, name, dataset_fingerprint=data_fingerprint(cfg), space_path=str(space.path),
               space_text=space.text, resumed=args.resume)
@@ -277,10 +272,10 @@ def _confirm_tuner(args: argparse.Namespace, space: Space, paths, teacher_ckpt: 
     from raykd.search.snapshot import has_state
 
     confirm = space.spec.confirm
-    if Tuner.can_restore(paths.confirm_root) and ("://" in paths.storage or has_state(paths.confirm_root)):
+    if Tuner.can_restore(paths.confirm_root) and (is_uri(paths.storage) or has_state(paths.confirm_root)):
         print(f"confirm: continuing the confirmation phase in {paths.confirm_root}", flush=True)
         return restore_tuner(space, paths, teacher_ckpt, confirm=True)
-    if "://" not in paths.storage and Path(paths.confirm_root).exists():
+    if not is_uri(paths.storage) and Path(paths.confirm_root).exists():
         # Its driver stopped before Tune saved a state: no confirmation trial had started.
         shutil.rmtree(paths.confirm_root)
     points = confirmation_points(space, paths.root)

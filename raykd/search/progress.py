@@ -9,6 +9,7 @@ from typing import Any
 from ray.tune import Callback
 
 from raykd.results.callback import trial_error_text
+from raykd.stop_reasons import stopped_early, stopped_early_text
 
 
 def _short(config: dict[str, Any]) -> str:
@@ -55,9 +56,9 @@ class ProgressCallback(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._counts["running"] -= 1
         epoch = self._last_epoch.get(trial.trial_id, 0)
-        if epoch < self.epochs:
+        if stopped_early(epoch, self.epochs):
             self._counts["stopped"] += 1
-            self._say(f"trial {trial.trial_id} stopped early by the scheduler after epoch {epoch}")
+            self._say(f"trial {trial.trial_id} {stopped_early_text(epoch)}")
         else:
             self._counts["done"] += 1
             value = (trial.last_result or {}).get(self.metric)

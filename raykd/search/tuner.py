@@ -8,7 +8,6 @@ folders, ``tables/`` (the Parquet trial tables, see ``raykd.results``) and
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,23 +23,28 @@ from ray.tune.search.optuna import OptunaSearch
 
 from raykd.errors import UserError
 from raykd.results import arrow_type_for
+from raykd.results.layout import CONFIRM_DIR, TRIAL_PREFIX, SearchFolder
 from raykd.results.schema import CONFIRM_PHASE, SEARCH_PHASE
 from raykd.search.progress import ProgressCallback
 from raykd.search.snapshot import back_up
 from raykd.search.space import Space, encode_choice
 from raykd.search.trainable import finished_marker, run_trial
 from raykd.train.checkpoint import STATE_FILE
+from raykd.uri import is_uri
 
-TABLES = "tables"
 TRAIN_DRIVER_CPU = 0.01  # Ray refuses 0 CPUs for a trial; its TorchTrainer workers hold the real ones
-JOURNAL = "optuna.journal"
-CONFIRM_FOLDER = "confirm"  # Tune state of the confirmation phase, inside the search folder
 
 
 @dataclass
 class SearchPaths:
+    """Where the search ``name`` under ``storage`` writes (:mod:`raykd.results.layout` names the parts)."""
+
     storage: str  # folder (or URI) holding every search
     name: str
+
+    @property
+    def folder(self) -> SearchFolder:
+        return SearchFolder(self.root)
 
     @property
     def root(self) -> str:
@@ -48,16 +52,20 @@ class SearchPaths:
 
     @property
     def tables(self) -> str:
-        return f"{self.root}/{TABLES}"
+        return self.folder.tables
+
+    @property
+    def teacher(self) -> str:
+        return self.folder.teacher
 
     @property
     def confirm_root(self) -> str:
         """Tune's state of the confirmation phase (its trials go to the same tables)."""
-        return f"{self.root}/{CONFIRM_FOLDER}"
+        return self.folder.confirm
 
     @property
     def journal(self) -> str | None:
-        return None if "://" in self.storage else os.path.join(self.root, JOURNAL)
+        return self.folder.journal  # None on URI storage
 
 
 class ResumableOptunaSearch(OptunaSearch):
@@ -137,7 +145,7 @@ def make_trainable(space: Space, paths: SearchPaths, teacher_checkpoint: str | N
     fn = tune.with_parameters(
         run_trial, base=space.base, teacher_checkpoint=teacher_checkpoint, executor=executor,
         workers=res.workers_per_trial, cpus_per_worker=res.cpus_per_worker, gpus_per_worker=res.gpus_per_worker,
-        storage_path=f"{paths.root}/ray_train",
+        storage_path=paths.folder.ray_train,
     )
     if executor == "inline":
         request = {"CPU": res.cpus_per_worker, "GPU": res.gpus_per_worker}
@@ -187,7 +195,7 @@ class BackUpState(tune.Callback):
 
 
 def trial_dirname(trial) -> str:
-    return f"trial_{trial.trial_id}"
+    return f"{TRIAL_PREFIX}{trial.trial_id}"
 
 
 def build_tuner(space: Space, paths: SearchPaths, teacher_checkpoint: str | None, *, quiet: bool = False,
@@ -242,7 +250,7 @@ def _callbacks(space: Space, paths: SearchPaths, state_root: str, phase: str, *,
         ProgressCallback(space.spec.metrics[0], space.spec.modes[0], epochs=space.base_config.train.epochs,
                          quiet=quiet),
         ShrinkFinishedCheckpoints(),
-        *([BackUpState(state_root)] if "://" not in paths.storage else []),
+        *([BackUpState(state_root)] if not is_uri(paths.storage) else []),
         *(extra or []),
     ]
 
@@ -286,7 +294,7 @@ def build_confirm_tuner(space: Space, paths: SearchPaths, teacher_checkpoint: st
             num_samples=len(points),
             trial_dirname_creator=trial_dirname, reuse_actors=_reuse_actors(space),
         ),
-        run_config=_run_config(CONFIRM_FOLDER, paths.root, callbacks),
+        run_config=_run_config(CONFIRM_DIR, paths.root, callbacks),
     )
 
 

@@ -19,6 +19,7 @@ from typing import TextIO
 
 from raykd.errors import UserError
 from raykd.submit.auth import HOW_TO, auth_headers
+from raykd.uri import is_uri
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 # Ray's INFO lines about package uploads and log sockets; the command prints its own.
@@ -33,7 +34,7 @@ def resolve_address(value: str | None) -> str:
         raise UserError("no cluster address: pass --address http://HEAD:8265 or set RAY_ADDRESS", key="--address")
     if address == "auto" or address.startswith("ray://"):
         raise UserError(f"expected the dashboard address (http://HEAD:8265), got {address!r}", key="--address")
-    if "://" not in address:
+    if not is_uri(address):
         address = f"http://{address}"
     return address.rstrip("/")
 

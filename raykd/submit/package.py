@@ -22,9 +22,10 @@ from typing import Any
 import yaml
 
 import raykd
-from raykd.config import get_dotted, load_yaml
+from raykd.config import SHARED_PATH_KEYS, get_dotted, load_yaml, relative_path
 from raykd.errors import UserError
 from raykd.search.space import Space
+from raykd.uri import is_shared_uri, is_uri, resolve_storage  # noqa: F401 (resolve_storage: for raykd.submit)
 
 EXCLUDES = (".git", "/results", "/runs", "/data_cache", "/cache", "/benchmarks/out", "*.pt", "__pycache__")
 """gitignore-style patterns left out of the package; top-level folders are anchored with ``/``
@@ -53,18 +54,6 @@ def project_root() -> Path | None:
     return root if (root / "pyproject.toml").is_file() and (root / "raykd").is_dir() else None
 
 
-def resolve_storage(value: str) -> str:
-    """A URI as given; a path made absolute here (the job's cwd is a temporary folder)."""
-    if "://" in value:
-        return value.rstrip("/")
-    return str(Path(value).expanduser().resolve())
-
-
-def is_shared_uri(storage: str) -> bool:
-    """s3://, gs://, hdfs://, ... reach every node; ``file://`` and plain paths are node-local."""
-    return "://" in storage and not storage.startswith("file://")
-
-
 def check_storage(storage: str, nodes: int, shared: bool) -> None:
     """Refuse node-local storage on a multi-node cluster unless marked shared."""
     if nodes > 1 and not shared and not is_shared_uri(storage):
@@ -74,13 +63,9 @@ def check_storage(storage: str, nodes: int, shared: bool) -> None:
             "mount (NFS) visible at the same path on every node, add --shared-storage", key="--storage")
 
 
-PATH_KEYS = ("data.train.annotations", "data.train.images", "data.val.annotations", "data.val.images",
-             "data.train.root", "data.train.yaml", "data.val.root", "data.val.yaml",
-             "data.synthetic.out_dir", "teacher.checkpoint", "cache_dir")
-
-
 def node_local_paths(space: Space, overrides: dict[str, Any]) -> list[str]:
-    """Keys of the experiment file holding relative paths (not overridden by the space or --set).
+    """Keys of the experiment file holding relative paths that trials read (not overridden by the
+    space or --set): :data:`raykd.config.SHARED_PATH_KEYS`, weights files included.
 
     Relative paths resolve against the experiment file, which on the cluster lies in the
     job's package: one copy per node.
@@ -88,9 +73,8 @@ def node_local_paths(space: Space, overrides: dict[str, Any]) -> list[str]:
     raw = load_yaml(space.experiment_path)
     overridden = set(space.spec.fixed) | set(overrides)
     found = []
-    for key in PATH_KEYS:
-        value = get_dotted(raw, key, default=None)
-        if key not in overridden and isinstance(value, str) and "://" not in value and not value.startswith(("/", "~")):
+    for key in SHARED_PATH_KEYS:
+        if key not in overridden and relative_path(get_dotted(raw, key, default=None)):
             found.append(key)
     if "cache_dir" not in raw and "cache_dir" not in overridden and raw.get("teacher"):
         found.append("cache_dir")  # its default, "cache", is relative too
@@ -181,7 +165,7 @@ def build_job(space: Space, *, name: str, storage: str, staging: Path, package: 
                         "(with raykd installed on the cluster)", key="--no-package")
     working_dir, space_rel = stage(space, staging, root)
     patterns = list(EXCLUDES) + list(excludes)
-    if root is not None and "://" not in storage and Path(storage).is_relative_to(root):
+    if root is not None and not is_uri(storage) and Path(storage).is_relative_to(root):
         patterns.append("/" + Path(storage).relative_to(root).as_posix())  # results kept inside the project
     args = ["python", "-m", "raykd.search", space_rel, "--address", "auto", "--storage", storage, "--name", name]
     if num_samples is not None:

@@ -63,15 +63,6 @@ def epoch_scalars(result: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-def stop_reason(status: str, epoch: int | None, epochs_total: int | None) -> str:
-    """The trials table's ``stop_reason`` of a trial that ended with ``status`` after ``epoch``."""
-    if status == ERROR:
-        return "error"
-    if status == RUNNING:
-        return "running"
-    return "early_stopped" if epoch is not None and epochs_total is not None and epoch < epochs_total else "completed"
-
-
 def _number(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return None

@@ -6,7 +6,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from raykd.tracking.base import ERROR, TERMINATED, Tracker, TrialInfo, epoch_scalars, stop_reason
+from raykd.stop_reasons import stop_reason
+from raykd.tracking.base import ERROR, TERMINATED, Tracker, TrialInfo, epoch_scalars
 from raykd.tracking.setup import TrackingSetup
 
 log = logging.getLogger(__name__)

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from raykd.errors import UserError
 from raykd.tracking.base import Tracker
+from raykd.uri import is_uri
 
 BACKENDS = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "raykd[mlflow]")}
 """``--log`` name -> (module it needs, what to pip install)."""
@@ -57,7 +58,7 @@ def for_search(log: str | None, mlflow_uri: str | None, *, storage: str, root: s
     """The trackers of the search ``name`` at ``root``: those of ``--log`` for a new search,
     those it started with for ``--resume`` (from ``tracking.json``; on a URI storage Tune's
     restored state carries them)."""
-    folder = None if "://" in storage else root
+    folder = None if is_uri(storage) else root
     given = TrackingSetup.from_args(log, mlflow_uri, folder=folder, experiment=name)
     if not resume:
         return given

@@ -18,10 +18,11 @@ from typing import Any
 
 from raykd.config import ExperimentConfig, experiment_from_dict, set_dotted
 from raykd.errors import UserError
+from raykd.results.layout import TEACHER_FILE, TRIAL_PREFIX, SearchFolder
 from raykd.train.checkpoint import load_state
+from raykd.uri import is_uri
 from raykd.visualize.render import Picture, pictures, prepare
 
-TEACHER_FILE = "teacher.json"
 
 
 @dataclass
@@ -34,7 +35,7 @@ class TrialPictures:
 
 def trial_checkpoint(root: Path, trial_id: str) -> Path | None:
     """The newest ``trial_<id>/checkpoint_*/state.pt`` under ``root`` that holds weights."""
-    for state in sorted((root / f"trial_{trial_id}").glob("checkpoint_*/state.pt"), reverse=True):
+    for state in sorted(Path(SearchFolder(str(root)).trial(trial_id)).glob("checkpoint_*/state.pt"), reverse=True):
         try:
             data = load_state(state)
         except UserError:  # torn by a kill
@@ -87,8 +88,8 @@ def search_pictures(results: Sequence[str], trial: Mapping[str, Any], params: Se
     the ``params`` columns) when one of the local ``results`` folders (a search folder or its
     ``tables/``) holds its trial folder; None when none does."""
     trial_id = str(trial["trial_id"])
-    roots = [base for path in results if "://" not in path
-             for base in (Path(path), Path(path).parent) if (base / f"trial_{trial_id}").is_dir()]
+    roots = [base for path in results if not is_uri(path)
+             for base in (Path(path), Path(path).parent) if (base / f"{TRIAL_PREFIX}{trial_id}").is_dir()]
     if not roots:
         return None
     root = roots[0]
@@ -106,7 +107,7 @@ def _space_path(root: Path, experiment: str) -> str | None:
     """The newest space file the search ``experiment`` recorded in its runs table."""
     from raykd.results import load
 
-    tables = root / "tables"
+    tables = Path(SearchFolder(str(root)).tables)
     if not (tables / "runs").is_dir():
         return None
     runs = load(tables, table="runs")
