@@ -1,6 +1,6 @@
 """Cost of every distillation method next to a student-only training step.
 
-    python benchmarks/distill_overhead.py [--device cpu|cuda] [--coco] [--repeats R]
+    python benchmarks/distill_overhead.py [--device cpu|cuda] [--coco] [--amp] [--repeats R]
                                           [--methods mgd fgd ...] [--flops-only] [--out PATH]
 
 Real torchvision FCOS detectors with random weights (``weights=None``): by default a
@@ -18,6 +18,9 @@ interleaved so that they see the same machine load:
 - ``loss``: the distillation loss alone, forward + backward, on one step's features and
   logits (detached copies that require grad) — the number the issue's goal is about:
   loss ≤ 10 % of the student step at COCO-like sizes.
+With row ``none`` measured, ``vs floor`` divides each method's distillation step by the floor
+(row ``none``'s: teacher forward + student forward/backward, no loss). ``--amp`` (CUDA only):
+every forward (student, teacher, loss) under bf16 autocast, as ``train.amp`` does in the loop.
 Memory, taken during the warm-up: CUDA ``max_memory_allocated`` over the student steps and
 over the distillation steps (reset in between). On CPU: peak RSS
 (``resource.getrusage(...).ru_maxrss``) of the method's own process above its RSS once the
@@ -95,9 +98,20 @@ def _synthetic_batch(args: dict[str, Any], device: torch.device) -> tuple[list[T
 
 
 def _step(student: FCOS, teacher: FCOS | None, distiller: nn.Module | None, optimiser: torch.optim.Optimizer,
-          images: list[Tensor], targets: list[dict[str, Tensor]], need_logits: bool) -> dict[str, Any]:
-    """One training step; returns the tapped inputs of the distillation loss."""
+          images: list[Tensor], targets: list[dict[str, Tensor]], need_logits: bool,
+          amp: bool = False) -> dict[str, Any]:
+    """One training step (forwards under bf16 autocast when ``amp``); returns the tapped
+    inputs of the distillation loss."""
     optimiser.zero_grad(set_to_none=True)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        total, taps = _forward(student, teacher, distiller, images, targets, need_logits)
+    total.backward()
+    optimiser.step()
+    return taps
+
+
+def _forward(student: FCOS, teacher: FCOS | None, distiller: nn.Module | None, images: list[Tensor],
+             targets: list[dict[str, Tensor]], need_logits: bool) -> tuple[Tensor, dict[str, Any]]:
     batch, tgts = student.transform(images, targets)
     feats = student.backbone(batch.tensors)
     levels = list(feats.values())
@@ -121,9 +135,7 @@ def _step(student: FCOS, teacher: FCOS | None, distiller: nn.Module | None, opti
         }
         if distiller is not None:
             total = total + sum(distiller(**taps).values())
-    total.backward()
-    optimiser.step()
-    return taps
+    return total, taps
 
 
 def _detached(taps: dict[str, Any]) -> dict[str, Any]:
@@ -168,11 +180,13 @@ def measure(args: dict[str, Any], method: str) -> dict[str, Any]:
     optimiser = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
     images, targets = _synthetic_batch(args, device)
 
+    amp = args["amp"]
+
     def student_step() -> None:
-        _step(student, None, None, optimiser, images, targets, False)
+        _step(student, None, None, optimiser, images, targets, False, amp)
 
     def distill_step() -> dict[str, Any]:
-        return _step(student, teacher, distiller, optimiser, images, targets, need_logits)
+        return _step(student, teacher, distiller, optimiser, images, targets, need_logits, amp)
 
     # warm-up, which also gives the peak memory of each kind of step
     rss_base_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -189,7 +203,9 @@ def measure(args: dict[str, Any], method: str) -> dict[str, Any]:
 
     def loss_only() -> None:
         distiller.zero_grad(set_to_none=True)
-        sum(distiller(**_detached(taps)).values()).backward()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            loss = sum(distiller(**_detached(taps)).values())
+        loss.backward()
 
     # interleaved, so that both kinds of step see the same machine load
     student_times, step_times, loss_times = [], [], []
@@ -273,6 +289,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--coco", action="store_true", help="800x1333, FPN 256, R50 student / R101 teacher")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast around every forward (CUDA only)")
     parser.add_argument("--repeats", type=int, default=3, help="timed iterations per measurement (default: 3)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations, also used for memory (>= 1)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
@@ -284,13 +301,15 @@ def main() -> None:
     args = parser.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
+    if args.amp and not args.device.startswith("cuda"):
+        parser.error("--amp: bf16 autocast is measured on CUDA only (train.amp is ignored on CPU)")
     if args.repeats < 1 or args.warmup < 1:
         parser.error("--repeats and --warmup must be >= 1")
     if args.threads is None and not args.device.startswith("cuda"):
         args.threads = 1
     setup: dict[str, Any] = {
         "device": args.device, "batch": 2, "num_classes": 91, "repeats": args.repeats, "warmup": args.warmup,
-        "threads": args.threads,
+        "threads": args.threads, "amp": args.amp,
     }
     if args.coco:
         setup.update(height=800, width=1333, student_backbone="resnet50", student_channels=256,
@@ -304,17 +323,22 @@ def main() -> None:
     header = f"{'method':<12}{'loss GFLOP':>11}{'loss/step FLOPs':>16}"
     if not args.flops_only:
         header += (f"{'loss ms':>10}{'loss/step':>11}{'student ms':>12}{'distill ms':>12}{'step ratio':>12}"
-                   f"{'peak MB student':>17}{'peak MB distill':>17}")
+                   f"{'vs floor':>10}{'peak MB student':>17}{'peak MB distill':>17}")
     print(header, flush=True)
+    floor_ms = None
     for method in args.methods:
         row = {"method": method, **count_flops(setup, method)}
         line = f"{method:<12}{row['loss_gflop']:>11.1f}{100 * row['loss_over_student_flops']:>15.1f}%"
         if not args.flops_only:
             with spawn.Pool(1, maxtasksperchild=1) as pool:
                 row.update(pool.apply(measure, (setup, method)))
+            if method == "none":
+                floor_ms = row["distill_step_ms"]
+            row["distill_step_over_floor"] = row["distill_step_ms"] / floor_ms if floor_ms else None
+            vs_floor = f"{row['distill_step_over_floor']:>9.2f}x" if floor_ms else f"{'-':>10}"
             line += (f"{row['loss_ms']:>10.1f}{100 * row['loss_over_student_step']:>10.1f}%"
                      f"{row['student_step_ms']:>12.1f}{row['distill_step_ms']:>12.1f}"
-                     f"{row['distill_step_over_student_step']:>11.2f}x"
+                     f"{row['distill_step_over_student_step']:>11.2f}x{vs_floor}"
                      f"{row['student_peak_mb']:>17.0f}{row['distill_peak_mb']:>17.0f}")
         rows.append(row)
         print(line, flush=True)
