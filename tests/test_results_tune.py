@@ -196,6 +196,9 @@ def test_live_search_streams_typed_rows(tmp_path, ray_local):
     assert not errors
     trials = load_table(root)
     assert trials.num_rows == 4 and len(set(trials["trial_id"].to_pylist())) == 4
+    import duckdb  # the search ended: a plain query of the part files sees each trial once
+
+    assert duckdb.sql(f"SELECT count(*) FROM '{root}/trials/*.parquet'").fetchall()[0][0] == 4
     for name, pa_type in params.items():
         assert trials.schema.field(name).type == pa_type
     epochs = load_table(root, table="epochs")

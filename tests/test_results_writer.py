@@ -12,7 +12,7 @@ import pytest
 import raykd.results.read as read_module
 import raykd.results.store as store
 from raykd.errors import UserError
-from raykd.results import SCHEMA_VERSION, TableWriter, compact, load, load_table, write_run
+from raykd.results import SCHEMA_VERSION, TableWriter, compact, latest_sql, latest_trials, load, load_table, write_run
 from raykd.results.read import read_parts
 from raykd.results.store import publish, resolve
 
@@ -481,3 +481,75 @@ def test_seed_reported_by_a_trial_is_kept_when_the_config_has_none(tmp_path):
     writer.end_trial("t1", config={"distill.method": "mgd"})
     writer.flush()
     assert load(tmp_path)["seed"].tolist() == [5]
+
+
+# --- one row per trial, and one notion of a results folder ----------------------------
+
+
+def _search_folder(storage, name="s1", trials=("t1", "t2"), epochs=3):
+    """A search folder ``storage/name`` whose trials table holds every version of each trial's row."""
+    writer = TableWriter(storage / name / "tables", name, PARAMS, flush_every_s=0)
+    for trial in trials:
+        for epoch in range(1, epochs + 1):
+            writer.add_result(trial, CONFIG, result(epoch, 0.1 * epoch, epochs_total=epochs))
+            writer.flush()
+        writer.end_trial(trial)
+        writer.flush()
+    return storage / name, writer
+
+
+def test_latest_state_while_running_and_one_row_per_trial_after_compact(tmp_path):
+    import duckdb
+
+    search, writer = _search_folder(tmp_path)
+    raw = f"SELECT count(*) FROM '{search}/tables/trials/*.parquet'"
+    assert duckdb.sql(raw).fetchall()[0][0] == 8  # 4 versions of each trial's row: what a running search shows
+    latest = duckdb.sql(f"SELECT trial_id, status, epochs_run FROM ({latest_sql(search)}) ORDER BY 1").fetchall()
+    assert latest == [("t1", "TERMINATED", 3), ("t2", "TERMINATED", 3)]
+    assert latest_trials(search).num_rows == 2 and latest_trials(search)["status"].to_pylist() == ["TERMINATED"] * 2
+    assert duckdb.sql(f"SELECT count(*) FROM ({latest_sql(search, 'epochs')})").fetchall()[0][0] == 6
+
+    assert writer.compact() == {"trials": 8, "epochs": 6}  # what a search does when it ends
+    assert duckdb.sql(raw).fetchall()[0][0] == 2
+    assert duckdb.sql(f"SELECT count(*) FROM '{search}/tables/epochs/*.parquet'").fetchall()[0][0] == 6
+    assert latest_trials(search).equals(load_table(search / "tables"))
+
+
+def test_compact_rewrites_a_single_part_holding_old_versions(tmp_path):
+    import duckdb
+
+    writer = TableWriter(tmp_path, "exp", PARAMS, flush_every_s=0)
+    writer.add_result("t1", CONFIG, result(1))
+    writer.flush()
+    writer.end_trial("t1")
+    writer.flush()
+    rows = read_parts(tmp_path, "trials", missing_ok=False)
+    for path in parts(tmp_path / "trials"):
+        os.remove(tmp_path / "trials" / path)
+    publish(*resolve(tmp_path / "trials"), rows)  # one part, two versions of t1's row
+    assert compact(tmp_path, tables=("trials",)) == {"trials": 1}
+    assert duckdb.sql(f"SELECT status FROM '{tmp_path}/trials/*.parquet'").fetchall() == [("TERMINATED",)]
+    assert compact(tmp_path, tables=("trials",)) == {"trials": 0}
+
+
+def test_load_takes_the_search_folder_its_tables_or_a_storage_root_of_one_search(tmp_path):
+    from raykd.analyze.inputs import locate
+
+    search, _ = _search_folder(tmp_path / "results")
+    expected = load_table(search / "tables")
+    for where in (search, search / "tables", tmp_path / "results", f"{search}/"):
+        assert load_table(where).equals(expected), where
+        assert load(where, table="epochs").shape[0] == 6
+        assert locate([str(where)]).tables["trials"] == [str(search / "tables" / "trials")]
+    assert locate([str(tmp_path / "results")]).teacher_files == []
+    (search / "teacher.json").write_text('{"bbox_mAP": 0.3}')
+    assert locate([str(tmp_path / "results")]).teacher_files == [str(search / "teacher.json")]
+    compact(tmp_path / "results")  # compact takes the same folders
+    assert len(parts(search / "tables" / "trials")) == 1
+
+    _search_folder(tmp_path / "results", name="s2")
+    for reader in (load, lambda where: locate([where]), latest_sql, compact):
+        with pytest.raises(UserError, match=r"holds 2 searches \(s1, s2\): name one of them") as err:
+            reader(str(tmp_path / "results"))
+        assert err.value.file == str(tmp_path / "results")
+    assert load_table(tmp_path / "results" / "s2").num_rows == 2

@@ -1,15 +1,19 @@
 """The results tables of a search: one Arrow schema, streaming Parquet writes, readers.
 
-A results folder (local path or pyarrow filesystem URI) holds ``trials/``, ``epochs/`` and
-``runs/``, each a folder of immutable Parquet part files that pandas, polars, DuckDB and
-pyarrow read directly; :func:`load` deduplicates them and :func:`compact` merges them.
+A search folder (local path or pyarrow filesystem URI; :mod:`raykd.results.layout`) holds
+``tables/trials/``, ``tables/epochs/`` and ``tables/runs/``, each a folder of immutable Parquet
+part files that pandas, polars, DuckDB and pyarrow read directly. While a search runs a trial's
+row has one version per update: :func:`load` and :func:`latest_trials` keep the newest
+(:func:`latest_sql` is the same as a DuckDB query); when the search ends, and after
+:func:`compact`, the part files hold one row per trial. Every reader takes the search folder,
+its ``tables/`` or a storage folder holding one search.
 ``ParquetResultsCallback`` (the Ray Tune callback) is imported on first use, so
 ``import raykd.results`` does not import Ray.
 """
 
 from raykd.results.compact import compact
 from raykd.results.provenance import write_run, write_run_row
-from raykd.results.read import load, load_table, param_names
+from raykd.results.read import latest_sql, latest_trials, load, load_table, param_names
 from raykd.results.schema import (
     METRICS,
     SCHEMA_VERSION,
@@ -30,6 +34,8 @@ __all__ = [
     "arrow_type_for",
     "compact",
     "epochs_schema",
+    "latest_sql",
+    "latest_trials",
     "load",
     "load_table",
     "param_names",

@@ -13,6 +13,7 @@ import pyarrow as pa
 from ray import cloudpickle
 from ray.tune import Callback
 
+from raykd.errors import UserError
 from raykd.results.schema import SEARCH_PHASE
 from raykd.results.store import STORAGE_GONE
 from raykd.results.writer import TableWriter
@@ -28,7 +29,7 @@ class ParquetResultsCallback(Callback):
     after they arrive (0: at once), when a trial completes or errors, when a trial
     registers a Tune checkpoint, when Tune snapshots its experiment state (so anything a
     restored run will not report again is already on disk) and at the end of the
-    experiment. A passing storage error during the run is logged and retried at the next
+    experiment, when the parts are also compacted (one row per trial). A passing storage error during the run is logged and retried at the next
     flush; full, over-quota or read-only storage (``STORAGE_GONE``) is raised at once, which
     stops the search; at the end of the experiment any storage error is raised.
 
@@ -69,6 +70,10 @@ class ParquetResultsCallback(Callback):
 
     def on_experiment_end(self, trials, **info):
         self.writer.flush()
+        try:  # one row per trial from now on; readers deduplicate anyway, so a failure only costs speed
+            self.writer.compact()
+        except (OSError, UserError) as err:
+            log.warning("results: could not compact %s (%s); the part files stay as written", self.writer.root, err)
 
     def get_state(self) -> dict:
         self._flush()

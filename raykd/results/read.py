@@ -16,7 +16,8 @@ import pyarrow.parquet as pq
 
 from raykd.errors import UserError
 from raykd.results import schema as S
-from raykd.results.store import join, list_parts, resolve
+from raykd.results.layout import TABLES_DIR, find_tables
+from raykd.results.store import join, list_parts, location, resolve
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -52,10 +53,12 @@ def load_table(
     filters: Filters = None,
     experiment: str | Iterable[str] | None = None,
 ) -> pa.Table:
-    """Read ``table`` from results folders, table folders or part files, as one Arrow table.
+    """Read ``table`` from search folders, tables folders, table folders or part files, as one Arrow table.
 
     ``paths``: a local path, a pyarrow filesystem URI (``s3://...``, ``file:///...``) or a
-    list of them. Part schemas are unified permissively (a column missing from a part is
+    list of them; each a search folder (``STORAGE/NAME``), its ``tables/`` folder, a storage
+    folder holding exactly one search, one table's folder of parts, or a part file
+    (:func:`raykd.results.layout.find_tables`). Part schemas are unified permissively (a column missing from a part is
     null there; int64 and double merge to double); parts of an older schema version load
     with the columns they lack as null, parts of a newer version load with a warning.
     ``trials`` keeps the newest row per (experiment, trial_id), ``epochs`` per (experiment,
@@ -78,6 +81,44 @@ def load_table(
         result = result.filter(pc.is_in(result["experiment"], value_set=pa.array(wanted, result["experiment"].type)))
     result = newest(result, table)
     return _apply_filters(result, filters)
+
+
+def latest_trials(folder: PathLike, *, experiment: str | Iterable[str] | None = None) -> pa.Table:
+    """The latest state of every trial, one row each, also while a search runs.
+
+    While a search runs, ``tables/trials`` holds every version a trial's row went through (parts
+    are immutable; the newest ``seq`` wins), so a plain query of the part files counts a trial
+    once per version; when the search ends (and after :func:`~raykd.results.compact`) it holds
+    one row per trial. ``folder``: a search folder, its ``tables/``, or a storage folder holding
+    one search. For SQL engines the same rows are :func:`latest_sql`.
+    """
+    return load_table(folder, table="trials", experiment=experiment)
+
+
+def latest_sql(folder: PathLike, table: str = "trials") -> str:
+    """A DuckDB query of the latest rows of ``table`` under ``folder`` (as :func:`latest_trials`),
+    to use as a view or sub-query: ``duckdb.sql(f"SELECT count(*) FROM ({latest_sql('results/x')})")``.
+
+    Reads the part files directly (``union_by_name``: parts of one search may differ in their
+    parameter columns) and keeps the newest row per key, by ``seq`` then write time.
+    """
+    if table not in S.TABLES:
+        raise UserError(f"unknown table {table!r}; expected one of {', '.join(S.TABLES)}", key="table")
+    origin = os.fspath(folder)
+    fs, base = resolve(origin)
+    found = find_tables(fs, base, origin)
+    if found is None:
+        raise UserError(f"no raykd tables here (expected a search folder, its {TABLES_DIR}/ folder or a storage "
+                        "folder holding one search)", file=origin)
+    where = location(origin, join(found.tables, table))
+    source = f"read_parquet('{where.replace(chr(39), chr(39) * 2)}/part-*.parquet', union_by_name = true)"
+    keys = S.KEYS[table]
+    if not keys:
+        return f"SELECT * FROM {source}"
+    stamp = "updated_at" if table == "trials" else "written_at"
+    partition = ", ".join(f'"{k}"' for k in keys)
+    return (f"SELECT * FROM {source} QUALIFY row_number() OVER "
+            f"(PARTITION BY {partition} ORDER BY seq DESC NULLS LAST, {stamp} DESC NULLS LAST) = 1")
 
 
 def param_names(schema: pa.Schema) -> list[str]:
@@ -156,13 +197,15 @@ def _part_files(path: PathLike, table: str, missing_ok: bool) -> list[tuple[pafs
     if info.type == pafs.FileType.File:
         return [(fs, base)]
     if info.type == pafs.FileType.Directory:
-        sub = join(base, table)
-        folder = sub if fs.get_file_info(sub).type == pafs.FileType.Directory else base
+        found = find_tables(fs, base, origin)
+        sub = join(found.tables if found else base, table)
+        folder = sub if found or fs.get_file_info(sub).type == pafs.FileType.Directory else base
         parts = list_parts(fs, folder)
         if parts or missing_ok:
             return [(fs, part) for part in parts]
         raise UserError(
-            f"no {table!r} part files here (expected {table}/part-*.parquet in a raykd results folder)",
+            f"no {table!r} part files here (expected a search folder, its {TABLES_DIR}/ folder, a storage "
+            f"folder holding one search, or {table}/part-*.parquet)",
             file=origin,
         )
     if missing_ok:

@@ -39,6 +39,7 @@ import pyarrow.compute as pc
 from raykd.errors import UserError
 from raykd.ownership import check_held
 from raykd.results import schema as S
+from raykd.results.compact import compact
 from raykd.results.read import newest, read_parts
 from raykd.results.store import join, publish, resolve
 from raykd.stop_reasons import stop_reason
@@ -191,6 +192,13 @@ class TableWriter:
             self._dirty = set()
         self._last_flush = time.monotonic()
         return written
+
+    def compact(self) -> dict[str, int]:
+        """Publish what is pending, then merge the folder's trials and epochs parts
+        (:func:`~raykd.results.compact`): one row per trial. For the end of a search."""
+        self.flush()
+        check_held(self.root)
+        return compact(self.root, tables=("trials", "epochs"))
 
     @property
     def last_seq(self) -> int:
