@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                               resume=args.resume)
     from raykd.train.setup import validate_data
 
-    validate_data(cfg.data, cfg.cache_dir)  # before anything is written or started
+    validate_data(cfg.data, cfg.cache_dir, masks=cfg.trains_masks())  # before anything is written or started
     from raykd.models.weights import check_weights
 
     check_weights(cfg)
@@ -100,7 +100,9 @@ def _train(args: argparse.Namespace, cfg, out: Path, resume_path: Path | None, a
         else:
             final = _train_ray(cfg, out, teacher_ckpt, workers=args.workers, gpus=args.gpus_per_worker, feed=feed,
                                resume_path=resume_path, address=address)
-    print(json.dumps({k: final[k] for k in ("bbox_mAP", "AP50", "AP75", "AP_S", "AP_M", "AP_L") if k in final}))
+    from raykd.metric_names import METRICS
+
+    print(json.dumps({k: final[k] for k in METRICS if k in final}))
     return 0
 
 
