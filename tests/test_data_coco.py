@@ -281,15 +281,24 @@ def test_evaluation_mode_never_flips(tmp_path: Path) -> None:
 
 
 def test_fingerprint_depends_on_file_bytes_and_image_size(two_images: CocoDetection, tmp_path: Path) -> None:
-    fp = two_images.fingerprint()
+    """The data fingerprint the teacher cache and the runs table use (raykd.train.teacher.data_fingerprint)."""
+    from raykd.config import experiment_from_dict
+    from raykd.train.teacher import data_fingerprint
+
+    def fingerprint(train_annotations: Path, image_size: int, val: Path | None = None) -> str:
+        split = lambda path: {"annotations": str(path), "images": str(two_images.images_dir)}  # noqa: E731
+        return data_fingerprint(experiment_from_dict({"data": {
+            "train": split(train_annotations), "val": split(val or train_annotations), "image_size": image_size}}))
+
+    fp = fingerprint(two_images.annotations_path, 100)
     assert len(fp) == 16 and int(fp, 16) >= 0
-    assert CocoDetection(two_images.annotations_path, two_images.images_dir, 100, True).fingerprint() == fp
-    assert CocoDetection(two_images.annotations_path, two_images.images_dir, 64, False).fingerprint() != fp
+    assert fingerprint(two_images.annotations_path, 100, val=tmp_path / "other.json") == fp  # the train split's
+    assert fingerprint(two_images.annotations_path, 64) != fp
     data = json.loads(two_images.annotations_path.read_text())
     data["annotations"][0]["bbox"][0] += 1
     changed = tmp_path / "changed.json"
     changed.write_text(json.dumps(data))
-    assert CocoDetection(changed, two_images.images_dir, 100, False).fingerprint() != fp
+    assert fingerprint(changed, 100) != fp
 
 
 def test_pickled_dataset_leaves_coco_behind_and_rebuilds_it(two_images: CocoDetection) -> None:

@@ -106,7 +106,7 @@ def importances(frame: pd.DataFrame, names: Sequence[str], *, conditions: dict[s
     rows, notes = [], []
     for scope in _scopes(frame, names, conditions or {}):
         part, label = frame[scope.rows], scope.label
-        params = _varying(part, scope.params)  # sorted: Optuna 5.0.0 misnames unsorted params (RAY_NOTES.md)
+        params = _varying(part, scope.params)  # sorted: Optuna 5.0.0 misnames unsorted params (docs/architecture.md)
         if not params:
             continue
         if len(part) < MIN_TRIALS:

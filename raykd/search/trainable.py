@@ -2,7 +2,7 @@
 
 ``inline`` runs the worker loop inside the Tune trial process (about 1 s of overhead);
 ``train`` runs it through Ray Train's TorchTrainer (DDP, 16-19 s of overhead per trial on
-CPU, see RAY_NOTES.md). Both resume from the trial's last checkpoint after a failure.
+CPU, see docs/architecture.md). Both resume from the trial's last checkpoint after a failure.
 """
 
 from __future__ import annotations
@@ -118,7 +118,6 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], teacher_checkpoin
     from raykd.train.worker import make_trainer
 
     trial_id = tune.get_context().get_trial_id()
-    exp.setdefault("train", {})
     trainer = make_trainer(exp, workers=workers, use_gpu=gpus_per_worker > 0, cpus_per_worker=cpus_per_worker,
                            storage_path=storage_path, name=f"train-{trial_id}", teacher_checkpoint=teacher_checkpoint,
                            callbacks=[TuneReportCallback()], extra_metrics=extra)

@@ -257,7 +257,7 @@ def _callbacks(space: Space, paths: SearchPaths, state_root: str, phase: str, *,
 
 def _reuse_actors(space: Space) -> bool:
     # Reusing trial actors saves seconds per trial; with TorchTrainer trials it hung under
-    # ASHA (RAY_NOTES.md), so only the inline executor reuses them.
+    # ASHA (docs/architecture.md), so only the inline executor reuses them.
     return space.spec.resources.resolved_executor() == "inline"
 
 
@@ -307,6 +307,3 @@ def restore_tuner(space: Space, paths: SearchPaths, teacher_checkpoint: str | No
     return tune.Tuner.restore(root, trainable=make_trainable(space, paths, teacher_checkpoint),
                               resume_unfinished=True, resume_errored=True)
 
-
-def describe_point(config: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={encode_choice(v)}" for k, v in config.items() if not k.startswith("__"))

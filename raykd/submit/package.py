@@ -34,7 +34,7 @@ EXCLUDES = (".git", "/results", "/runs", "/data_cache", "/cache", "/benchmarks/o
 JOB_FILES = "_raykd_job"
 
 ENV_VARS = {
-    # Train blocks every report for up to this long (2 s by default, RAY_NOTES.md).
+    # Train blocks every report for up to this long (2 s by default, docs/architecture.md).
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
     # `stop` interrupts the search like Ctrl-C: Tune saves its state, so it can resume.
     "RAY_JOB_STOP_SIGNAL": "SIGINT",
