@@ -105,27 +105,15 @@ def _check_resumable(paths) -> None:
 
 
 def _restorable(paths) -> bool:
-    """Whether Tune saved a whole state to restore. Torn state sets (a driver killed while Tune
-    copied them) are set aside first; a local folder without any state (its driver died before
-    Tune saved one) starts over, unless trials already reached the tables."""
+    """Whether Tune saved a whole state of the search to restore (:func:`raykd.search.tune_state.restorable`)."""
     if is_uri(paths.storage):
         return True
     from raykd.results import load_table
-    from raykd.search.snapshot import BACKUP_FOLDER, TORN_FOLDER, has_state, restore_backup, set_aside_torn
+    from raykd.search.tune_state import restorable
 
-    for session in set_aside_torn(paths.root):
-        print(f"resume: Tune's state of session {session} was torn when its driver stopped; moved to "
-              f"{Path(paths.root, TORN_FOLDER, session)}", flush=True)
-    restored = restore_backup(paths.root)
-    if restored:
-        print(f"resume: restored Tune's state of session {restored} from its last whole copy in "
-              f"{Path(paths.root, BACKUP_FOLDER)}", flush=True)
-    if has_state(paths.root):
-        return True
-    if Path(paths.tables, "trials").is_dir() and load_table(paths.tables).num_rows:
-        raise UserError("Tune's saved state is missing or torn but the tables hold trials: this search cannot "
-                        "continue; start a new one with another --name", file=paths.root, key="--resume")
-    return False
+    return restorable(paths.root, log=lambda line: print(line, flush=True),
+                      trials_recorded=lambda: Path(paths.tables, "trials").is_dir()
+                      and load_table(paths.tables).num_rows > 0)
 
 
 def _init_ray(address: str | None, num_cpus: int | None) -> None:
@@ -264,15 +252,12 @@ def _unfinished(paths, phase: str) -> int:
 def _confirm_tuner(args: argparse.Namespace, space: Space, paths, teacher_ckpt: str | None):
     """The confirmation phase's Tuner: restored when it had started, else built from the
     search phase's ranking; None when no search trial has a value to rank."""
-    from ray.tune import Tuner
-
     from raykd.search.confirm import confirmation_points
     from raykd.search.tuner import build_confirm_tuner, restore_tuner
-
-    from raykd.search.snapshot import has_state
+    from raykd.search.tune_state import can_restore
 
     confirm = space.spec.confirm
-    if Tuner.can_restore(paths.confirm_root) and (is_uri(paths.storage) or has_state(paths.confirm_root)):
+    if can_restore(paths.confirm_root, local=not is_uri(paths.storage)):
         print(f"confirm: continuing the confirmation phase in {paths.confirm_root}", flush=True)
         return restore_tuner(space, paths, teacher_ckpt, confirm=True)
     if not is_uri(paths.storage) and Path(paths.confirm_root).exists():

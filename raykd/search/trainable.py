@@ -2,28 +2,23 @@
 
 ``inline`` runs the worker loop inside the Tune trial process (about 1 s of overhead);
 ``train`` runs it through Ray Train's TorchTrainer (DDP, 16-19 s of overhead per trial on
-CPU, see docs/architecture.md). Both resume from the trial's last checkpoint after a failure.
+CPU, benchmarks/trial_overhead.py; docs/architecture.md). Both resume from the trial's last checkpoint after a
+failure (how that checkpoint is found: :mod:`raykd.search.tune_state`).
 """
 
 from __future__ import annotations
 
 import copy
-import io
 import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import pyarrow.fs as pafs
-import torch
 from ray import tune
 
 from raykd.config import SEED_KEY, experiment_from_dict, get_dotted, set_dotted
-from raykd.errors import UserError
-from raykd.train.checkpoint import STATE_FILE, load_state, save_state
-
-FINISHED = "finished"
-EPOCH_FILE = "epoch.json"  # beside the state in each trial checkpoint
+from raykd.search.tune_state import EPOCH_FILE, FINISHED, reported_epoch, resume_state_of
+from raykd.train.checkpoint import STATE_FILE, save_state
 
 
 def trial_experiment(config: dict[str, Any], base: dict[str, Any], threads: int | None) -> dict[str, Any]:
@@ -41,46 +36,6 @@ def trial_experiment(config: dict[str, Any], base: dict[str, Any], threads: int 
     if threads:
         set_dotted(exp, "train.threads", threads)
     return exp
-
-
-def resume_state_of(checkpoint: tune.Checkpoint | None) -> dict[str, Any] | None:
-    """The training state a restarted trial continues from.
-
-    Tune names the checkpoint of its last saved search state. After a driver was killed that
-    one can be stale (newer checkpoints were written since), deleted (``num_to_keep``, or the
-    trial finished) or torn; on a local disk the trial's newest readable checkpoint folder is
-    used instead, and with none the trial starts over (its results are re-reported and
-    replace the earlier rows in the tables).
-    """
-    if checkpoint is None:
-        return None
-    folder = Path(checkpoint.path)
-    if not isinstance(checkpoint.filesystem, pafs.LocalFileSystem):
-        with checkpoint.as_directory() as local:
-            return load_state(Path(local) / STATE_FILE)
-    for candidate in sorted(folder.parent.glob("checkpoint_*"), reverse=True):
-        try:
-            return load_state(candidate / STATE_FILE)
-        except UserError:  # torn by a kill while Tune copied it
-            continue
-    return None
-
-
-def reported_epoch(checkpoint: tune.Checkpoint) -> int:
-    """The epoch whose result was reported with ``checkpoint`` (0 when unknown)."""
-    try:
-        with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{EPOCH_FILE}") as stream:
-            return int(json.loads(stream.read())["epoch"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0
-
-
-def finished_marker() -> bytes:
-    """The bytes of the training state that says the trial has ended (see
-    :class:`raykd.search.tuner.ShrinkFinishedCheckpoints`)."""
-    buffer = io.BytesIO()
-    torch.save({FINISHED: True}, buffer)
-    return buffer.getvalue()
 
 
 def run_trial(config: dict[str, Any], *, base: dict[str, Any], teacher_checkpoint: str | None, executor: str,

@@ -14,22 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import pyarrow.fs as pafs
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator, Repeater
-from ray.tune.search.optuna import OptunaSearch
 
 from raykd.errors import UserError
 from raykd.results import arrow_type_for
 from raykd.results.layout import CONFIRM_DIR, TRIAL_PREFIX, SearchFolder
 from raykd.results.schema import CONFIRM_PHASE, SEARCH_PHASE
 from raykd.search.progress import ProgressCallback
-from raykd.search.snapshot import back_up
 from raykd.search.space import Space, encode_choice
-from raykd.search.trainable import finished_marker, run_trial
-from raykd.train.checkpoint import STATE_FILE
+from raykd.search.trainable import run_trial
+from raykd.search.tune_state import BackUpState, ResumableOptunaSearch, ShrinkFinishedCheckpoints
 from raykd.uri import is_uri
 
 TRAIN_DRIVER_CPU = 0.01  # Ray refuses 0 CPUs for a trial; its TorchTrainer workers hold the real ones
@@ -66,21 +63,6 @@ class SearchPaths:
     @property
     def journal(self) -> str | None:
         return self.folder.journal  # None on URI storage
-
-
-class ResumableOptunaSearch(OptunaSearch):
-    """OptunaSearch that tolerates results of a trial Optuna has already closed.
-
-    A driver killed after Optuna's journal recorded a trial's end, but before Tune's next
-    snapshot did, resumes that trial from its last checkpoint; it reports its last epochs
-    again (the same values: resume is exact), which Optuna refuses for a finished trial.
-    """
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        try:
-            super().on_trial_result(trial_id, result)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            self._completed_trials.add(trial_id)
 
 
 def make_sampler(space: Space) -> optuna.samplers.BaseSampler:
@@ -153,45 +135,6 @@ def make_trainable(space: Space, paths: SearchPaths, teacher_checkpoint: str | N
         # The trial driver only waits on its TorchTrainer, whose workers ask for the real resources.
         request = {"CPU": TRAIN_DRIVER_CPU}
     return tune.with_resources(fn, request)
-
-
-class ShrinkFinishedCheckpoints(tune.Callback):
-    """Replace the training state in an ended trial's checkpoints by a few-byte "finished"
-    marker: they only serve to resume it in flight, and each holds the student and its
-    optimiser (about 150 MB for the demo's student).
-
-    The folders stay: if the driver dies before Tune's next saved state records the end,
-    the resumed search restarts the trial from one of them, finds the marker and ends it at
-    once (Tune refuses to restore from a missing folder).
-    """
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        storage = trial.storage
-        fs, folder = storage.storage_filesystem, storage.trial_fs_path
-        try:
-            entries = fs.get_file_info(pafs.FileSelector(folder))
-        except (OSError, FileNotFoundError):
-            return
-        marker = finished_marker()
-        for entry in entries:
-            if entry.type == pafs.FileType.Directory and entry.base_name.startswith("checkpoint_"):
-                with fs.open_output_stream(f"{entry.path}/{STATE_FILE}") as out:
-                    out.write(marker)
-
-
-class BackUpState(tune.Callback):
-    """Every ``every_s`` seconds, copy Tune's newest whole saved state of the search folder
-    ``root`` (local storage) to ``root/.state-backup/``: the fallback when a full disk or a
-    kill tears the state of a search's first session (see :mod:`raykd.search.snapshot`)."""
-
-    def __init__(self, root: str, every_s: float = 2.0):
-        self.root, self.every_s = root, every_s
-        self._last = 0.0
-
-    def on_step_end(self, iteration, trials, **info):
-        if time.monotonic() - self._last >= self.every_s:
-            self._last = time.monotonic()
-            back_up(self.root)
 
 
 def trial_dirname(trial) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 
-from raykd.search.snapshot import STATE_FILES, TORN_FOLDER, has_state, is_whole, set_aside_torn, sessions
+from raykd.search.tune_state import STATE_FILES, TORN_FOLDER, has_state, is_whole, set_aside_torn, sessions
 
 
 def _write_set(root, session, *, torn: str | None = None):
@@ -80,7 +80,7 @@ def _age(root, seconds: float = 5.0):
 
 
 def test_a_backup_restores_a_first_session_torn_later(tmp_path):
-    from raykd.search.snapshot import BACKUP_FOLDER, back_up, restore_backup
+    from raykd.search.tune_state import BACKUP_FOLDER, back_up, restore_backup
 
     (tmp_path / "tuner.pkl").write_bytes(pickle.dumps({"tuner": 1}))
     _write_set(tmp_path, "2026-01-01_10-00-00")
@@ -100,7 +100,7 @@ def test_a_backup_restores_a_first_session_torn_later(tmp_path):
 
 
 def test_a_backup_older_than_a_whole_set_is_left_alone(tmp_path):
-    from raykd.search.snapshot import back_up, restore_backup
+    from raykd.search.tune_state import back_up, restore_backup
 
     _write_set(tmp_path, "2026-01-01_10-00-00")
     _age(tmp_path)
