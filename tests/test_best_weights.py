@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from raykd.config import load_experiment
 from raykd.train.teacher import BestModel, ensure_teacher
@@ -51,3 +52,37 @@ def test_levels_no_model_taps_are_refused_before_training(write_experiment, tmp_
     assert len(proc.stderr.strip().splitlines()) == 1
     assert "distill.levels" in proc.stderr and "'p6' (stride 64)" in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_ray_train_run_keeps_the_best_epoch_too(tiny_data, tmp_path):
+    """--workers 2 writes model_best.pt: on a val set without objects every epoch scores -1,
+    so the best is the first (ties keep the earlier epoch), not the last."""
+    import os
+
+    from raykd.train.checkpoint import load_state
+
+    val = json.loads((tiny_data / "annotations" / "val.json").read_text())
+    (tmp_path / "val_empty.json").write_text(json.dumps({**val, "annotations": []}))
+    from conftest import tiny_experiment_dict
+
+    exp = tiny_experiment_dict(tiny_data, tmp_path, train={"epochs": 2, "schedule": "constant"})
+    exp["data"]["val"]["annotations"] = str(tmp_path / "val_empty.json")
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, "-m", "raykd.train", str(path), "--no-progress", "--workers", "2"],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "run"
+    best = torch.load(run / "model_best.pt", weights_only=True)
+    final = torch.load(run / "model_final.pt", weights_only=True)
+    assert best["metrics"]["epoch"] == 1 and best["metrics"]["bbox_mAP"] == -1.0
+    assert final["metrics"]["epoch"] == 2 and best["categories"] == final["categories"]
+    states = {load_state(p)["epoch"]: load_state(p) for p in run.glob("ray/*/checkpoint_*/state.pt")}
+    assert sorted(states) == [1, 2]
+    for name, value in states[1]["model"].items():
+        torch.testing.assert_close(best["model"][name], value, rtol=0, atol=0, msg=name)
+    assert any(not torch.equal(best["model"][k], final["model"][k]) for k in final["model"])
