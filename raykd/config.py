@@ -179,20 +179,13 @@ class ModelConfig(_Strict):
 
 
 MASK_ARCHS = ("mask_rcnn", "mask_rcnn_v2")
-_NO_MASKS = "needs instance masks to train, which raykd's data pipeline does not read yet"
+"""Archs that train on instance masks (COCO ``segmentation``) and report segm mAP too."""
 
 
 class StudentConfig(ModelConfig):
     """The trained model. ``inherit``: copy the teacher's FPN and head weights first."""
 
     inherit: bool = False
-
-    @model_validator(mode="after")
-    def _trainable_arch(self) -> StudentConfig:
-        if self.arch in MASK_ARCHS:
-            raise ValueError(f"arch {self.arch} {_NO_MASKS}: train faster_rcnn{self.arch[9:]} (same FPN and box "
-                             "head), or use it as a teacher (teacher.weights)")
-        return self
 
 
 class ScheduleConfig(_Strict):
@@ -230,8 +223,6 @@ class TeacherConfig(ModelConfig):
     def _has_source(self) -> TeacherConfig:
         if self.checkpoint is None and self.train is None and self.weights is None:
             raise ValueError("expected teacher.checkpoint, teacher.weights or a teacher.train block to train one")
-        if self.train is not None and self.arch in MASK_ARCHS:
-            raise ValueError(f"a {self.arch} teacher.train block {_NO_MASKS}: give teacher.weights without train")
         return self
 
 
@@ -254,6 +245,26 @@ class ExperimentConfig(_Strict):
         if self.student.inherit and self.teacher is None:
             raise ValueError("student.inherit needs a teacher block")
         return self
+
+    def trains_masks(self) -> bool:
+        """Whether a model trained by this experiment needs instance masks: a Mask R-CNN
+        student, or a Mask R-CNN teacher with a ``train`` block (a frozen one needs none)."""
+        return self.student.arch in MASK_ARCHS or (
+            self.teacher is not None and self.teacher.train is not None and self.teacher.arch in MASK_ARCHS)
+
+
+def _check_masks_available(cfg: ExperimentConfig) -> None:
+    """A Mask R-CNN that is trained needs instance masks, which VOC and YOLO splits do not have."""
+    if not cfg.trains_masks():
+        return
+    key = "student.arch" if cfg.student.arch in MASK_ARCHS else "teacher.arch"
+    arch = cfg.student.arch if key == "student.arch" else cfg.teacher.arch
+    for split in ("train", "val"):
+        source = getattr(cfg.data, split)
+        if source is not None and source.format != "coco":
+            raise UserError(f"{arch} trains on instance masks, which {source.format.upper()} data "
+                            f"(data.{split}.format: {source.format}) does not have: use COCO annotations "
+                            f"with segmentation, or {arch.replace('mask', 'faster')}", key=key)
 
 
 # ---------------------------------------------------------------- loading and overrides
@@ -389,6 +400,10 @@ def experiment_from_dict(raw: dict[str, Any], *, file: str | Path | None = None)
     except ValidationError as err:
         key, msg = validation_message(err)
         raise UserError(msg, file=file, key=key) from None
+    try:
+        _check_masks_available(cfg)
+    except UserError as err:
+        raise UserError(err.message, file=file, key=err.key) from None
     cfg.source = str(file) if file else None
     return cfg
 

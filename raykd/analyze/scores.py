@@ -104,8 +104,8 @@ def _common_epoch(trials: pd.DataFrame, epochs: pd.DataFrame, metric: str) -> tu
 def _trial_rows(trials: pd.DataFrame, prefix: str) -> pd.DataFrame:
     """Pseudo epoch rows from the trials table's ``final_*`` / ``best_*`` columns."""
     rows = trials[KEYS].copy()
-    for m in METRICS:
-        rows[m] = trials[f"{prefix}_{m}"]
+    for m in METRICS:  # a table made by hand may lack the segm columns (box-only runs: null anyway)
+        rows[m] = trials[f"{prefix}_{m}"] if f"{prefix}_{m}" in trials else np.nan
     rows["epoch"] = trials["epochs_run"] if prefix == "final" else trials["best_epoch"]
     rows["time_total_s"] = trials["wall_s"]
     return rows

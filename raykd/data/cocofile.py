@@ -248,6 +248,7 @@ class Targets:
     degenerate: list[int]  # indices (in the file) of dropped degenerate annotations
     outside: list[int]  # indices of annotations reaching > OUTSIDE_TOLERANCE px past the border (clipped, kept)
     crowd: int  # crowd regions (kept for evaluation, not targets)
+    indices: np.ndarray  # int64 [A]: each box's position in the file's "annotations" list
 
 
 def prepare_boxes(coco: CocoFile) -> Targets:
@@ -269,12 +270,13 @@ def prepare_boxes(coco: CocoFile) -> Targets:
         tol = OUTSIDE_TOLERANCE
         if x < -tol or y < -tol or x + w > width + tol or y + h > height + tol:
             outside.append(ann.index)
-        per_image[ann.image_id].append(((x1, y1, x2, y2), ann.category_id))
-    boxes, category_ids, offsets = [], [], [0]
+        per_image[ann.image_id].append(((x1, y1, x2, y2), ann.category_id, ann.index))
+    boxes, category_ids, indices, offsets = [], [], [], [0]
     for image in coco.images:
-        for box, category_id in per_image[image.id]:
+        for box, category_id, index in per_image[image.id]:
             boxes.append(box)
             category_ids.append(category_id)
+            indices.append(index)
         offsets.append(len(boxes))
     return Targets(
         boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
@@ -283,4 +285,46 @@ def prepare_boxes(coco: CocoFile) -> Targets:
         degenerate=degenerate,
         outside=outside,
         crowd=crowd,
+        indices=np.asarray(indices, dtype=np.int64),
     )
+
+
+def mask_problems(coco: CocoFile) -> list[Problem]:
+    """What stops the valid annotations of ``coco`` from giving instance masks (Mask R-CNN
+    training and segm evaluation): every one needs a ``segmentation``, polygons
+    (``[[x1, y1, x2, y2, x3, y3, ...], ...]``, pixels) or an RLE (``{"size": [height, width],
+    "counts": ...}``, compressed string or uncompressed list) of its image's size."""
+    size = {image.id: (image.height, image.width) for image in coco.images}
+    problems = []
+    for ann in coco.annotations:
+        key = f"annotations[{ann.index}].segmentation"
+        entry = coco.data["annotations"][ann.index]
+        if "segmentation" not in entry:
+            problems.append(Problem("missing_key", key, "expected an instance mask, polygons or RLE, for a mask "
+                                                        f"arch (missing key; annotation id {ann.id})"))
+            continue
+        message = _segmentation_problem(entry["segmentation"], size[ann.image_id])
+        if message:
+            problems.append(Problem("malformed", key, f"{message} (annotation id {ann.id})"))
+    return problems
+
+
+def _segmentation_problem(seg: Any, size: tuple[int, int]) -> str | None:
+    if isinstance(seg, list):
+        if not seg:
+            return "expected at least one polygon, got []"
+        for polygon in seg:
+            if not (isinstance(polygon, list) and len(polygon) >= 6 and len(polygon) % 2 == 0
+                    and all(_is_number(v) and math.isfinite(v) for v in polygon)):
+                return f"expected polygons [x1, y1, x2, y2, x3, y3, ...] of at least 3 points, got {polygon!r}"[:200]
+        return None
+    if isinstance(seg, dict):
+        counts = seg.get("counts")
+        if not (isinstance(counts, str) or (isinstance(counts, list) and all(_is_int(v) and v >= 0 for v in counts))):
+            return "expected an RLE whose counts are a string or a list of non-negative integers"
+        if seg.get("size") != list(size):
+            return f"expected an RLE of the image's size [height, width] = {list(size)}, got {seg.get('size')!r}"
+        if isinstance(counts, list) and sum(counts) != size[0] * size[1]:
+            return f"expected RLE counts summing to height x width = {size[0] * size[1]}, got {sum(counts)}"
+        return None
+    return f"expected polygons (a list) or an RLE (a mapping), got {type(seg).__name__}"

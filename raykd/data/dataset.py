@@ -11,10 +11,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torchvision import tv_tensors
 
-from raykd.data.cocofile import MIN_BOX_SIZE, OUTSIDE_TOLERANCE, CocoFile, Targets, prepare_boxes, read_coco
+from raykd.data.cocofile import (
+    MIN_BOX_SIZE,
+    OUTSIDE_TOLERANCE,
+    CocoFile,
+    Targets,
+    mask_problems,
+    prepare_boxes,
+    read_coco,
+)
 from raykd.data.images import load_rgb
 from raykd.data.transforms import detection_transforms
 from raykd.errors import UserError
@@ -41,7 +50,11 @@ class CocoDetection(torch.utils.data.Dataset):
     take the longer side past ``image_size``, see :func:`~raykd.data.transforms.detection_transforms`); ``target`` holds ``boxes`` float32 ``[K, 4]`` (xyxy, pixels
     of the resized image), ``labels`` int64 ``[K]`` in ``1..num_classes-1``, ``image_id`` (int,
     the file's id) and ``orig_size`` int64 ``[2]`` = (height, width) of the original image.
-    ``K`` may be 0. Category ids are mapped to contiguous labels in sorted order (label 0 is
+    ``K`` may be 0. With ``masks=True`` (Mask R-CNN) the target also holds ``masks`` uint8
+    ``[K, H, W]``, each annotation's ``segmentation`` (polygons or RLE, decoded as pycocotools'
+    ``annToMask`` does) resized and flipped with its box; a missing or malformed one is a
+    :class:`UserError` naming it. Without, segmentations are not read.
+    Category ids are mapped to contiguous labels in sorted order (label 0 is
     background) and back with :meth:`label_to_cat_id`. Crowd regions are not targets but stay
     in :attr:`coco`, which evaluation uses as it is. Boxes are clipped to the image;
     degenerate ones are dropped and counted in one :class:`DataWarning`. Images are opened
@@ -49,7 +62,7 @@ class CocoDetection(torch.utils.data.Dataset):
     """
 
     def __init__(self, annotations: str | Path, images: str | Path, image_size: int, train: bool,
-                 min_size: int | None = None):
+                 min_size: int | None = None, masks: bool = False):
         if image_size < 1:
             raise UserError(f"expected a positive image size, got {image_size}", key="image_size")
         self.annotations_path = Path(annotations)
@@ -60,6 +73,8 @@ class CocoDetection(torch.utils.data.Dataset):
         self.min_size = min_size
         self.train = bool(train)
         parsed = read_coco(self.annotations_path)
+        if masks:
+            parsed.problems.extend(mask_problems(parsed))
         parsed.raise_first_problem()
         self._file_digest = hashlib.sha256(parsed.raw).hexdigest()
         self._coco: COCO | None = None  # built on first use (evaluation): the parsed JSON is not kept
@@ -80,6 +95,11 @@ class CocoDetection(torch.utils.data.Dataset):
         self._sizes = np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
         self._files = [image.file_name for image in parsed.images]
         self._file_keys = np.asarray([image.index for image in parsed.images], dtype=np.int64)
+        self.masks = bool(masks)
+        # Per box, its segmentation as the file gives it (decoded when a sample is read).
+        self._segmentations = [parsed.data["annotations"][i]["segmentation"] for i in targets.indices.tolist()] \
+            if masks else None
+        self._box_keys = targets.indices
         self.transforms = detection_transforms(self.image_size, self.train, min_size)
 
     def _warn_dropped(self, parsed: CocoFile, targets: Targets) -> None:
@@ -133,16 +153,42 @@ class CocoDetection(torch.utils.data.Dataset):
             torch.from_numpy(self._boxes[start:stop].copy()), format="XYXY", canvas_size=(height, width)
         )
         labels = torch.from_numpy(self._labels[start:stop].copy())
-        image, target = self.transforms(image, {"boxes": boxes, "labels": labels})
-        return image.as_subclass(torch.Tensor), {
+        sample = {"boxes": boxes, "labels": labels}
+        if self._segmentations is not None:
+            sample["masks"] = tv_tensors.Mask(self._decode_masks(start, stop, height, width))
+        image, target = self.transforms(image, sample)
+        out = {
             "boxes": target["boxes"].as_subclass(torch.Tensor),
             "labels": target["labels"],
             "image_id": self.image_ids[index],
             "orig_size": torch.tensor([height, width], dtype=torch.int64),
         }
+        if "masks" in target:
+            out["masks"] = target["masks"].as_subclass(torch.Tensor)
+        return image.as_subclass(torch.Tensor), out
+
+    def _decode_masks(self, start: int, stop: int, height: int, width: int) -> torch.Tensor:
+        """uint8 ``[stop - start, height, width]``: boxes ``start:stop``'s segmentations as pycocotools'
+        ``annToMask`` decodes them (polygons merged; RLE as given)."""
+        masks = np.zeros((stop - start, height, width), dtype=np.uint8)
+        for i in range(start, stop):
+            seg = self._segmentations[i]
+            try:
+                if isinstance(seg, list):
+                    rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
+                elif isinstance(seg["counts"], list):
+                    rle = mask_utils.frPyObjects(seg, height, width)
+                else:
+                    rle = seg
+                masks[i - start] = mask_utils.decode(rle)
+            except (ValueError, TypeError, KeyError) as err:
+                raise UserError(f"cannot decode the instance mask ({err})", file=self.annotations_path,
+                                key=f"annotations[{int(self._box_keys[i])}].segmentation") from None
+        return torch.from_numpy(masks)
 
     def __repr__(self) -> str:
         return (
             f"CocoDetection({str(self.annotations_path)!r}, images={len(self)}, boxes={len(self._boxes)}, "
-            f"classes={self.class_names}, image_size={self.image_size}, train={self.train})"
+            f"classes={self.class_names}, image_size={self.image_size}, train={self.train}"
+            f"{', masks=True' if self.masks else ''})"
         )

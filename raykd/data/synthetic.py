@@ -10,6 +10,10 @@ Each image holds 1-6 shapes of the first ``num_classes`` classes below, 12-75 px
 160 px (sizes scale with ``image_size``; COCO small and medium, no large), in random colours
 that contrast with the background; shapes overlap by at most a third of the smaller box.
 Category ids have gaps on purpose (1, 3, 7, 10, ...) so label mapping is always exercised.
+Every annotation has a ``segmentation`` (for Mask R-CNN): polygons in pixel-edge coordinates
+(the cross as two overlapping rectangles), the ring (it has a hole) and the star (thin points)
+as a compressed RLE of their drawn pixels. Masks are whole shapes: a later shape drawn over an
+earlier one does not cut it.
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
+from pycocotools import mask as mask_utils
 
 from raykd.errors import UserError
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: annotations carry a segmentation
 CLASSES: tuple[tuple[int, str], ...] = (
     (1, "rectangle"),
     (3, "ellipse"),
@@ -191,7 +196,7 @@ def _generate_split(split: str, count: int, images_dir: Path, seed: int, size: i
         file_name = f"{image_id:06d}.png"
         image.save(images_dir / file_name)
         images.append({"id": image_id, "file_name": file_name, "width": size, "height": size})
-        for class_index, (x, y, w, h) in shapes:
+        for class_index, (x, y, w, h), segmentation in shapes:
             annotations.append(
                 {
                     "id": len(annotations) + 1,
@@ -200,6 +205,7 @@ def _generate_split(split: str, count: int, images_dir: Path, seed: int, size: i
                     "bbox": [x, y, w, h],
                     "area": w * h,
                     "iscrowd": 0,
+                    "segmentation": segmentation,
                 }
             )
     return {
@@ -213,7 +219,7 @@ def _generate_split(split: str, count: int, images_dir: Path, seed: int, size: i
 
 
 def _draw_image(rng: np.random.Generator, size: int, num_classes: int) -> tuple[Image.Image, list]:
-    """One ``size`` x ``size`` RGB image and its shapes ``[(class_index, (x, y, w, h)), ...]``."""
+    """One ``size`` x ``size`` RGB image and its shapes ``[(class_index, (x, y, w, h), segmentation), ...]``."""
     # Smooth colour field (bicubic upsampling of a 4x4 grid) as the background.
     grid = rng.uniform(30, 225, size=(4, 4, 3)).astype(np.uint8)
     background = Image.fromarray(grid).resize((size, size), Image.Resampling.BICUBIC)
@@ -229,9 +235,9 @@ def _draw_image(rng: np.random.Generator, size: int, num_classes: int) -> tuple[
             continue
         x, y, w, h = placed
         colour = _contrasting_colour(rng, bg[y : y + h, x : x + w].mean(axis=(0, 1)))
-        _draw_shape(draw, CLASSES[class_index][1], x, y, w, h, colour, rng)
+        segmentation = _draw_shape(draw, CLASSES[class_index][1], x, y, w, h, colour, rng)
         boxes.append(placed)
-        shapes.append((class_index, (float(x), float(y), float(w), float(h))))
+        shapes.append((class_index, (float(x), float(y), float(w), float(h)), segmentation))
     pixels = np.asarray(canvas, dtype=np.float32) + rng.normal(0.0, _NOISE_STD, size=(size, size, 3)).astype(np.float32)
     return Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8)), shapes
 
@@ -280,14 +286,30 @@ def _unit_star() -> np.ndarray:
 _STAR = _unit_star()  # 10 vertices of a five-pointed star spanning the unit square
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, name: str, x: int, y: int, w: int, h: int, colour, rng) -> None:
-    """Draw shape ``name`` filling the pixels x..x+w-1, y..y+h-1 exactly (its box is tight)."""
+def _draw_shape(draw: ImageDraw.ImageDraw, name: str, x: int, y: int, w: int, h: int, colour, rng) -> Any:
+    """Draw shape ``name`` filling the pixels x..x+w-1, y..y+h-1 exactly (its box is tight).
+
+    Returns its COCO ``segmentation``: polygons in pixel-edge coordinates (the box is
+    ``[x, x + w] x [y, y + h]``), or for the ring and the star a compressed RLE of the pixels drawn.
+    """
     x1, y1 = x + w - 1, y + h - 1
+
+    def edges(points) -> list[float]:  # pixel indices x..x1 -> edge coordinates x..x+w
+        return [round(v, 2) for px, py in points
+                for v in (x + (px - x) * w / max(w - 1, 1), y + (py - y) * h / max(h - 1, 1))]
+
+    def box(left: float, top: float, right: float, bottom: float) -> list[float]:
+        return [left, top, right, top, right, bottom, left, bottom]
+
     if name == "rectangle":
         draw.rectangle((x, y, x1, y1), fill=colour)
-    elif name == "ellipse":
+        return [box(x, y, x + w, y + h)]
+    if name == "ellipse":
         draw.ellipse((x, y, x1, y1), fill=colour)
-    elif name == "triangle":  # pointing up, down, left or right
+        angles = np.arange(32) * (2 * np.pi / 32)
+        return [[round(float(v), 2) for a in angles
+                 for v in (x + w / 2 * (1 + np.cos(a)), y + h / 2 * (1 - np.sin(a)))]]
+    if name == "triangle":  # pointing up, down, left or right
         corners = {
             0: [(x, y1), (x1, y1), ((x + x1) / 2, y)],
             1: [(x, y), (x1, y), ((x + x1) / 2, y1)],
@@ -295,14 +317,27 @@ def _draw_shape(draw: ImageDraw.ImageDraw, name: str, x: int, y: int, w: int, h:
             3: [(x, y), (x, y1), (x1, (y + y1) / 2)],
         }[int(rng.integers(4))]
         draw.polygon(corners, fill=colour)
-    elif name == "cross":
+        return [edges(corners)]
+    if name == "cross":
         tx, ty = max(w // 3, 2), max(h // 3, 2)
         cx, cy = x + (w - tx) // 2, y + (h - ty) // 2
         draw.rectangle((cx, y, cx + tx - 1, y1), fill=colour)
         draw.rectangle((x, cy, x1, cy + ty - 1), fill=colour)
-    elif name == "star":
-        draw.polygon([(x + px * (w - 1), y + py * (h - 1)) for px, py in _STAR], fill=colour)
-    elif name == "ring":
-        draw.ellipse((x, y, x1, y1), outline=colour, width=max(2, min(w, h) // 5))
-    else:
-        raise ValueError(f"unknown shape {name!r}")
+        return [box(cx, y, cx + tx, y + h), box(x, cy, x + w, cy + ty)]
+    if name == "star":  # its thin points, rasterised from a polygon, lose pixels at small sizes: RLE
+        points = [(x + px * (w - 1), y + py * (h - 1)) for px, py in _STAR]
+        draw.polygon(points, fill=colour)
+        return _drawn_rle(draw.im.size, lambda mask: mask.polygon(points, fill=1))
+    if name == "ring":
+        width = max(2, min(w, h) // 5)
+        draw.ellipse((x, y, x1, y1), outline=colour, width=width)
+        return _drawn_rle(draw.im.size, lambda mask: mask.ellipse((x, y, x1, y1), outline=1, width=width))
+    raise ValueError(f"unknown shape {name!r}")
+
+
+def _drawn_rle(size: tuple[int, int], draw) -> dict[str, Any]:
+    """The compressed COCO RLE of what ``draw(ImageDraw)`` draws on an empty ``size`` canvas."""
+    canvas = Image.new("L", size)
+    draw(ImageDraw.Draw(canvas))
+    rle = mask_utils.encode(np.asfortranarray(np.asarray(canvas, dtype=np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}

@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
+from raykd import metric_names
+
 SCHEMA_VERSION = 1
 """Version of the table layout; bumped when a column is renamed, retyped or removed."""
 
@@ -26,8 +28,9 @@ TABLE_KEY = b"raykd.table"
 PARAMS_KEY = b"raykd.params"
 EXPERIMENT_KEY = b"raykd.experiment"
 
-METRICS = ("bbox_mAP", "AP50", "AP75", "AP_S", "AP_M", "AP_L")
-"""COCO box metrics reported per epoch, in [0, 1]; null where COCO has no objects of a size."""
+METRICS = metric_names.METRICS
+"""COCO metrics reported per epoch (:mod:`raykd.metric_names`: box, then segm), in [0, 1]; null
+where COCO has no objects of a size, and segm ones null in runs of box-only detectors."""
 
 LOSSES = ("loss_total", "loss_det", "loss_kd")
 """Loss columns of their own; every other ``loss_<name>`` goes to the ``loss_terms`` map."""

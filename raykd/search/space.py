@@ -25,6 +25,7 @@ from raykd.config import (
     validation_message,
 )
 from raykd.errors import UserError
+from raykd.metric_names import METRICS
 
 SAMPLERS = ("tpe", "random", "multivariate_tpe", "nsga2", "gp", "cmaes")
 
@@ -323,8 +324,7 @@ class Space:
                             raise UserError(f"{cond_key} never takes the value {v!r} (options: {allowed})",
                                             file=self.path, key=f"space.{key}.when")
         metrics = set(self.spec.metrics)
-        allowed_metrics = {"bbox_mAP", "AP50", "AP75", "AP_S", "AP_M", "AP_L", "step_time", "epoch_time",
-                           "time_total_s", "loss_total", "loss_det", "loss_kd"}
+        allowed_metrics = {*METRICS, "step_time", "epoch_time", "time_total_s", "loss_total", "loss_det", "loss_kd"}
         for metric in metrics - allowed_metrics:
             raise UserError(f"unknown metric {metric!r}; expected one of {sorted(allowed_metrics)}",
                             file=self.path, key="metric")

@@ -8,7 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-METRICS = ("bbox_mAP", "AP50", "AP75", "AP_S", "AP_M", "AP_L")  # as raykd.results.schema.METRICS
+from raykd.metric_names import METRICS  # box and segm, as raykd.results.schema.METRICS
+
 OTHER_SCALARS = ("lr", "step_time", "epoch_time")  # learning rate; seconds per step and per epoch
 RUNNING, TERMINATED, ERROR = "RUNNING", "TERMINATED", "ERROR"  # statuses, as the trials table
 

@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the student of an experiment (distilled from its teacher when distill.method is not "
                     "'none'), with COCO evaluation every epoch. Checkpoints and metrics go to train.output_dir: "
                     "checkpoints/state.pt (exact resume), metrics.jsonl (one line per epoch), model_final.pt (last epoch) "
-                    "and, in one-worker runs, model_best.pt (best bbox_mAP).",
+                    "and model_best.pt (best bbox_mAP).",
         epilog="example: python -m raykd.train experiments/shapes_student.yaml --set distill.method=mgd --set train.seed=1",
     )
     parser.add_argument("experiment", help="experiment YAML file (see experiments/)")
@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                               resume=args.resume)
     from raykd.train.setup import validate_data
 
-    validate_data(cfg.data, cfg.cache_dir)  # before anything is written or started
+    validate_data(cfg.data, cfg.cache_dir, masks=cfg.trains_masks())  # before anything is written or started
     from raykd.models.weights import check_weights
 
     check_weights(cfg)
@@ -100,7 +100,9 @@ def _train(args: argparse.Namespace, cfg, out: Path, resume_path: Path | None, a
         else:
             final = _train_ray(cfg, out, teacher_ckpt, workers=args.workers, gpus=args.gpus_per_worker, feed=feed,
                                resume_path=resume_path, address=address)
-    print(json.dumps({k: final[k] for k in ("bbox_mAP", "AP50", "AP75", "AP_S", "AP_M", "AP_L") if k in final}))
+    from raykd.metric_names import METRICS
+
+    print(json.dumps({k: final[k] for k in METRICS if k in final}))
     return 0
 
 
@@ -154,8 +156,8 @@ def _train_ray(cfg, out: Path, teacher_ckpt, *, workers: int, gpus: int | None, 
     import torch
 
     from raykd.train.checkpoint import STATE_FILE, load_state
-    from raykd.train.teacher import save_model
-    from raykd.train.worker import make_trainer
+    from raykd.train.teacher import improves, save_model, teacher_metrics
+    from raykd.train.worker import BEST_FILE, make_trainer
 
     use_gpu = bool(torch.cuda.is_available()) if gpus is None else bool(gpus)
     if not ray.is_initialized() and address:
@@ -165,7 +167,7 @@ def _train_ray(cfg, out: Path, teacher_ckpt, *, workers: int, gpus: int | None, 
     trainer = make_trainer(cfg.model_dump(mode="json"), workers=workers, use_gpu=use_gpu,
                            storage_path=str(out / "ray"), name=f"train-{cfg.name}",
                            teacher_checkpoint=teacher_ckpt, resume_path=str(resume_path) if resume_path else None,
-                           callbacks=feed.ray_train_callbacks())
+                           callbacks=feed.ray_train_callbacks(), keep_best=True)
     result = trainer.fit()
     if result.error:
         raise result.error
@@ -173,10 +175,15 @@ def _train_ray(cfg, out: Path, teacher_ckpt, *, workers: int, gpus: int | None, 
     if result.checkpoint is not None:
         with result.checkpoint.as_directory() as folder:
             state = load_state(Path(folder) / STATE_FILE)
+            best = load_state(Path(folder) / BEST_FILE)
         (out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in state["history"]))
         feed.history(state["history"])
         save_model(state["model"], out / "model_final.pt", metrics=state["history"][-1],
                    categories=state.get("categories"))
+        # Resumed from a one-worker run (whose checkpoint has no best.pt): its model_best.pt competes.
+        kept = out / "model_best.pt"
+        if resume_path is None or not kept.is_file() or improves(best["metrics"], teacher_metrics(kept)):
+            save_model(best["model"], kept, metrics=best["metrics"], categories=best.get("categories"))
         metrics = state["history"][-1]
     return metrics
 

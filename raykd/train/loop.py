@@ -20,12 +20,14 @@ import torch
 import torch.distributed as torch_dist
 from torch import Tensor, nn
 from torch.utils.data import Subset
+from torchvision.models.detection import MaskRCNN
 from tqdm import tqdm
 
-from raykd.config import ExperimentConfig
+from raykd.config import MASK_ARCHS, ExperimentConfig
 from raykd.data import build_loader
 from raykd.distill import build_distiller
 from raykd.errors import UserError
+from raykd.metric_names import BOX_METRICS, METRICS
 from raykd.models.levels import distilled_levels
 from raykd.models.taps import forward_taps, is_dense
 from raykd.train.evaluate import coco_metrics, predict
@@ -129,14 +131,19 @@ def evaluate_model(model: nn.Module, loader, dataset, image_ids: list[int], devi
                    amp: bool, label_to_cat_id=None) -> dict[str, float]:
     """COCO metrics of ``model`` over ``image_ids`` of ``dataset``; under DDP each rank's
     ``loader`` holds a shard and rank 0 scores the gathered detections. ``label_to_cat_id``:
-    model label -> category id or None (default: the data set's own numbering)."""
+    model label -> category id or None (default: the data set's own numbering). A Mask R-CNN
+    is scored on its boxes and on its masks (``segm_*``)."""
     rank, world = _rank_info()
     results = predict(model, loader, device, label_to_cat_id or dataset.label_to_cat_id, amp=amp)
     if world > 1:
         gathered: list[list[dict]] = [None] * world  # type: ignore[list-item]
         torch_dist.all_gather_object(gathered, results)
         results = [r for part in gathered for r in part]
-    metrics = coco_metrics(dataset.coco, results, image_ids) if rank == 0 else None
+    metrics = None
+    if rank == 0:
+        metrics = coco_metrics(dataset.coco, results, image_ids)
+        if isinstance(model, MaskRCNN):
+            metrics.update(coco_metrics(dataset.coco, results, image_ids, iou_type="segm"))
     if world > 1:
         box = [metrics]
         torch_dist.broadcast_object_list(box, src=0)
@@ -169,7 +176,7 @@ def fit(
     seed_everything(tcfg.seed + rank)
     amp = tcfg.amp and device.type == "cuda"
 
-    train_ds, val_ds = build_datasets(cfg.data, cfg.cache_dir)
+    train_ds, val_ds = build_datasets(cfg.data, cfg.cache_dir, masks=cfg.student.arch in MASK_ARCHS)
     val_count = min(len(val_ds), cfg.data.val_max_images or len(val_ds))
     val_ids = val_ds.image_ids[:val_count]
     # Under DDP each rank predicts every world-th image (no padding duplicates, unlike DistributedSampler).
@@ -280,7 +287,7 @@ def fit(
             metrics.update(evaluate_model(student, val_loader, val_ds, val_ids, device, amp,
                                           label_to_cat_id=space.label_to_cat_id))
         elif history:
-            metrics.update({k: history[-1].get(k) for k in ("bbox_mAP", "AP50", "AP75", "AP_S", "AP_M", "AP_L")})
+            metrics.update({k: history[-1].get(k) for k in METRICS if k in BOX_METRICS or k in history[-1]})
         metrics.update(epoch=epoch, epochs_total=tcfg.epochs, lr=optimizer.param_groups[0]["lr"],
                        step_time=train_time / max(step, 1), epoch_time=time.perf_counter() - epoch_start,
                        time_total_s=time.perf_counter() - run_start, num_workers=world, device=_device_name(device),
@@ -317,5 +324,7 @@ def format_epoch_line(m: dict[str, Any]) -> str:
     ap = m.get("bbox_mAP")
     ap_text = f"mAP {ap:.4f} AP50 {m['AP50']:.4f} AP_S/M/L {m['AP_S']:.3f}/{m['AP_M']:.3f}/{m['AP_L']:.3f}" \
         if ap is not None else "mAP -"
+    if m.get("segm_mAP") is not None:
+        ap_text += f"  segm mAP {m['segm_mAP']:.4f} AP50 {m['segm_AP50']:.4f}"
     return (f"epoch {m['epoch']}/{m['epochs_total']}  loss {m['loss_total']:.4f} (det {m['loss_det']:.4f}{kd})  "
             f"{ap_text}  lr {m['lr']:.2e}  {m['step_time']:.3f} s/step  {m['epoch_time']:.1f} s")

@@ -13,7 +13,7 @@ from torch import nn
 
 from raykd.config import DataConfig, ExperimentConfig, ScheduleConfig
 from raykd.data import CocoDetection, ensure_synthetic
-from raykd.data.cocofile import read_coco
+from raykd.data.cocofile import mask_problems, read_coco
 from raykd.data.converted import coco_paths
 from raykd.errors import UserError
 from raykd.models import build_detector, inherit_neck_and_head, load_weights
@@ -58,22 +58,24 @@ def _same_categories(train_ids: list[int], val_ids: list[int], val_file: str) ->
                         key="categories")
 
 
-def build_datasets(cfg: DataConfig, cache_dir: str | Path) -> tuple[CocoDetection, CocoDetection]:
+def build_datasets(cfg: DataConfig, cache_dir: str | Path, masks: bool = False) -> tuple[CocoDetection, CocoDetection]:
+    """Train and val datasets; ``masks``: with instance masks (a Mask R-CNN is trained)."""
     paths = resolve_data(cfg, cache_dir)
     _check_paths(paths)
     train = CocoDetection(paths.train_annotations, paths.train_images, image_size=cfg.image_size, train=True,
-                          min_size=cfg.min_size)
+                          min_size=cfg.min_size, masks=masks)
     val = CocoDetection(paths.val_annotations, paths.val_images, image_size=cfg.image_size, train=False,
-                        min_size=cfg.min_size)
+                        min_size=cfg.min_size, masks=masks)
     _same_categories(train.cat_ids, val.cat_ids, paths.val_annotations)
     return train, val
 
 
-def validate_data(cfg: DataConfig, cache_dir: str | Path) -> DataPaths:
+def validate_data(cfg: DataConfig, cache_dir: str | Path, masks: bool = False) -> DataPaths:
     """Check the configured data before anything starts (a synthetic block is generated first,
     VOC and YOLO splits converted and cached under ``cache_dir``, :func:`resolve_data`):
     both annotation files read as COCO without a problem (:func:`~raykd.data.cocofile.read_coco`),
-    every image file they list exists, train and val have the same categories. Images are not
+    every image file they list exists, train and val have the same categories; with ``masks``
+    (a Mask R-CNN is trained) every annotation has a well-formed segmentation. Images are not
     decoded here (``python -m raykd.data check`` does that); an unreadable one fails when read."""
     paths = resolve_data(cfg, cache_dir)
     _check_paths(paths)
@@ -81,6 +83,8 @@ def validate_data(cfg: DataConfig, cache_dir: str | Path) -> DataPaths:
     for annotations, images in ((paths.train_annotations, paths.train_images),
                                 (paths.val_annotations, paths.val_images)):
         coco = read_coco(annotations)
+        if masks:
+            coco.problems.extend(mask_problems(coco))
         coco.raise_first_problem()
         missing = [image for image in coco.images if not os.path.isfile(os.path.join(images, image.file_name))]
         if missing:

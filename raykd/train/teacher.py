@@ -122,8 +122,7 @@ class BestModel:
         self.metrics: dict = {}
 
     def update(self, metrics: dict, make_state: Callable[[], dict]) -> None:
-        value, best = metrics.get(self.metric), self.metrics.get(self.metric)
-        improved = not self.metrics or (value is not None and (best is None or value > best))
+        improved = improves(metrics, self.metrics, self.metric)
         last = metrics["epoch"] == metrics["epochs_total"]
         if not (improved or last):
             return
@@ -135,6 +134,13 @@ class BestModel:
         if last:
             save_model(state["model"], self.folder / "model_final.pt", metrics=metrics,
                        categories=state.get("categories"))
+
+
+def improves(metrics: dict, best: dict, metric: str = BEST_METRIC) -> bool:
+    """Whether an epoch's ``metrics`` beat the ``best`` epoch's so far (none yet: it does;
+    unmeasured: it does not; a tie keeps the earlier epoch)."""
+    value, kept = metrics.get(metric), best.get(metric)
+    return not best or (value is not None and (kept is None or value > kept))
 
 
 def save_model(state_dict: dict, path: Path, *, metrics: dict | None = None,

@@ -2,7 +2,9 @@
 
 This is the one file of ``raykd/train`` that imports Ray. Each epoch every rank calls
 ``ray.train.report``; rank 0 attaches the checkpoint, so a restarted worker group resumes
-from the last epoch (``ray.train.get_checkpoint``).
+from the last epoch (``ray.train.get_checkpoint``). With ``keep_best`` the checkpoint also
+holds ``best.pt``, the best epoch's model so far (:func:`raykd.train.teacher.improves`), which
+``python -m raykd.train --workers N`` writes out as ``model_best.pt``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from raykd.config import experiment_from_dict
 from raykd.train.checkpoint import STATE_FILE, load_state, save_state
 from raykd.train.loop import fit
+from raykd.train.teacher import improves
+
+BEST_FILE = "best.pt"
+"""Beside ``state.pt`` in a checkpoint (``keep_best``): ``{"model", "metrics", "categories"}`` of the best epoch."""
 
 
 def train_worker(config: dict[str, Any]) -> None:
@@ -29,18 +35,30 @@ def train_worker(config: dict[str, Any]) -> None:
     if config.get("pid_dir"):  # lets fault-injection tests find the worker processes
         Path(config["pid_dir"], f"rank{rank}.pid").write_text(str(os.getpid()))
     resume_state = None
+    keep_best = bool(config.get("keep_best")) and rank == 0
+    best: dict[str, Any] = {}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:  # this run's own: a restarted worker group
         with checkpoint.as_directory() as folder:
             resume_state = load_state(Path(folder) / STATE_FILE)
+            if keep_best and (Path(folder) / BEST_FILE).is_file():
+                best = load_state(Path(folder) / BEST_FILE)
     elif config.get("resume_path"):  # an earlier run's (``raykd.train --resume``)
         resume_state = load_state(config["resume_path"])
+        if keep_best and (Path(config["resume_path"]).parent / BEST_FILE).is_file():
+            best = load_state(Path(config["resume_path"]).parent / BEST_FILE)
 
     def report(metrics: dict[str, Any], make_state) -> None:
         with tempfile.TemporaryDirectory() as folder:
             ckpt = None
             if rank == 0:
-                save_state(make_state(), Path(folder) / STATE_FILE)
+                state = make_state()
+                save_state(state, Path(folder) / STATE_FILE)
+                if keep_best:
+                    if improves(metrics, best.get("metrics", {})):
+                        best.update(model={k: v.detach().to("cpu", copy=True) for k, v in state["model"].items()},
+                                    metrics=dict(metrics), categories=state.get("categories"))
+                    save_state(best, Path(folder) / BEST_FILE)
                 ckpt = Checkpoint.from_directory(folder)
             ray.train.report({**metrics, **config.get("extra_metrics", {})}, checkpoint=ckpt)
 
@@ -62,19 +80,21 @@ def make_trainer(
     callbacks: list | None = None,
     extra_metrics: dict[str, Any] | None = None,
     resume_path: str | None = None,
+    keep_best: bool = False,
 ) -> TorchTrainer:
     """A TorchTrainer running :func:`train_worker` on ``workers`` DDP ranks (gloo on CPU, NCCL on GPU).
 
     ``name`` must be stable for a trial so a retried run resumes from its own checkpoints;
     ``extra_metrics`` are added to every report (e.g. the executor's name); ``resume_path``: a
-    ``state.pt`` of an earlier run to continue from (the run's own checkpoints come first).
+    ``state.pt`` of an earlier run to continue from (the run's own checkpoints come first);
+    ``keep_best``: rank 0 adds the best epoch's model to every checkpoint (:data:`BEST_FILE`).
     """
     resources = {"CPU": cpus_per_worker} | ({"GPU": 1} if use_gpu else {})
     return TorchTrainer(
         train_worker,
         train_loop_config={"experiment": experiment, "teacher_checkpoint": teacher_checkpoint, "pid_dir": pid_dir,
                            "extra_metrics": {"executor": "train", **(extra_metrics or {})},
-                           "resume_path": resume_path},
+                           "resume_path": resume_path, "keep_best": keep_best},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
