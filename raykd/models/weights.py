@@ -90,6 +90,9 @@ def read_file(path: str | Path, key: str) -> Pretrained:
                         f"refused it without running anything ({_unpickler_reason(err)})", file=path, key=key) from None
     except Exception as err:  # corrupt or not a torch file
         first = (str(err).splitlines() or [""])[0].split(". ")[0][:160]
+        if not path.read_bytes()[:2] == b"PK":  # not torch's zip format: garbage the unpickler choked on
+            raise UserError(f"cannot read checkpoint: expected a PyTorch file of tensors ({type(err).__name__}: "
+                            f"{first})", file=path, key=key) from None
         raise UserError(f"cannot read checkpoint ({type(err).__name__}: {first})", file=path, key=key) from None
     categories = None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):

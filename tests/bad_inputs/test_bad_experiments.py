@@ -3,8 +3,8 @@ any output is written, any teacher trained or Ray started."""
 
 from __future__ import annotations
 
-import os
 import pickle
+import random
 
 import pytest
 import torch
@@ -95,8 +95,9 @@ def _mismatched_checkpoint(path):
 @pytest.mark.parametrize(("write", "what"), [
     pytest.param(None, "teacher checkpoint not found and no teacher.train block to train one",
                  id="teacher-checkpoint-missing"),
-    pytest.param(lambda p: p.write_bytes(os.urandom(64) + b"garbage"), "cannot read checkpoint: expected a PyTorch "
-                 "file of tensors", id="teacher-checkpoint-random-bytes"),
+    *(pytest.param(lambda p, seed=seed: p.write_bytes(random.Random(seed).randbytes(64) + b"garbage"),
+                   "cannot read checkpoint: expected a PyTorch file of tensors",
+                   id=f"teacher-checkpoint-random-bytes-{seed}") for seed in range(3)),
     pytest.param(_truncated_checkpoint, "cannot read checkpoint (RuntimeError: PytorchStreamReader failed",
                  id="teacher-checkpoint-truncated"),
     pytest.param(lambda p: torch.save([1, 2, 3], p), "expected a state dict or {'model': state dict}, got a list",
