@@ -56,7 +56,7 @@ from torchvision.models.detection import FCOS
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from raykd.distill import METHODS, DistillConfig, build_distiller
+from raykd.distill import METHODS, DistillConfig, build_distiller, total_loss
 
 DEFAULT_OUT = Path("benchmarks/out/distill_overhead.json")
 
@@ -134,7 +134,7 @@ def _forward(student: FCOS, teacher: FCOS | None, distiller: nn.Module | None, i
             "image_sizes": [(int(h), int(w)) for h, w in batch.image_sizes],
         }
         if distiller is not None:
-            total = total + sum(distiller(**taps).values())
+            total = total + total_loss(distiller(**taps))
     return total, taps
 
 
@@ -204,7 +204,7 @@ def measure(args: dict[str, Any], method: str) -> dict[str, Any]:
     def loss_only() -> None:
         distiller.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            loss = sum(distiller(**_detached(taps)).values())
+            loss = total_loss(distiller(**_detached(taps)))
         loss.backward()
 
     # interleaved, so that both kinds of step see the same machine load
@@ -271,7 +271,7 @@ def count_flops(args: dict[str, Any], method: str) -> dict[str, float]:
             "boxes": [torch.tensor([[8.0, 8.0, width / 2, height / 2]], device=meta)] * n,
             "image_sizes": [(args["height"], args["width"])] * n,
         }
-        sum(distiller(**taps).values()).backward()
+        total_loss(distiller(**taps)).backward()
 
     flops = {}
     for name, fn in (("student", student_pass), ("teacher", teacher_pass), ("loss", loss_pass)):

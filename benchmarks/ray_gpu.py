@@ -100,7 +100,7 @@ def run_inline(exp: dict[str, Any]) -> dict[str, Any]:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    fit(experiment_from_dict(exp), on_epoch_end=lambda m, _state: history.append(m), progress=False,
+    fit(experiment_from_dict(exp), on_epoch_end=lambda record, _state: history.append(record.as_report()), progress=False,
         log=lambda line: None)
     wall = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None

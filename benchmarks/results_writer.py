@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from raykd.results import TableWriter, compact, load, load_table
 from raykd.results.store import join, list_parts, publish, resolve
+from raykd.train.epoch import EpochRecord, LossSummary
 
 PARAMS = {
     "distill.method": pa.string(),
@@ -44,13 +45,14 @@ CONFIG = {"distill.method": "samkd", "distill.mask_ratio": 0.6, "distill.alpha":
 
 def result(epoch: int) -> dict:
     """A realistic trainer result: 6 metrics, 3 losses, 12 named loss terms, Tune's keys."""
-    terms = {f"loss_mgd_{level}": 0.1 * level for level in range(5)}
-    terms.update({f"loss_fgd_fg_p{level}": 0.01 * level for level in range(3, 8)})
-    terms.update(loss_classification=0.4, loss_bbox_regression=0.3)
-    return {"epoch": epoch, "epochs_total": 12, "bbox_mAP": 0.3, "AP50": 0.5, "AP75": 0.3, "AP_S": -1.0,
-            "AP_M": 0.2, "AP_L": 0.4, "loss_total": 1.5, "loss_det": 1.0, "loss_kd": 0.5, **terms,
-            "lr": 0.01, "step_time": 0.2, "epoch_time": 60.0, "executor": "ray_train", "num_workers": 2,
-            "device": "cpu", "time_total_s": 60.0 * epoch, "time_this_iter_s": 60.0,
+    terms = {f"mgd_{level}": 0.1 * level for level in range(5)}
+    terms.update({f"fgd_fg_p{level}": 0.01 * level for level in range(3, 8)})
+    terms.update(classification=0.4, bbox_regression=0.3)
+    record = EpochRecord(
+        epoch=epoch, epochs_total=12, losses=LossSummary(total=1.5, det=1.0, kd=0.5, terms=terms),
+        scores={"bbox_mAP": 0.3, "AP50": 0.5, "AP75": 0.3, "AP_S": -1.0, "AP_M": 0.2, "AP_L": 0.4},
+        lr=0.01, step_time=0.2, epoch_time=60.0, time_total_s=60.0 * epoch, num_workers=2, device="cpu")
+    return {**record.as_report(), "executor": "ray_train", "time_this_iter_s": 60.0,
             "training_iteration": epoch, "trial_id": "x", "done": False}
 
 

@@ -1,5 +1,5 @@
-"""The names of the COCO metrics reported per epoch, defined once (no imports: training, the
-results tables and the trackers all read them)."""
+"""The names of what an epoch reports, defined once (no imports: training, the distiller,
+the results tables and the trackers all read them): COCO metrics and loss keys."""
 
 from __future__ import annotations
 
@@ -10,3 +10,13 @@ SEGM_METRICS = ("segm_mAP", "segm_AP50", "segm_AP75", "segm_AP_S", "segm_AP_M", 
 """The same six from ``iouType="segm"`` (instance masks; Mask R-CNN runs only, else absent / null)."""
 
 METRICS = BOX_METRICS + SEGM_METRICS
+
+LOSS_PREFIX = "loss_"
+LOSS_TOTAL, LOSS_DET, LOSS_KD = "loss_total", "loss_det", "loss_kd"
+FIXED_LOSSES = (LOSS_TOTAL, LOSS_DET, LOSS_KD)
+"""The three losses every epoch reports (a column each); every other ``loss_<name>`` is a term."""
+
+
+def term_key(term: str, level: str) -> str:
+    """The flat name of a distillation ``term`` at FPN ``level`` (``mgd_0``), as reports show it."""
+    return f"{term}_{level}"

@@ -24,6 +24,7 @@ from ray import tune  # noqa: E402
 
 from raykd.results import write_run  # noqa: E402
 from raykd.results.callback import ParquetResultsCallback  # noqa: E402
+from raykd.train.epoch import EpochRecord, LossSummary  # noqa: E402
 
 EPOCHS = 4
 BBOX = [0.5, 0.3, 0.2, 0.1]  # best epoch is the first: it survives only if history is kept
@@ -41,11 +42,12 @@ def trainable(config):
     for epoch in range(start, EPOCHS + 1):
         time.sleep(0.6)
         Path(MARKERS, f"{trial_id}-{epoch}-{MODE}").touch()
-        metrics = {"epoch": epoch, "epochs_total": EPOCHS, "bbox_mAP": BBOX[epoch - 1], "AP50": 0.6,
-                   "AP75": 0.4, "AP_S": -1.0, "AP_M": 0.3, "AP_L": 0.5, "loss_total": 1.0 / epoch,
-                   "loss_det": 0.5, "loss_kd": 0.5 / epoch, "loss_mgd": 0.5 / epoch, "lr": 0.01,
-                   "step_time": 0.1, "epoch_time": 0.6, "executor": "tune_function", "num_workers": 1,
-                   "device": "cpu"}
+        record = EpochRecord(
+            epoch=epoch, epochs_total=EPOCHS,
+            losses=LossSummary(total=1.0 / epoch, det=0.5, kd=0.5 / epoch, terms={"mgd": 0.5 / epoch}),
+            scores={"bbox_mAP": BBOX[epoch - 1], "AP50": 0.6, "AP75": 0.4, "AP_S": -1.0, "AP_M": 0.3, "AP_L": 0.5},
+            lr=0.01, step_time=0.1, epoch_time=0.6, time_total_s=None, num_workers=1, device="cpu")
+        metrics = {**record.as_report(), "executor": "tune_function"}
         with tempfile.TemporaryDirectory() as folder:
             Path(folder, "state.json").write_text(json.dumps({"epoch": epoch}))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))

@@ -19,6 +19,7 @@ from scipy import stats as sps
 from raykd.analyze.__main__ import PROG, main
 from raykd.errors import run_cli
 from raykd.results import TableWriter, write_run_row
+from raykd.train.epoch import EpochRecord, LossSummary
 
 PARAMS = {
     "distill.method": pa.string(),
@@ -59,10 +60,12 @@ def search(tmp_path_factory):
     for trial, (config, level, run, end) in TRIALS.items():
         for epoch in range(1, run + 1):
             value = level * epoch / EPOCHS
-            writer.add_result(trial, config, {
-                "epoch": epoch, "epochs_total": EPOCHS, "bbox_mAP": value, "AP50": 2 * value, "AP75": value,
-                "AP_S": value / 2, "AP_M": value, "AP_L": -1.0, "time_total_s": 30.0 * epoch,
-                "time_this_iter_s": 30.0, "num_workers": 1, "executor": "inline", "device": "cpu"})
+            record = EpochRecord(
+                epoch=epoch, epochs_total=EPOCHS, losses=LossSummary(total=None, det=None, kd=None),
+                scores={"bbox_mAP": value, "AP50": 2 * value, "AP75": value, "AP_S": value / 2, "AP_M": value,
+                        "AP_L": -1.0},
+                lr=None, step_time=None, epoch_time=None, time_total_s=30.0 * epoch, num_workers=1, device="cpu")
+            writer.add_result(trial, config, {**record.as_report(), "time_this_iter_s": 30.0, "executor": "inline"})
         if end == "done":
             writer.end_trial(trial, config=config)
         elif end == "error":

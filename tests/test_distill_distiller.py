@@ -9,7 +9,7 @@ from typing import get_args
 import pytest
 import torch
 
-from raykd.distill import METHODS, DistillConfig, Distiller, build_distiller, term_names
+from raykd.distill import METHODS, DistillConfig, Distiller, build_distiller, flat_terms, term_names
 from raykd.distill.config import AttentionSource, Branches, FusionMode, MaskRule, Polarity
 
 
@@ -42,7 +42,7 @@ def _build(cfg: DistillConfig) -> Distiller:
 def _assert_finite_step(cfg: DistillConfig, seed: int = 0) -> dict[str, torch.Tensor]:
     distiller = _build(cfg)
     sf, tf, sl, tl = _batch(seed)
-    out = distiller(sf, tf, sl, tl, BOXES, IMAGE_SIZES)
+    out = flat_terms(distiller(sf, tf, sl, tl, BOXES, IMAGE_SIZES))
     assert list(out) == term_names(cfg, list(LEVELS)), cfg
     for key, value in out.items():
         assert value.dim() == 0 and torch.isfinite(value), (cfg, key, value)
@@ -71,7 +71,7 @@ def test_every_method_default_is_finite_and_keys_are_clean(method):
 def test_teacher_never_receives_a_gradient(method):
     distiller = _build(DistillConfig(method=method))
     sf, tf, sl, tl = _batch(teacher_grad=True)
-    out = distiller(sf, tf, sl, tl, BOXES, IMAGE_SIZES)
+    out = flat_terms(distiller(sf, tf, sl, tl, BOXES, IMAGE_SIZES))
     sum(out.values()).backward()
     assert all(t.grad is None for t in tf.values())
     assert all(t.grad is None for t in tl.values())
@@ -96,7 +96,7 @@ def test_levels_subset_and_unknown_levels():
     cfg = DistillConfig(method="mgd", levels=["p6", "0"])
     distiller = _build(cfg)
     sf, tf, sl, tl = _batch()
-    out = distiller(sf, tf, None, None, BOXES, IMAGE_SIZES)
+    out = flat_terms(distiller(sf, tf, None, None, BOXES, IMAGE_SIZES))
     assert list(out) == ["mgd_p6", "mgd_0"] == term_names(cfg, list(LEVELS))
     with pytest.raises(ValueError, match="pool"):
         build_distiller(DistillConfig(method="mgd", levels=["pool"]), CS, CT, list(LEVELS), num_classes=K)
@@ -109,7 +109,7 @@ def test_samkd_without_logits_runs_sfd_only():
     assert not _build(DistillConfig(method="samkd", sld=False)).needs_logits
     assert not any(_build(DistillConfig(method=m)).needs_logits for m in DISTILLING if m != "samkd")
     sf, tf, _, _ = _batch()
-    out = distiller(sf, tf, None, None, BOXES, IMAGE_SIZES)
+    out = flat_terms(distiller(sf, tf, None, None, BOXES, IMAGE_SIZES))
     assert list(out) == term_names(cfg, list(LEVELS), dense_head=False)
     assert all(key.startswith("sfd_") for key in out) and len(out) == len(LEVELS)
     assert "sld_p7" in term_names(cfg, list(LEVELS))
@@ -158,5 +158,5 @@ def test_every_samkd_switch_combination_is_finite():
 def test_loss_is_zero_without_boxes_for_fgd_foreground():
     distiller = _build(DistillConfig(method="fgd"))
     sf, tf, _, _ = _batch()
-    out = distiller(sf, tf, None, None, [torch.zeros(0, 4), torch.zeros(0, 4)], IMAGE_SIZES)
+    out = flat_terms(distiller(sf, tf, None, None, [torch.zeros(0, 4), torch.zeros(0, 4)], IMAGE_SIZES))
     assert all(out[f"fgd_fg_{k}"] == 0 for k in LEVELS) and all(out[f"fgd_bg_{k}"] > 0 for k in LEVELS)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from raykd.distill import DistillConfig, build_distiller
+from raykd.distill import DistillConfig, build_distiller, flat_terms
 from raykd.distill.dfmsd import DFMSDLoss
 from raykd.distill.dmkd import DualReconstruction
 from raykd.distill.inputs import LevelInputs
@@ -36,7 +36,7 @@ def _build(**kw):
 
 def _run(distiller, seed: int, student, teacher, logits=(None, None)):
     torch.manual_seed(seed)
-    out = distiller(student, teacher, logits[0], logits[1], [torch.zeros(0, 4)] * N, [(32, 32)] * N)
+    out = flat_terms(distiller(student, teacher, logits[0], logits[1], [torch.zeros(0, 4)] * N, [(32, 32)] * N))
     grads = torch.autograd.grad(sum(out.values()), list(student.values()) + list(distiller.parameters()))
     return out, grads
 
@@ -138,7 +138,7 @@ def test_sld_matches_formula(weighting, scales):
     student, teacher, s_logits, t_logits = _feats(4)
     d = _build(method="samkd", beta=0.3, pyramid_scales=scales, sld_weighting=weighting, sld_tau=0.7, sld_ratio=0.3, T_kd=2.0)
     torch.manual_seed(0)
-    out = d(student, teacher, s_logits, t_logits, [torch.zeros(0, 4)] * N, [(32, 32)] * N)
+    out = flat_terms(d(student, teacher, s_logits, t_logits, [torch.zeros(0, 4)] * N, [(32, 32)] * N))
     for level in LEVELS:
         conv = d.align[level]
         s = F.conv2d(student[level], conv.weight, conv.bias)
@@ -176,7 +176,7 @@ def test_sfd_matches_formula(mode):
     with torch.no_grad():
         for i, recon in enumerate(d.losses["0"].reconstructions):
             recon.fuse.logits.copy_(torch.tensor([0.3 + i, -0.5]))  # unequal fusion weights
-    got = d({"0": s}, {"0": t}, None, None, [torch.zeros(0, 4)] * N, [(40, 48)] * N)["sfd_0"]
+    got = flat_terms(d({"0": s}, {"0": t}, None, None, [torch.zeros(0, 4)] * N, [(40, 48)] * N))["sfd_0"]
     losses = []
     for g, recon in zip([1, 2], d.losses["0"].reconstructions):
         s_g, t_g = (s, t) if mode == "cells" else (F.max_pool2d(s, g, g, ceil_mode=True), F.max_pool2d(t, g, g, ceil_mode=True))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from raykd.config import ModelConfig
-from raykd.distill import build_distiller
+from raykd.distill import build_distiller, flat_terms
 from raykd.distill.config import DistillConfig
 from raykd.errors import UserError
 from raykd.models import build_detector, forward_taps
@@ -50,8 +50,8 @@ def test_faster_rcnn_teacher_distils_a_retinanet_student_on_the_shared_strides()
         torch.testing.assert_close(taps.teacher_feats[s_key], reference[t_key])
     assert taps.teacher_logits is None  # a two-stage teacher has no dense logits
     distiller = build_distiller(DistillConfig(method="mgd"), 32, 64, list(pairs), num_classes=3)
-    terms = distiller(taps.student_feats, taps.teacher_feats, taps.student_logits, None, taps.boxes,
-                      taps.image_sizes)
+    terms = flat_terms(distiller(taps.student_feats, taps.teacher_feats, taps.student_logits, None, taps.boxes,
+                      taps.image_sizes))
     assert sorted(terms) == sorted(f"mgd_{level}" for level in pairs)
     sum(terms.values()).backward()
     assert student.backbone.fpn.layer_blocks[0][0].weight.grad.abs().sum() > 0

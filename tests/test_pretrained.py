@@ -241,4 +241,4 @@ def test_training_in_a_kept_pretrained_numbering_maps_labels_both_ways(write_exp
     assert seen_labels and seen_labels <= {categories.index(name) for name in names}  # targets mapped in
     assert [to_cat[categories.index(name)] for name in names] == cat_ids  # predictions mapped out
     assert to_cat[categories.index("zebra")] is None and to_cat[1] is None
-    assert 0.0 <= metrics["bbox_mAP"] <= 1.0
+    assert 0.0 <= metrics.score("bbox_mAP") <= 1.0

@@ -14,6 +14,7 @@ import pytest
 from raykd.errors import UserError
 from raykd.results import load, load_table
 from raykd.results.read import read_parts
+from raykd.train.epoch import EpochRecord, LossSummary
 
 from proc_tools import kill_session
 
@@ -124,13 +125,14 @@ def trainable(config):
         raise ValueError("diverged")
     for epoch in range(1, EPOCHS + 1):
         time.sleep(0.4)
-        tune.report({
-            "epoch": epoch, "epochs_total": EPOCHS, "bbox_mAP": config["distill.mask_ratio"] * epoch / EPOCHS,
-            "AP50": 0.5, "AP75": 0.3, "AP_S": -1.0, "AP_M": 0.2, "AP_L": 0.4, "loss_total": 2.0 / epoch,
-            "loss_det": 1.0 / epoch, "loss_kd": 1.0 / epoch, "loss_mgd_0": 0.5 / epoch, "loss_mgd_1": 0.5 / epoch,
-            "lr": 0.01, "step_time": 0.1, "epoch_time": 0.4, "executor": "tune_function", "num_workers": 1,
-            "device": "cpu",
-        })
+        record = EpochRecord(
+            epoch=epoch, epochs_total=EPOCHS,
+            losses=LossSummary(total=2.0 / epoch, det=1.0 / epoch, kd=1.0 / epoch,
+                               terms={"mgd_0": 0.5 / epoch, "mgd_1": 0.5 / epoch}),
+            scores={"bbox_mAP": config["distill.mask_ratio"] * epoch / EPOCHS, "AP50": 0.5, "AP75": 0.3,
+                    "AP_S": -1.0, "AP_M": 0.2, "AP_L": 0.4},
+            lr=0.01, step_time=0.1, epoch_time=0.4, time_total_s=None, num_workers=1, device="cpu")
+        tune.report({**record.as_report(), "executor": "tune_function"})
 
 
 @pytest.mark.ray

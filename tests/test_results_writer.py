@@ -15,33 +15,22 @@ from raykd.errors import UserError
 from raykd.results import SCHEMA_VERSION, TableWriter, compact, latest_sql, latest_trials, load, load_table, write_run
 from raykd.results.read import read_parts
 from raykd.results.store import publish, resolve
+from raykd.train.epoch import EpochRecord, LossSummary
 
 PARAMS = {"distill.method": pa.string(), "distill.mask_ratio": pa.float64()}
 
 
 def result(epoch, bbox=0.1, epochs_total=3, time_total_s=None, **extra):
     """A trainer result as the Tune callback passes it (metrics dict + Tune's keys)."""
+    record = EpochRecord(
+        epoch=epoch, epochs_total=epochs_total,
+        losses=LossSummary(total=3.0, det=2.0, kd=1.0, terms={"mgd": 0.75, "mgd_0": 0.25}),
+        scores={"bbox_mAP": bbox, "AP50": 0.5, "AP75": 0.25, "AP_S": -1.0, "AP_M": 0.2, "AP_L": 0.3},
+        lr=0.01, step_time=0.05, epoch_time=10.0,
+        time_total_s=10.0 * epoch if time_total_s is None else time_total_s, num_workers=2, device="cpu")
     return {
-        "epoch": epoch,
-        "epochs_total": epochs_total,
-        "bbox_mAP": bbox,
-        "AP50": 0.5,
-        "AP75": 0.25,
-        "AP_S": -1.0,
-        "AP_M": 0.2,
-        "AP_L": 0.3,
-        "loss_total": 3.0,
-        "loss_det": 2.0,
-        "loss_kd": 1.0,
-        "loss_mgd": 0.75,
-        "loss_mgd_0": 0.25,
-        "lr": 0.01,
-        "step_time": 0.05,
-        "epoch_time": 10.0,
+        **record.as_report(),
         "executor": "ray_train",
-        "num_workers": 2,
-        "device": "cpu",
-        "time_total_s": 10.0 * epoch if time_total_s is None else time_total_s,
         "time_this_iter_s": 10.0,
         "training_iteration": 1,  # Tune restarts it after a restore: must not matter
         "trial_id": "ignored",

@@ -22,8 +22,8 @@ from raykd.train.loop import NonFiniteLoss, fit
 def _run(cfg, **kwargs):
     states, history = [], []
 
-    def keep(metrics, make_state):
-        history.append(metrics)
+    def keep(record, make_state):
+        history.append(record.as_report())
         states.append(copy.deepcopy(make_state()))  # the state holds live tensors
 
     fit(cfg, on_epoch_end=keep, progress=False, log=lambda line: None, **kwargs)
@@ -78,12 +78,12 @@ def test_non_finite_loss_stops_with_the_reason(write_experiment, monkeypatch):
         total, losses = real_forward(self, images, targets)
         calls["n"] += 1
         if calls["n"] == 2:
-            losses["det_classification"] = total * math.nan
+            losses.det["classification"] = total * math.nan
             total = total * math.nan
         return total, losses
 
     monkeypatch.setattr(loop_module.DistillStep, "forward", poisoned)
-    with pytest.raises(NonFiniteLoss, match=r"non-finite loss at epoch 1 \(step 1: det_classification=nan") as raised:
+    with pytest.raises(NonFiniteLoss, match=r"non-finite loss at epoch 1 \(step 1: loss_classification=nan") as raised:
         _run(cfg)
     # Ray pickles a trial's exception to the driver: it must come back whole.
     again = pickle.loads(pickle.dumps(raised.value))

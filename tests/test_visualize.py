@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from raykd.config import ModelConfig, load_experiment
-from raykd.distill import METHODS
+from raykd.distill import METHODS, flat_terms
 from raykd.distill.fgd import box_masks
 from raykd.errors import run_cli
 from raykd.models import build_detector
@@ -100,8 +100,8 @@ def _training_losses(models, image, target, seed: int) -> dict[str, float]:
         taps = forward_taps(models.student, models.teacher, [image], [target],
                             with_logits=models.distiller.needs_logits)
         torch.manual_seed(seed)
-        terms = models.distiller(taps.student_feats, taps.teacher_feats, taps.student_logits,
-                                 taps.teacher_logits, taps.boxes, taps.image_sizes)
+        terms = flat_terms(models.distiller(taps.student_feats, taps.teacher_feats, taps.student_logits,
+                                 taps.teacher_logits, taps.boxes, taps.image_sizes))
     return {name: float(value) for name, value in terms.items()}
 
 

@@ -9,6 +9,15 @@ See ``METHODS.md``.
 """
 
 from raykd.distill.config import METHODS, DistillConfig
-from raykd.distill.distiller import Distiller, build_distiller, term_names
+from raykd.distill.distiller import (
+    Distiller,
+    LevelTerms,
+    build_distiller,
+    flat_terms,
+    term_key,
+    term_names,
+    total_loss,
+)
 
-__all__ = ["METHODS", "DistillConfig", "Distiller", "build_distiller", "term_names"]
+__all__ = ["METHODS", "DistillConfig", "Distiller", "LevelTerms", "build_distiller", "flat_terms", "term_key",
+           "term_names", "total_loss"]

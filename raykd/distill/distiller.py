@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 from torch import Tensor, nn
 
@@ -20,6 +21,22 @@ from raykd.distill.masks import MaskSettings
 from raykd.distill.mgd import MGDLoss
 from raykd.distill.pkd import PKDLoss
 from raykd.distill.samkd import SAMKDLoss
+from raykd.metric_names import term_key
+
+
+LevelTerms = dict[str, dict[str, Tensor]]
+"""A distiller's output: level -> term -> scalar loss (e.g. ``{"0": {"fgd_fg": ..., "fgd_bg": ...}}``)."""
+_V = TypeVar("_V")
+
+
+def flat_terms(terms: Mapping[str, Mapping[str, _V]]) -> dict[str, _V]:
+    """``{level: {term: v}}`` -> ``{term_key(term, level): v}``, level-major."""
+    return {term_key(term, level): value for level, level_terms in terms.items() for term, value in level_terms.items()}
+
+
+def total_loss(terms: Mapping[str, Mapping[str, Tensor]]) -> Tensor:
+    """The sum of every term at every level (what the trainer adds to the detector's loss)."""
+    return sum(value for level_terms in terms.values() for value in level_terms.values())
 
 
 class Distiller(nn.Module):
@@ -56,8 +73,8 @@ class Distiller(nn.Module):
         teacher_logits: dict[str, Tensor] | None,
         boxes: list[Tensor],
         image_sizes: Sequence[tuple[int, int]],
-    ) -> dict[str, Tensor]:
-        """Loss terms ``{f"{term}_{level}": scalar}`` summed by the trainer.
+    ) -> LevelTerms:
+        """Loss terms by level, ``{level: {term: scalar}}`` (:func:`total_loss` sums them).
 
         Features ``[N, C, H, W]`` per FPN level (student C_s, teacher C_t; same H, W);
         logits ``[N, A·K, H, W]`` per level or None; ``boxes`` per image ``[K_i, 4]`` xyxy in
@@ -65,7 +82,7 @@ class Distiller(nn.Module):
         """
         if len(image_sizes) != len(boxes) or any(len(size) != 2 for size in image_sizes):
             raise ValueError(f"expected one (h, w) per image for {len(boxes)} images, got {image_sizes!r}")
-        out: dict[str, Tensor] = {}
+        out: LevelTerms = {}
         for level in self.levels:
             student = self.align[level](student_feats[level])
             teacher = teacher_feats[level].detach()
@@ -81,8 +98,7 @@ class Distiller(nn.Module):
                 boxes=boxes,
                 image_sizes=image_sizes,
             )
-            for term, value in self.losses[level](inputs).items():
-                out[f"{term}_{level}"] = value
+            out[level] = dict(self.losses[level](inputs))
         return out
 
 
@@ -167,7 +183,7 @@ def term_names(cfg: DistillConfig, levels: Sequence[str], dense_head: bool = Tru
     ``dense_head=False`` (two-stage students, no logits) leaves out SAMKD's ``sld`` terms.
     """
     terms = [t for t in _TERMS[cfg.method] if not (t == "sld" and (not cfg.sld or not dense_head))]
-    return [f"{term}_{level}" for level in selected_levels(cfg, levels) for term in terms]
+    return [term_key(term, level) for level in selected_levels(cfg, levels) for term in terms]
 
 
 def build_distiller(

@@ -32,7 +32,7 @@ METRICS = metric_names.METRICS
 """COCO metrics reported per epoch (:mod:`raykd.metric_names`: box, then segm), in [0, 1]; null
 where COCO has no objects of a size, and segm ones null in runs of box-only detectors."""
 
-LOSSES = ("loss_total", "loss_det", "loss_kd")
+LOSSES = metric_names.FIXED_LOSSES
 """Loss columns of their own; every other ``loss_<name>`` goes to the ``loss_terms`` map."""
 
 SEARCH_PHASE = "search"

@@ -43,6 +43,7 @@ from raykd.results.compact import compact
 from raykd.results.read import newest, read_parts
 from raykd.results.store import join, publish, resolve
 from raykd.stop_reasons import stop_reason
+from raykd.train.epoch import EpochRecord
 
 log = logging.getLogger(__name__)
 
@@ -128,17 +129,18 @@ class TableWriter:
                 self._warned_no_epoch.add(trial_id)
                 log.warning("trial %s reported a result without 'epoch'; no epoch row written", trial_id)
             return
-        epoch = int(result["epoch"])
+        record = EpochRecord.from_report(result)
+        epoch = record.epoch
         row = {
             "experiment": self.experiment,
             "trial_id": trial_id,
             "epoch": epoch,
-            **{m: _metric(result.get(m)) for m in S.METRICS},
-            **{name: _number(result.get(name)) for name in S.LOSSES},
-            "loss_terms": _loss_terms(result),
-            "lr": _number(result.get("lr")),
-            "step_time": _number(result.get("step_time")),
-            "epoch_time": _number(result.get("epoch_time")),
+            **{m: _metric(record.score(m)) for m in S.METRICS},
+            **dict(zip(S.LOSSES, (record.losses.total, record.losses.det, record.losses.kd))),
+            "loss_terms": record.losses.terms,
+            "lr": record.lr,
+            "step_time": record.step_time,
+            "epoch_time": record.epoch_time,
             "time_total_s": trial.wall_s,
             "written_at": _now(),
             "seq": self._next_seq(),
@@ -321,15 +323,6 @@ def _metric(value: object) -> float | None:
     """A COCO metric; pycocotools' -1 (no objects of that size) and NaN become null."""
     number = _number(value)
     return None if number is None or math.isnan(number) or number < 0 else number
-
-
-def _loss_terms(result: Mapping) -> dict[str, float]:
-    """Every ``loss_<name>`` except the three fixed columns, keyed by ``<name>``."""
-    return {
-        key[len("loss_"):]: number
-        for key, value in result.items()
-        if key.startswith("loss_") and key not in S.LOSSES and (number := _number(value)) is not None
-    }
 
 
 def _flatten(config: Mapping, prefix: str = "") -> dict:

@@ -10,6 +10,7 @@ from ray.tune import Callback
 
 from raykd.results.callback import trial_error_text
 from raykd.stop_reasons import stopped_early, stopped_early_text
+from raykd.train.epoch import EpochRecord
 
 
 def _short(config: dict[str, Any]) -> str:
@@ -43,7 +44,10 @@ class ProgressCallback(Callback):
         self._say(f"trial {trial.trial_id} started: {_short(trial.config)}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        epoch = int(result.get("epoch", 0))
+        if "epoch" not in result:
+            return
+        record = EpochRecord.from_report(result)
+        epoch = record.epoch
         self._last_epoch[trial.trial_id] = epoch
         value = result.get(self.metric)
         if isinstance(value, (int, float)):
@@ -51,7 +55,7 @@ class ProgressCallback(Callback):
             if better:
                 self._best = (float(value), trial.trial_id)
             self._say(f"trial {trial.trial_id} epoch {epoch}/{self.epochs}: {self.metric} {value:.4f} "
-                      f"loss {result.get('loss_total', float('nan')):.3f} ({result.get('epoch_time', 0):.0f} s)")
+                      f"loss {record.losses.total or float('nan'):.3f} ({record.epoch_time or 0:.0f} s)")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._counts["running"] -= 1

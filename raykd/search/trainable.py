@@ -19,6 +19,7 @@ from ray import tune
 from raykd.config import SEED_KEY, experiment_from_dict, get_dotted, set_dotted
 from raykd.search.tune_state import EPOCH_FILE, FINISHED, reported_epoch, resume_state_of
 from raykd.train.checkpoint import STATE_FILE, save_state
+from raykd.train.epoch import EpochRecord
 
 
 def trial_experiment(config: dict[str, Any], base: dict[str, Any], threads: int | None) -> dict[str, Any]:
@@ -58,11 +59,11 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], teacher_checkpoin
                 if metrics["epoch"] > known:
                     tune.report({**metrics, **extra})
 
-        def report(metrics: dict[str, Any], make_state) -> None:
+        def report(record: EpochRecord, make_state) -> None:
             with tempfile.TemporaryDirectory() as folder:
                 save_state(make_state(), Path(folder) / STATE_FILE)
-                (Path(folder) / EPOCH_FILE).write_text(json.dumps({"epoch": metrics["epoch"]}))
-                tune.report({**metrics, **extra}, checkpoint=tune.Checkpoint.from_directory(folder))
+                (Path(folder) / EPOCH_FILE).write_text(json.dumps({"epoch": record.epoch}))
+                tune.report({**record.as_report(), **extra}, checkpoint=tune.Checkpoint.from_directory(folder))
 
         fit(cfg, teacher_checkpoint=teacher_checkpoint, resume_state=resume_state, on_epoch_end=report,
             progress=False, log=lambda line: None)

@@ -133,7 +133,8 @@ def _train_local(cfg, out: Path, teacher_ckpt, *, resume_path: Path | None, prog
     if resume_state is not None:  # the best epoch so far is the one model_best.pt holds
         best.metrics = max(resume_state.get("history", []), key=lambda m: m.get(BEST_METRIC) or -1.0, default={})
 
-    def on_epoch_end(metrics, make_state):
+    def on_epoch_end(record, make_state):
+        metrics = record.as_report()
         state = make_state()
         save_state(state, state_path)
         with metrics_path.open("a") as fh:
@@ -141,8 +142,9 @@ def _train_local(cfg, out: Path, teacher_ckpt, *, resume_path: Path | None, prog
         feed.epoch(metrics)
         best.update(metrics, lambda: state)
 
-    return fit(cfg, teacher_checkpoint=teacher_ckpt, resume_state=resume_state, on_epoch_end=on_epoch_end,
-               progress=progress)
+    final = fit(cfg, teacher_checkpoint=teacher_ckpt, resume_state=resume_state, on_epoch_end=on_epoch_end,
+                progress=progress)
+    return final.as_report() if final is not None else {}
 
 
 def _train_ray(cfg, out: Path, teacher_ckpt, *, workers: int, gpus: int | None, feed: RunFeed, resume_path: Path | None,

@@ -11,9 +11,9 @@ import math
 import random
 import sys
 import time
-from collections import defaultdict
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -25,17 +25,19 @@ from tqdm import tqdm
 
 from raykd.config import MASK_ARCHS, ExperimentConfig
 from raykd.data import build_loader
-from raykd.distill import build_distiller
+from raykd.distill import LevelTerms, build_distiller, flat_terms, total_loss
 from raykd.errors import UserError
-from raykd.metric_names import BOX_METRICS, METRICS
+from raykd.metric_names import BOX_METRICS, LOSS_PREFIX, METRICS
+from raykd.models.labels import LabelSpace
 from raykd.models.levels import distilled_levels
 from raykd.models.taps import forward_taps, is_dense
+from raykd.train.epoch import EpochLosses, EpochRecord
 from raykd.train.evaluate import coco_metrics, predict
 from raykd.train.optim import build_optimizer, build_scheduler
 from raykd.train.prompts import ensure_prompts, load_prompts
 from raykd.train.setup import build_datasets, build_pair, choose_device, seed_everything
 
-EpochCallback = Callable[[dict[str, Any], Callable[[], dict[str, Any]]], None]
+EpochCallback = Callable[[EpochRecord, Callable[[], dict[str, Any]]], None]
 
 
 class NonFiniteLoss(RuntimeError):
@@ -51,11 +53,17 @@ class NonFiniteLoss(RuntimeError):
         return type(self), (self.epoch, self.step, self.terms)
 
 
+class StepLosses(NamedTuple):
+    """One step's losses: ``det`` by torchvision's name without ``loss_``; ``kd`` by level and term."""
+
+    det: dict[str, Tensor]
+    kd: LevelTerms
+
+
 class DistillStep(nn.Module):
     """Student + distiller as one module, so DDP sees one forward.
 
-    forward(images, targets) -> (total loss, {name: loss}) with detector losses named
-    ``det_<torchvision name>`` and distillation terms ``<term>_<level>``.
+    forward(images, targets) -> (total loss, :class:`StepLosses`).
     """
 
     def __init__(self, student: nn.Module, distiller: nn.Module | None, teacher: nn.Module | None, amp: bool,
@@ -75,13 +83,13 @@ class DistillStep(nn.Module):
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.amp and device_type == "cuda"):
             taps = forward_taps(self.student, teacher, images, targets, with_logits=self.with_logits,
                                 pairs=self.pairs)
-        losses = {f"det_{k.removeprefix('loss_')}": v.float() for k, v in taps.losses.items()}
+        det = {k.removeprefix("loss_"): v.float() for k, v in taps.losses.items()}
+        kd: LevelTerms = {}
         if self.distiller is not None:
             f32 = lambda d: None if d is None else {k: v.float() for k, v in d.items()}  # noqa: E731
             kd = self.distiller(f32(taps.student_feats), f32(taps.teacher_feats), f32(taps.student_logits),
                                 f32(taps.teacher_logits), taps.boxes, taps.image_sizes)
-            losses.update({f"kd_{k}": v for k, v in kd.items()})
-        return sum(losses.values()), losses
+        return sum(det.values()) + (total_loss(kd) if kd else 0.0), StepLosses(det, kd)
 
 
 def _rank_info() -> tuple[int, int]:
@@ -103,28 +111,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
     if state.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _summarise_losses(sums: dict[str, float], steps: int, levels: list[str]) -> dict[str, float]:
-    """Mean loss per step: ``loss_total``, ``loss_det``, ``loss_kd``, every detector term,
-    every distillation term summed over levels (``loss_mgd``) and per level (``loss_mgd_0``)."""
-    out: dict[str, float] = {}
-    det = kd = 0.0
-    per_term: dict[str, float] = defaultdict(float)
-    for name, total in sums.items():
-        mean = total / max(steps, 1)
-        if name.startswith("det_"):
-            det += mean
-            out[f"loss_{name[4:]}"] = mean
-        else:
-            kd += mean
-            key = name[3:]
-            out[f"loss_{key}"] = mean
-            level = next((lv for lv in sorted(levels, key=len, reverse=True) if key.endswith(f"_{lv}")), None)
-            per_term[key[: -len(level) - 1] if level else key] += mean
-    out.update({f"loss_{term}": value for term, value in per_term.items()})
-    out.update(loss_total=det + kd, loss_det=det, loss_kd=kd)
-    return out
 
 
 def evaluate_model(model: nn.Module, loader, dataset, image_ids: list[int], device: torch.device,
@@ -151,23 +137,31 @@ def evaluate_model(model: nn.Module, loader, dataset, image_ids: list[int], devi
     return metrics
 
 
-def fit(
-    cfg: ExperimentConfig,
-    *,
-    teacher_checkpoint: str | None = None,
-    resume_state: dict[str, Any] | None = None,
-    on_epoch_end: EpochCallback | None = None,
-    progress: bool = True,
-    log: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """Train ``cfg.student`` (distilled from the teacher when ``cfg.distill.method != 'none'``).
+@dataclass
+class _Run:
+    """What :func:`fit` sets up before its first epoch."""
 
-    teacher_checkpoint: weights of the teacher (default ``cfg.teacher.checkpoint``).
-    resume_state: a state from a previous ``on_epoch_end`` to continue exactly from.
-    on_epoch_end(metrics, make_state): called on every rank after each epoch; ``make_state()``
-        returns the checkpoint dict (model, distiller, optimiser, scheduler, epoch, RNG).
-    Returns the last epoch's metrics. Raises :class:`NonFiniteLoss` on NaN/inf losses.
-    """
+    cfg: ExperimentConfig
+    rank: int
+    world: int
+    device: torch.device
+    amp: bool
+    train_ds: Any
+    val_ds: Any
+    val_ids: list[int]
+    student: nn.Module
+    distiller: nn.Module | None
+    space: LabelSpace
+    train_module: nn.Module
+    train_loader: Any
+    val_loader: Any
+    steps_per_epoch: int
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+
+
+def _setup(cfg: ExperimentConfig, teacher_checkpoint: str | None, log: Callable[[str], None]) -> _Run:
+    """Data, teacher and student, distiller, DDP wrapper, loaders, optimiser and schedule."""
     rank, world = _rank_info()
     tcfg = cfg.train
     if tcfg.threads:
@@ -178,7 +172,6 @@ def fit(
 
     train_ds, val_ds = build_datasets(cfg.data, cfg.cache_dir, masks=cfg.student.arch in MASK_ARCHS)
     val_count = min(len(val_ds), cfg.data.val_max_images or len(val_ds))
-    val_ids = val_ds.image_ids[:val_count]
     # Under DDP each rank predicts every world-th image (no padding duplicates, unlike DistributedSampler).
     val_part = Subset(val_ds, range(rank, val_count, world))
 
@@ -188,16 +181,13 @@ def fit(
                       with_teacher=with_teacher, log=log if rank == 0 else lambda line: None)
     teacher = pair.teacher.to(device) if pair.teacher is not None else None
     student = pair.student.to(device)
-    space, num_classes = pair.space, pair.space.num_classes
-    levels = list(cfg.distill.levels or _level_names(student))
     distiller = pairs = None
     if cfg.distill.method != "none":
         pairs = distilled_levels(cfg.distill.levels, cfg.student, cfg.teacher)
-        levels = list(pairs)
         distiller = build_distiller(cfg.distill, student_channels=cfg.student.fpn_channels,
-                                    teacher_channels=cfg.teacher.fpn_channels, levels=levels,
-                                    num_classes=num_classes).to(device)
-        prompts = ensure_prompts(cfg, teacher, train_ds, device, space.model_labels, log=log)
+                                    teacher_channels=cfg.teacher.fpn_channels, levels=list(pairs),
+                                    num_classes=pair.space.num_classes).to(device)
+        prompts = ensure_prompts(cfg, teacher, train_ds, device, pair.space.model_labels, log=log)
         if prompts is not None:  # FreeKD's tokens, trained once on the teacher
             load_prompts(distiller, pairs, prompts)
 
@@ -218,86 +208,130 @@ def fit(
     if steps_per_epoch == 0:
         raise UserError(f"the training set ({len(train_ds)} images) is smaller than one batch of "
                         f"{tcfg.batch_size} per worker × {world} workers", key="train.batch_size")
-
     optimizer = build_optimizer(tcfg, [m for m in (student, distiller) if m is not None])
     scheduler = build_scheduler(tcfg, optimizer, steps_per_epoch)
-    history: list[dict[str, Any]] = []
-    start_epoch = 1
-    if resume_state is not None:
-        student.load_state_dict(resume_state["model"])
-        if distiller is not None and resume_state.get("distiller") is not None:
-            distiller.load_state_dict(resume_state["distiller"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
-        history = list(resume_state.get("history", []))
-        start_epoch = int(resume_state["epoch"]) + 1
-        if rank == 0:
-            log(f"resumed from epoch {start_epoch - 1}")
-        if resume_state.get("rng") and world == 1:
-            _set_rng_state(resume_state["rng"])
+    return _Run(cfg=cfg, rank=rank, world=world, device=device, amp=amp, train_ds=train_ds, val_ds=val_ds,
+                val_ids=val_ds.image_ids[:val_count], student=student, distiller=distiller, space=pair.space,
+                train_module=train_module, train_loader=train_loader, val_loader=val_loader,
+                steps_per_epoch=steps_per_epoch, optimizer=optimizer, scheduler=scheduler)
+
+
+def _restore(run: _Run, resume_state: dict[str, Any], log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Load a checkpoint state into ``run``; returns its history (reports of the epochs done)."""
+    run.student.load_state_dict(resume_state["model"])
+    if run.distiller is not None and resume_state.get("distiller") is not None:
+        run.distiller.load_state_dict(resume_state["distiller"])
+    run.optimizer.load_state_dict(resume_state["optimizer"])
+    run.scheduler.load_state_dict(resume_state["scheduler"])
+    if run.rank == 0:
+        log(f"resumed from epoch {int(resume_state['epoch'])}")
+    if resume_state.get("rng") and run.world == 1:
+        _set_rng_state(resume_state["rng"])
+    return list(resume_state.get("history", []))
+
+
+def train_one_epoch(run: _Run, epoch: int, *, progress: bool) -> EpochLosses:
+    """``run.steps_per_epoch`` optimiser steps; returns the epoch's loss sums. Raises
+    :class:`NonFiniteLoss` on a NaN/inf loss."""
+    tcfg = run.cfg.train
+    loader = run.train_loader
+    if hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)
+    _reseed_epoch(loader, tcfg.seed, epoch)
+    run.student.train()
+    losses = EpochLosses()
+    bar = tqdm(total=run.steps_per_epoch, desc=f"epoch {epoch}/{tcfg.epochs}", leave=False,
+               disable=not progress or run.rank != 0, file=sys.stderr, dynamic_ncols=True)
+    params = [p for g in run.optimizer.param_groups for p in g["params"]]
+    for images, targets in loader:
+        if losses.steps >= run.steps_per_epoch:
+            break
+        images = [img.to(run.device, non_blocking=True) for img in images]
+        targets = [{k: (v.to(run.device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+        for target in targets:
+            target["labels"] = run.space.model_labels(target["labels"])
+        total, step = run.train_module(images, targets)
+        det = {k: float(v.detach()) for k, v in step.det.items()}
+        kd = {level: {term: float(v.detach()) for term, v in terms.items()} for level, terms in step.kd.items()}
+        if not math.isfinite(float(total.detach())):
+            raise NonFiniteLoss(epoch, losses.steps, {f"{LOSS_PREFIX}{name}": value
+                                                      for name, value in {**det, **flat_terms(kd)}.items()})
+        run.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if tcfg.clip_grad:
+            torch.nn.utils.clip_grad_norm_(params, tcfg.clip_grad)
+        run.optimizer.step()
+        run.scheduler.step()
+        losses.add(det, kd)
+        bar.update(1)
+        if losses.steps % 10 == 0:
+            bar.set_postfix(loss=f"{float(total.detach()):.3f}")
+    bar.close()
+    return losses
+
+
+def _scores(run: _Run, epoch: int, history: list[dict[str, Any]]) -> dict[str, float | None]:
+    """COCO metrics after ``epoch``: evaluated every ``train.eval_every`` epochs and after the
+    last, else carried from the previous epoch."""
+    tcfg = run.cfg.train
+    if epoch % tcfg.eval_every == 0 or epoch == tcfg.epochs:
+        return evaluate_model(run.student, run.val_loader, run.val_ds, run.val_ids, run.device, run.amp,
+                              label_to_cat_id=run.space.label_to_cat_id)
+    last = history[-1] if history else {}
+    return {k: last.get(k) for k in METRICS if k in BOX_METRICS or k in last}
+
+
+def fit(
+    cfg: ExperimentConfig,
+    *,
+    teacher_checkpoint: str | None = None,
+    resume_state: dict[str, Any] | None = None,
+    on_epoch_end: EpochCallback | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> EpochRecord | None:
+    """Train ``cfg.student`` (distilled from the teacher when ``cfg.distill.method != 'none'``).
+
+    teacher_checkpoint: weights of the teacher (default ``cfg.teacher.checkpoint``).
+    resume_state: a state from a previous ``on_epoch_end`` to continue exactly from.
+    on_epoch_end(record, make_state): called on every rank after each epoch; ``make_state()``
+        returns the checkpoint dict (model, distiller, optimiser, scheduler, epoch, RNG, and
+        ``history``: every epoch's :meth:`EpochRecord.as_report`).
+    Returns the last epoch's record (None when there was no epoch left to run). Raises
+    :class:`NonFiniteLoss` on NaN/inf losses.
+    """
+    run = _setup(cfg, teacher_checkpoint, log)
+    history = _restore(run, resume_state, log) if resume_state is not None else []
+    start_epoch = int(resume_state["epoch"]) + 1 if resume_state is not None else 1
 
     def make_state(epoch: int) -> Callable[[], dict[str, Any]]:
         return lambda: {
-            "model": student.state_dict(),
-            "distiller": distiller.state_dict() if distiller is not None else None,
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "model": run.student.state_dict(),
+            "distiller": run.distiller.state_dict() if run.distiller is not None else None,
+            "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
             "epoch": epoch, "rng": _rng_state(), "history": history,
-            "num_classes": num_classes, "cat_ids": list(train_ds.cat_ids), "categories": list(space.categories),
+            "num_classes": run.space.num_classes, "cat_ids": list(run.train_ds.cat_ids),
+            "categories": list(run.space.categories),
         }
 
-    metrics: dict[str, Any] = history[-1] if history else {}
-    run_start = time.perf_counter() - (history[-1]["time_total_s"] if history else 0.0)
-    for epoch in range(start_epoch, tcfg.epochs + 1):
-        if hasattr(train_loader.sampler, "set_epoch"):
-            train_loader.sampler.set_epoch(epoch)
-        _reseed_epoch(train_loader, tcfg.seed, epoch)
-        student.train()
-        sums: dict[str, float] = defaultdict(float)
+    record = EpochRecord.from_report(history[-1]) if history else None
+    run_start = time.perf_counter() - ((record.time_total_s or 0.0) if record else 0.0)
+    for epoch in range(start_epoch, cfg.train.epochs + 1):
         epoch_start = time.perf_counter()
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{tcfg.epochs}", leave=False,
-                   disable=not progress or rank != 0, file=sys.stderr, dynamic_ncols=True)
-        step = 0
-        for images, targets in train_loader:
-            if step >= steps_per_epoch:
-                break
-            images = [img.to(device, non_blocking=True) for img in images]
-            targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
-            for target in targets:
-                target["labels"] = space.model_labels(target["labels"])
-            total, losses = train_module(images, targets)
-            values = {k: float(v.detach()) for k, v in losses.items()}
-            if not math.isfinite(float(total.detach())):
-                raise NonFiniteLoss(epoch, step, values)
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            if tcfg.clip_grad:
-                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], tcfg.clip_grad)
-            optimizer.step()
-            scheduler.step()
-            for k, v in values.items():
-                sums[k] += v
-            step += 1
-            bar.update(1)
-            if step % 10 == 0:
-                bar.set_postfix(loss=f"{sum(values.values()):.3f}")
-        bar.close()
+        losses = train_one_epoch(run, epoch, progress=progress)
         train_time = time.perf_counter() - epoch_start
-        metrics = _summarise_losses(sums, step, levels)
-        if epoch % tcfg.eval_every == 0 or epoch == tcfg.epochs:
-            metrics.update(evaluate_model(student, val_loader, val_ds, val_ids, device, amp,
-                                          label_to_cat_id=space.label_to_cat_id))
-        elif history:
-            metrics.update({k: history[-1].get(k) for k in METRICS if k in BOX_METRICS or k in history[-1]})
-        metrics.update(epoch=epoch, epochs_total=tcfg.epochs, lr=optimizer.param_groups[0]["lr"],
-                       step_time=train_time / max(step, 1), epoch_time=time.perf_counter() - epoch_start,
-                       time_total_s=time.perf_counter() - run_start, num_workers=world, device=_device_name(device),
-                       timestamp=time.time())
-        history.append(metrics)
-        if rank == 0:
-            log(format_epoch_line(metrics))
+        scores = _scores(run, epoch, history)
+        record = EpochRecord(
+            epoch=epoch, epochs_total=cfg.train.epochs, losses=losses.summary(), scores=scores,
+            lr=run.optimizer.param_groups[0]["lr"], step_time=train_time / max(losses.steps, 1),
+            epoch_time=time.perf_counter() - epoch_start, time_total_s=time.perf_counter() - run_start,
+            num_workers=run.world, device=_device_name(run.device), timestamp=time.time())
+        history.append(record.as_report())
+        if run.rank == 0:
+            log(record.line())
         if on_epoch_end is not None:
-            on_epoch_end(metrics, make_state(epoch))
-    return metrics
+            on_epoch_end(record, make_state(epoch))
+    return record
 
 
 def _reseed_epoch(loader, seed: int, epoch: int) -> None:
@@ -308,23 +342,5 @@ def _reseed_epoch(loader, seed: int, epoch: int) -> None:
             generator.manual_seed(seed * 100_003 + epoch * 7919 + (generator is loader.generator))
 
 
-def _level_names(student: nn.Module) -> list[str]:
-    from torchvision.models.detection import FasterRCNN
-
-    return ["0", "1", "2", "3", "pool"] if isinstance(student, FasterRCNN) else ["0", "1", "2", "p6", "p7"]
-
-
 def _device_name(device: torch.device) -> str:
     return f"cuda:{torch.cuda.get_device_name(device)}" if device.type == "cuda" else "cpu"
-
-
-def format_epoch_line(m: dict[str, Any]) -> str:
-    """One line of metrics per epoch, as the CLI prints it."""
-    kd = f" kd {m['loss_kd']:.4f}" if m.get("loss_kd") else ""
-    ap = m.get("bbox_mAP")
-    ap_text = f"mAP {ap:.4f} AP50 {m['AP50']:.4f} AP_S/M/L {m['AP_S']:.3f}/{m['AP_M']:.3f}/{m['AP_L']:.3f}" \
-        if ap is not None else "mAP -"
-    if m.get("segm_mAP") is not None:
-        ap_text += f"  segm mAP {m['segm_mAP']:.4f} AP50 {m['segm_AP50']:.4f}"
-    return (f"epoch {m['epoch']}/{m['epochs_total']}  loss {m['loss_total']:.4f} (det {m['loss_det']:.4f}{kd})  "
-            f"{ap_text}  lr {m['lr']:.2e}  {m['step_time']:.3f} s/step  {m['epoch_time']:.1f} s")

@@ -96,9 +96,9 @@ def ensure_teacher(cfg: ExperimentConfig, *, log: Callable[[str], None] = print,
         history: list[dict] = []
         best = BestModel(target.parent)
 
-        def keep(metrics, make_state):
-            history.append(metrics)
-            best.update(metrics, make_state)
+        def keep(record, make_state):
+            history.append(record.as_report())
+            best.update(history[-1], make_state)
 
         fit(exp, on_epoch_end=keep, progress=progress, log=lambda line: log(f"teacher: {line}"))
         (target.parent / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in history))

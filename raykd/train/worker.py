@@ -20,6 +20,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from raykd.config import experiment_from_dict
 from raykd.train.checkpoint import STATE_FILE, load_state, save_state
+from raykd.train.epoch import EpochRecord
 from raykd.train.loop import fit
 from raykd.train.teacher import improves
 
@@ -48,7 +49,8 @@ def train_worker(config: dict[str, Any]) -> None:
         if keep_best and (Path(config["resume_path"]).parent / BEST_FILE).is_file():
             best = load_state(Path(config["resume_path"]).parent / BEST_FILE)
 
-    def report(metrics: dict[str, Any], make_state) -> None:
+    def report(record: EpochRecord, make_state) -> None:
+        metrics = record.as_report()
         with tempfile.TemporaryDirectory() as folder:
             ckpt = None
             if rank == 0:

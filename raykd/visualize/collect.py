@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from raykd.distill import flat_terms
 from raykd.distill.record import Recorder, record_levels
 from raykd.models.taps import forward_taps, is_dense
 from raykd.visualize.models import Models
@@ -85,7 +86,7 @@ def collect(models: Models, image: Tensor, target: dict, seed: int) -> ImageView
         with record_levels(distiller.losses, recorder):
             terms = distiller(taps.student_feats, taps.teacher_feats, taps.student_logits, taps.teacher_logits,
                               taps.boxes, taps.image_sizes)
-        losses = {name: float(value) for name, value in terms.items()}
+        losses = {name: float(value) for name, value in flat_terms(terms).items()}
     levels = list(distiller.levels) if distiller is not None else list(taps.student_feats)
     stride = dict(zip(taps.teacher_feats, strides(image.shape[-2], [f.shape[-2] for f in taps.teacher_feats.values()])))
     views = []

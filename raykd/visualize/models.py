@@ -138,7 +138,7 @@ def build_models(cfg: ExperimentConfig, experiment: str | Path, dataset: CocoDet
 
 
 def level_names(model: nn.Module) -> list[str]:
-    """The FPN levels the trainer distils by default for ``model``'s family."""
-    from raykd.train.loop import _level_names
+    """The FPN levels of ``model``'s family (two-stage: P2-P6, dense heads: P3-P7)."""
+    from torchvision.models.detection import FasterRCNN
 
-    return _level_names(model)
+    return ["0", "1", "2", "3", "pool"] if isinstance(model, FasterRCNN) else ["0", "1", "2", "p6", "p7"]

@@ -42,7 +42,7 @@ def test_two_workers_report_like_one_and_resume_after_a_kill(ray_local, write_ex
     cfg = load_experiment(path)
     single: list[dict] = []
     fit(cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 1})}),
-        on_epoch_end=lambda m, s: single.append(m), progress=False, log=lambda line: None)
+        on_epoch_end=lambda record, s: single.append(record.as_report()), progress=False, log=lambda line: None)
 
     storage, pid_dir = tmp_path / "ray_train", tmp_path / "pids"
     pid_dir.mkdir()
