@@ -67,6 +67,13 @@ def tiny_teacher() -> dict:
 
 
 @pytest.fixture
+def experiment_dict(tiny_data, tmp_path):
+    """``tiny_experiment_dict`` on this test's data and folder: ``experiment_dict(**sections)``
+    (tests import no helper from a conftest: tests/faults/ has its own module of that name)."""
+    return lambda **sections: tiny_experiment_dict(tiny_data, tmp_path, **sections)
+
+
+@pytest.fixture
 def write_experiment(tiny_data, tmp_path):
     """Write a tiny experiment YAML (sections override the defaults) and return its path."""
 

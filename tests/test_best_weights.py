@@ -56,7 +56,7 @@ def test_levels_no_model_taps_are_refused_before_training(write_experiment, tmp_
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_ray_train_run_keeps_the_best_epoch_too(tiny_data, tmp_path):
+def test_ray_train_run_keeps_the_best_epoch_too(tiny_data, experiment_dict, tmp_path):
     """--workers 2 writes model_best.pt: on a val set without objects every epoch scores -1,
     so the best is the first (ties keep the earlier epoch), not the last."""
     import os
@@ -65,9 +65,7 @@ def test_ray_train_run_keeps_the_best_epoch_too(tiny_data, tmp_path):
 
     val = json.loads((tiny_data / "annotations" / "val.json").read_text())
     (tmp_path / "val_empty.json").write_text(json.dumps({**val, "annotations": []}))
-    from conftest import tiny_experiment_dict
-
-    exp = tiny_experiment_dict(tiny_data, tmp_path, train={"epochs": 2, "schedule": "constant"})
+    exp = experiment_dict(train={"epochs": 2, "schedule": "constant"})
     exp["data"]["val"]["annotations"] = str(tmp_path / "val_empty.json")
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(exp))

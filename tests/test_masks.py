@@ -195,16 +195,12 @@ def test_the_results_tables_carry_segm_columns_null_for_box_only_runs(tmp_path):
     assert epochs["box"]["segm_AP50"] is None and epochs["mask"]["segm_AP50"] == 0.25
 
 
-def test_a_mask_rcnn_student_trains_with_masks_and_is_distilled_from_a_mask_rcnn_teacher(tiny_data, tmp_path):
-    from conftest import tiny_experiment_dict
-
+def test_a_mask_rcnn_student_trains_with_masks_and_is_distilled_from_a_mask_rcnn_teacher(experiment_dict, tmp_path):
     schedule = {"epochs": 1, "batch_size": 4, "optimizer": "adamw", "lr": 1e-3, "warmup_iters": 2,
                 "schedule": "constant", "threads": 1, "steps_per_epoch": 1}
-    exp = tiny_experiment_dict(tiny_data, tmp_path,
-                               student={"arch": "mask_rcnn", "fpn_channels": 32},
-                               teacher={"arch": "mask_rcnn", "backbone": "resnet18", "fpn_channels": 32,
-                                        "train": schedule},
-                               distill={"method": "mgd"}, train={**schedule, "output_dir": str(tmp_path / "run")})
+    exp = experiment_dict(student={"arch": "mask_rcnn", "fpn_channels": 32},
+                          teacher={"arch": "mask_rcnn", "backbone": "resnet18", "fpn_channels": 32, "train": schedule},
+                          distill={"method": "mgd"}, train={**schedule, "output_dir": str(tmp_path / "run")})
     exp["data"]["val_max_images"] = 2
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(exp))

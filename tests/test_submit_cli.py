@@ -162,10 +162,11 @@ def test_storage_must_be_shared_on_a_multi_node_cluster(tmp_path, monkeypatch):
 
 
 def test_relative_experiment_paths_are_named_for_multi_node_clusters():
-    demo = Space(DEMO)
-    assert node_local_paths(demo, {}) == ["data.synthetic.out_dir", "teacher.checkpoint", "cache_dir"]
-    assert node_local_paths(demo, {"cache_dir": "/shared/cache", "teacher.checkpoint": "/shared/t.pt"}) == [
+    space = Space(ROOT / "search_spaces" / "shapes_reproduction.yaml")  # its teacher is a relative checkpoint
+    assert node_local_paths(space, {}) == ["data.synthetic.out_dir", "teacher.checkpoint", "cache_dir"]
+    assert node_local_paths(space, {"cache_dir": "/shared/cache", "teacher.checkpoint": "/shared/t.pt"}) == [
         "data.synthetic.out_dir"]
+    assert node_local_paths(Space(DEMO), {}) == ["data.synthetic.out_dir", "cache_dir"]  # its teacher is cached
 
 
 def test_token_comes_from_rays_variables_and_is_never_shown(tmp_path, monkeypatch):
