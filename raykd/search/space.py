@@ -161,6 +161,19 @@ class SpaceSpec(_Strict):
     points_to_evaluate: list[dict[str, Any] | str] = Field(default_factory=list)
     confirm: ConfirmSettings | None = None
 
+    @field_validator("fixed", mode="before")
+    @classmethod
+    def _dotted(cls, value: Any) -> Any:
+        # `data.synthetic: {out_dir: d}` means `data.synthetic.out_dir: d`: one column per key
+        def flat(mapping: dict, prefix: str) -> dict:
+            out: dict = {}
+            for key, item in mapping.items():
+                name = f"{prefix}{key}"
+                out.update(flat(item, f"{name}.") if isinstance(item, dict) and item else {name: item})
+            return out
+
+        return flat(value, "") if isinstance(value, dict) else value
+
     @field_validator("space", mode="before")
     @classmethod
     def _shorthand(cls, value: Any) -> Any:
@@ -243,6 +256,8 @@ class Space:
             raise UserError(f"experiment file not found: {exp_path}", file=self.path, key="experiment")
         self.experiment_path = exp_path
         exp_overrides = {k: v for k, v in (overrides or {}).items() if k.split(".")[0] not in SpaceSpec.model_fields}
+        # --set wins over the file's fixed value (the trials receive fixed values as constants)
+        self.spec.fixed.update({k: v for k, v in exp_overrides.items() if k in self.spec.fixed})
         self.base = load_experiment_dict(exp_path, {**self.spec.fixed, **exp_overrides})
         try:
             self.base_config = experiment_from_dict(copy.deepcopy(self.base), file=exp_path)
