@@ -50,22 +50,6 @@ def test_assignment_is_validated():
         cfg.mask_ratio = 3.0
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [("1,2,4", [1, 2, 4]), ("[1, 2, 4]", [1, 2, 4]), ("(1, 2)", [1, 2]), ("2", [2]), (" [4] ", [4])],
-)
-def test_pyramid_scales_from_strings(text, expected):
-    assert DistillConfig(pyramid_scales=text).pyramid_scales == expected
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [("0,1,p6", ["0", "1", "p6"]), ("['0', 'p6']", ["0", "p6"]), ("[0, 1]", ["0", "1"]), ("None", None)],
-)
-def test_levels_from_strings(text, expected):
-    assert DistillConfig(levels=text).levels == expected
-
-
 def test_string_booleans_and_floats_are_accepted():
     cfg = DistillConfig(method="samkd", sld="false", share_generators="true", alpha="1e-6")
     assert cfg.sld is False and cfg.share_generators is True and cfg.alpha == 1e-6

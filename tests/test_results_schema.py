@@ -87,7 +87,7 @@ def test_written_params_keep_types_conditionals_null_and_lists_as_lists(tmp_path
     }
     writer = TableWriter(tmp_path, "exp", params)
     configs = {
-        "a": {"distill.method": "samkd", "distill.mask_ratio": 0.5, "distill.pyramid_scales": "1,2,4",
+        "a": {"distill.method": "samkd", "distill.mask_ratio": 0.5, "distill.pyramid_scales": [1, 2, 4],
               "distill.use_gate": True, "train.seed": 2},
         "b": {"distill.method": "samkd", "distill.mask_ratio": 0.7, "distill.pyramid_scales": [1],
               "distill.use_gate": False, "train.seed": 0},

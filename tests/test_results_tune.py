@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from raykd.errors import UserError
-from raykd.results import load, load_table
+from raykd.results import ParamSpec, load, load_table
 from raykd.results.read import read_parts
 from raykd.train.epoch import EpochRecord, LossSummary
 
@@ -105,13 +105,18 @@ def ray_local():
 EPOCHS = 3
 
 
+PYRAMID_SCALES = ParamSpec("distill.pyramid_scales", "choice", choices=((1,), (1, 2), (1, 2, 4)))
+
+
 def space(trial):
     """Define-by-run space (module level: OptunaSearch pickles it); pyramid scales are conditional."""
     method = trial.suggest_categorical("distill.method", ["mgd", "samkd"])
     trial.suggest_float("distill.mask_ratio", 0.3, 0.9)
-    if method == "samkd":
-        trial.suggest_categorical("distill.pyramid_scales", ["1", "1,2", "1,2,4"])
+    lists = {}
+    if method == "samkd":  # Optuna stores "1,2"; the config gets [1, 2] (as raykd's DefineByRun does)
+        lists["distill.pyramid_scales"] = PYRAMID_SCALES.suggest(trial)
     trial.suggest_categorical("train.seed", [0, 1])
+    return lists or None
 
 
 def fails(config):
@@ -222,7 +227,7 @@ def test_live_search_streams_typed_rows(tmp_path, ray_local):
         assert row["train.seed"] == config["train.seed"] and row["seed"] == config["train.seed"]
         if "distill.pyramid_scales" in config:
             with_scales += 1
-            assert row["distill.pyramid_scales"] == [int(s) for s in config["distill.pyramid_scales"].split(",")]
+            assert row["distill.pyramid_scales"] == config["distill.pyramid_scales"]
         else:
             assert row["distill.pyramid_scales"] is None
         if fails(config):

@@ -11,17 +11,29 @@ defined for SAMKD only); its levels only cover the trials where it is defined, a
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 
+from raykd.results import ParamSpec
+
 MAX_LEVELS = 6
 """Numeric parameters with more distinct values than this are binned."""
 
 LOG_SPAN = 30.0
-"""Positive numeric parameters whose max/min reaches this get log-spaced bins."""
+"""Tables without the searched distributions (written before they were stored): positive
+numeric parameters whose max/min reaches this are taken as log scaled."""
+
+
+def log_scale(spec: ParamSpec | None, low: float, high: float) -> bool:
+    """Whether a numeric parameter is log scaled: its searched distribution says so
+    (``loguniform``, ``int`` with ``log``); for tables that do not store it (``spec`` is
+    ``None``), inferred from the values seen, ``low`` to ``high``. The one place for both."""
+    if spec is not None and spec.numeric:
+        return spec.log
+    return low > 0 and high / low >= LOG_SPAN
 
 SEED_COLUMNS = ("train.seed",)
 """Parameter columns that are seeds: aggregated over, never a factor."""
@@ -98,9 +110,11 @@ class Factor:
         return self.name.rsplit(".", 1)[-1]
 
 
-def describe(frame: pd.DataFrame, names: Sequence[str]) -> list[Factor]:
-    """Factors for the columns ``names`` of ``frame``, from the values present there."""
-    factors = [_describe_one(frame, name) for name in names]
+def describe(frame: pd.DataFrame, names: Sequence[str],
+             specs: Mapping[str, ParamSpec] | None = None) -> list[Factor]:
+    """Factors for the columns ``names`` of ``frame``, from the values present there and the
+    searched distributions ``specs`` (their log scale)."""
+    factors = [_describe_one(frame, name, (specs or {}).get(name)) for name in names]
     return [_with_condition(frame, f, factors) for f in factors]
 
 
@@ -114,7 +128,7 @@ def _numbers(column: pd.Series) -> np.ndarray | None:
         return None
 
 
-def _describe_one(frame: pd.DataFrame, name: str) -> Factor:
+def _describe_one(frame: pd.DataFrame, name: str, spec: ParamSpec | None) -> Factor:
     column = frame[name]
     conditional = bool(column.map(is_null).any()) and not bool(column.map(is_null).all())
     numbers = _numbers(column)
@@ -123,7 +137,7 @@ def _describe_one(frame: pd.DataFrame, name: str) -> Factor:
         labels = tuple(display(float(v)) for v in distinct)
         if len(distinct) <= MAX_LEVELS and len(set(labels)) == len(labels):
             return Factor(name, "levels", labels, numeric=True, conditional=conditional)
-        return _bins(name, distinct, conditional)
+        return _bins(name, distinct, conditional, spec)
     present = [v for v in column if not is_null(v)]
     labels = {display(v) for v in present}
     if name == METHOD and BASELINE_METHOD in labels:
@@ -138,9 +152,9 @@ def _describe_one(frame: pd.DataFrame, name: str) -> Factor:
     return Factor(name, "levels", tuple(order), conditional=conditional)
 
 
-def _bins(name: str, distinct: np.ndarray, conditional: bool) -> Factor:
+def _bins(name: str, distinct: np.ndarray, conditional: bool, spec: ParamSpec | None) -> Factor:
     low, high = float(distinct.min()), float(distinct.max())
-    log = low > 0 and high / low >= LOG_SPAN
+    log = log_scale(spec, low, high) and low > 0
     count = 3 if len(distinct) < 30 else 4
     if log:
         edges = np.exp(np.linspace(math.log(low), math.log(high), count + 1))

@@ -6,8 +6,9 @@ trial, so each *scope* is evaluated on its own: ``all trials`` for the parameter
 everywhere, and for the conditional parameters the sub-study of the trials where they are
 defined (e.g. ``distill.beta`` among SAMKD trials), together with the other parameters
 that vary there. Lists (pyramid scales), strings and bools are categorical (lists as
-strings); numbers are float or int ranges over the values seen, on a log scale when they
-span a factor of :data:`~raykd.analyze.factors.LOG_SPAN`. Importances are normalised to sum
+strings); numbers are the searched float or int distributions stored with the table
+(:mod:`raykd.results.params`), or for tables without them ranges over the values seen, on
+the scale :func:`~raykd.analyze.factors.log_scale` infers. Importances are normalised to sum
 to 1 within a scope.
 """
 
@@ -15,13 +16,14 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from raykd.analyze.factors import LOG_SPAN, display, is_null
+from raykd.analyze.factors import display, is_null, log_scale
+from raykd.results import ParamSpec
 
 MIN_TRIALS = 6
 """Fewer scored trials than this in a scope: no importances for it."""
@@ -37,25 +39,30 @@ class Importances:
     notes: list[str] = field(default_factory=list)
 
 
-def _distribution(values: list):
+def _distribution(values: list, spec: ParamSpec | None = None):
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     if any(isinstance(v, (str, bool, np.bool_, list, tuple, np.ndarray)) for v in values):
         return CategoricalDistribution(sorted({display(v) for v in values})), display
     numbers = np.asarray(values, dtype=float)
     low, high = float(numbers.min()), float(numbers.max())
-    log = low > 0 and high / low >= LOG_SPAN
+    if spec is not None and spec.numeric:  # the searched range (widened if a value lies outside)
+        low, high = min(low, spec.low), max(high, spec.high)
+        if spec.kind == "int":
+            return IntDistribution(int(low), int(high), log=spec.log), int
+        return FloatDistribution(low, high, log=spec.log), float
+    log = log_scale(None, low, high)
     if all(isinstance(v, (int, np.integer)) for v in values):
         return IntDistribution(int(low), int(high), log=log), int
     return FloatDistribution(low, high, log=log), float
 
 
-def _study(frame: pd.DataFrame, names: Sequence[str]):
+def _study(frame: pd.DataFrame, names: Sequence[str], specs: Mapping[str, ParamSpec]):
     import optuna
 
     distributions, casts = {}, {}
     for name in names:
-        distributions[name], casts[name] = _distribution(frame[name].tolist())
+        distributions[name], casts[name] = _distribution(frame[name].tolist(), specs.get(name))
     study = optuna.create_study(direction="maximize")
     study.add_trials([
         optuna.trial.create_trial(params={n: casts[n](row[n]) for n in names}, distributions=distributions,
@@ -93,12 +100,12 @@ def _varying(frame: pd.DataFrame, names: Sequence[str]) -> list[str]:
 
 
 def importances(frame: pd.DataFrame, names: Sequence[str], *, conditions: dict[str, str] | None = None,
-                seed: int = 0) -> Importances:
+                seed: int = 0, specs: Mapping[str, ParamSpec] | None = None) -> Importances:
     """fANOVA and PED-ANOVA importances of the parameters ``names`` for ``frame["value"]``.
 
     ``conditions``: a conditional parameter's condition text (``distill.method ∈ {samkd}``),
     used to label its scope. Scopes with fewer than :data:`MIN_TRIALS` trials or no varying
-    parameter are skipped with a note.
+    parameter are skipped with a note. ``specs``: the searched distributions (from the table).
     """
     import optuna
     from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator, get_param_importances
@@ -120,7 +127,7 @@ def importances(frame: pd.DataFrame, names: Sequence[str], *, conditions: dict[s
             previous = optuna.logging.get_verbosity()
             optuna.logging.set_verbosity(logging.ERROR)
             try:
-                study = _study(part, params)
+                study = _study(part, params, specs or {})
                 values["ped_anova"] = get_param_importances(
                     study, evaluator=PedAnovaImportanceEvaluator(target_quantile=quantile), params=params)
                 values["fanova"] = get_param_importances(

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from raykd.errors import UserError
-from raykd.results import load, load_table, param_names
+from raykd.results import ParamSpec, load, load_table, param_names, param_specs
 from raykd.results import schema as S
 from raykd.results.layout import TEACHER_FILE, find_tables
 from raykd.results.store import join, list_parts, location, resolve
@@ -45,6 +45,7 @@ class Inputs:
     teacher: dict[str, float] | None
     objectives: list[tuple[str, str]]  # (metric, mode) of the search, from its space file
     total_trials: int  # before --filter
+    specs: dict[str, ParamSpec] = field(default_factory=dict)  # the searched distributions (old tables: none)
 
 
 def locate(paths: Sequence[str]) -> Sources:
@@ -210,7 +211,7 @@ def read_inputs(paths: Sequence[str], filter_specs: Sequence[str] = ()) -> Input
         epochs = epochs.reset_index(drop=True)
     return Inputs(trials=trials.reset_index(drop=True), epochs=epochs, params=params,
                   teacher=_teacher(sources.teacher_files), objectives=_objectives(sources.tables["runs"]),
-                  total_trials=every.num_rows)
+                  total_trials=every.num_rows, specs=param_specs(every.schema))
 
 
 def _teacher(files: list[str]) -> dict[str, float] | None:

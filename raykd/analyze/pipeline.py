@@ -94,7 +94,7 @@ def analyze(paths: Sequence[str], *, metric: str = "bbox_mAP", by: Sequence[str]
         if scores.epoch is not None and not pd.isna(full) and scores.epoch < full and done:
             notes.append(f"Epoch {scores.epoch} of {int(full)} is early; `--fidelity completed` compares the "
                          f"{done} trials that ran their full schedule instead (a subset the scheduler selected).")
-    factors = describe(frame, names)
+    factors = describe(frame, names, inputs.specs)
     levels = level_frame(frame, factors)
     by_name = {f.name: f for f in factors}
     failed = inputs.trials[inputs.trials["status"] == "ERROR"]
@@ -115,7 +115,8 @@ def analyze(paths: Sequence[str], *, metric: str = "bbox_mAP", by: Sequence[str]
         notes.append("The no-distillation baseline is the best configuration: no ablation path.")
     interactions = [(a, b, tables.interaction(frame, levels, a, b))
                     for a, b in tables.pick_pairs(ablations, levels)]
-    imp = importances(frame, names, conditions={f.name: f.condition for f in factors if f.condition})
+    imp = importances(frame, names, conditions={f.name: f.condition for f in factors if f.condition},
+                      specs=inputs.specs)
     chosen = verdict(confirmation, CONFIRM_PHASE) if confirmation is not None else verdict(ranking, SEARCH_PHASE)
     return Analysis(
         inputs=inputs, metric=metric, scores=scores, factors=factors, levels=levels,

@@ -8,8 +8,6 @@ can mix methods.
 
 from __future__ import annotations
 
-import ast
-import json
 import re
 from typing import Any, Literal, get_args
 
@@ -48,24 +46,6 @@ DEFAULT_WEIGHTS: dict[str, dict[str, float]] = {
 }
 
 LEVEL_NAME = re.compile(r"^[A-Za-z0-9_]+$")
-
-
-def _parse_list(value: Any) -> Any:
-    """Turn ``"1,2,4"``, ``"[1, 2, 4]"`` or ``"['0', 'p6']"`` (how Optuna stores lists) into a list."""
-    if not isinstance(value, str):
-        return value
-    text = value.strip()
-    if text.lower() in ("none", "null"):
-        return None
-    if text.startswith(("[", "(")):
-        try:
-            return list(json.loads(text.replace("(", "[").replace(")", "]")))
-        except ValueError:
-            try:
-                return list(ast.literal_eval(text))
-            except (ValueError, SyntaxError) as err:
-                raise ValueError(f"cannot parse {value!r} as a list") from err
-    return [item.strip().strip("'\"") for item in text.split(",") if item.strip()]
 
 
 class DistillConfig(BaseModel):
@@ -139,7 +119,6 @@ class DistillConfig(BaseModel):
     @field_validator("levels", mode="before")
     @classmethod
     def _parse_levels(cls, value: Any) -> Any:
-        value = _parse_list(value)
         if isinstance(value, (list, tuple)):
             return [str(item) for item in value]
         return value
@@ -155,11 +134,6 @@ class DistillConfig(BaseModel):
         if len(set(value)) != len(value):
             raise ValueError(f"levels must be unique, got {value}")
         return value
-
-    @field_validator("pyramid_scales", mode="before")
-    @classmethod
-    def _parse_scales(cls, value: Any) -> Any:
-        return _parse_list(value)
 
     @field_validator("pyramid_scales")
     @classmethod

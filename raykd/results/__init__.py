@@ -13,7 +13,8 @@ its ``tables/`` or a storage folder holding one search.
 
 from raykd.results.compact import compact
 from raykd.results.provenance import write_run, write_run_row
-from raykd.results.read import latest_sql, latest_trials, load, load_table, param_names
+from raykd.results.params import ParamSpec
+from raykd.results.read import latest_sql, latest_trials, load, load_table, param_names, param_specs
 from raykd.results.schema import (
     METRICS,
     SCHEMA_VERSION,
@@ -29,6 +30,7 @@ __all__ = [
     "METRICS",
     "SCHEMA_VERSION",
     "TABLES",
+    "ParamSpec",
     "ParquetResultsCallback",
     "TableWriter",
     "arrow_type_for",
@@ -39,6 +41,7 @@ __all__ = [
     "load",
     "load_table",
     "param_names",
+    "param_specs",
     "runs_schema",
     "trials_schema",
     "write_run",

@@ -14,6 +14,7 @@ from ray import cloudpickle
 from ray.tune import Callback
 
 from raykd.errors import UserError
+from raykd.results.params import ParamSpec
 from raykd.results.schema import SEARCH_PHASE
 from raykd.results.store import STORAGE_GONE
 from raykd.results.writer import TableWriter
@@ -37,7 +38,8 @@ class ParquetResultsCallback(Callback):
     Arrow type, see :func:`raykd.results.arrow_type_for`. After ``Tuner.restore`` Tune
     unpickles this callback with the run config and calls :meth:`set_state`; the writer
     then continues the trial rows of earlier sessions from the folder. ``phase``: the
-    ``phase`` column of the trials this Tune run starts.
+    ``phase`` column of the trials this Tune run starts. ``specs``: the searched parameters'
+    distributions, stored in the trials schema metadata (:mod:`raykd.results.params`).
     """
 
     def __init__(
@@ -47,8 +49,9 @@ class ParquetResultsCallback(Callback):
         params: Mapping[str, pa.DataType],
         flush_every_s: float = 10.0,
         phase: str = SEARCH_PHASE,
+        specs: Mapping[str, ParamSpec] | None = None,
     ):
-        self.writer = TableWriter(root, experiment, params, flush_every_s=flush_every_s, phase=phase)
+        self.writer = TableWriter(root, experiment, params, flush_every_s=flush_every_s, phase=phase, specs=specs)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.writer.add_result(trial.trial_id, trial.config, result)

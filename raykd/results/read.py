@@ -17,6 +17,9 @@ import pyarrow.parquet as pq
 from raykd.errors import UserError
 from raykd.results import schema as S
 from raykd.results.layout import TABLES_DIR, find_tables
+from raykd.results.params import ParamSpec
+from raykd.results.params import dumps as dump_specs
+from raykd.results.params import loads as load_specs
 from raykd.results.store import join, list_parts, location, resolve
 
 if TYPE_CHECKING:
@@ -127,6 +130,12 @@ def param_names(schema: pa.Schema) -> list[str]:
     return json.loads(raw) if raw else []
 
 
+def param_specs(schema: pa.Schema) -> dict[str, ParamSpec]:
+    """The searched parameters' distributions recorded in a trials schema's metadata
+    (empty for tables written before they were stored)."""
+    return load_specs((schema.metadata or {}).get(S.SPECS_KEY))
+
+
 def read_parts(
     paths: PathLike | Iterable[PathLike],
     table: str,
@@ -233,8 +242,10 @@ def concat(parts: list[pa.Table], table: str) -> pa.Table:
     """``parts`` of ``table`` as one table: schemas unified permissively, canonical order."""
     canonical = S.schema_for(table)
     params: list[str] = []
+    specs: dict[str, ParamSpec] = {}
     for part in parts:
         params += [p for p in param_names(part.schema) if p not in params]
+        specs.update(param_specs(part.schema))
     try:
         unified = pa.unify_schemas(
             [p.schema.remove_metadata() for p in parts] + [canonical.remove_metadata()],
@@ -244,6 +255,8 @@ def concat(parts: list[pa.Table], table: str) -> pa.Table:
         raise UserError(f"part files of the {table!r} table disagree on a column type: {err}") from err
     unified = _ordered(unified, canonical)
     extra = {S.PARAMS_KEY: json.dumps(params).encode()} if table == "trials" else {}
+    if table == "trials" and specs:
+        extra[S.SPECS_KEY] = dump_specs(specs)
     unified = unified.with_metadata(S.file_metadata(table, extra))
     return pa.concat_tables([_conform(p, unified) for p in parts])
 

@@ -4,7 +4,8 @@ A results folder holds ``trials/``, ``epochs/`` and ``runs/``, each a folder of 
 Parquet part files. Every part file carries ``SCHEMA_VERSION``, its table name and the
 experiment its rows belong to in the schema metadata (keys ``raykd.schema_version``,
 ``raykd.table``, ``raykd.experiment``); trials part files also list their parameter
-columns (``raykd.params``, a JSON list).
+columns (``raykd.params``, a JSON list) and, when the search knew them, the parameters'
+distributions (``raykd.param_specs``, :mod:`raykd.results.params`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import numpy as np
 import pyarrow as pa
 
 from raykd import metric_names
+from raykd.results.params import ParamSpec
+from raykd.results.params import dumps as dump_specs
 
 SCHEMA_VERSION = 1
 """Version of the table layout; bumped when a column is renamed, retyped or removed."""
@@ -27,6 +30,7 @@ VERSION_KEY = b"raykd.schema_version"
 TABLE_KEY = b"raykd.table"
 PARAMS_KEY = b"raykd.params"
 EXPERIMENT_KEY = b"raykd.experiment"
+SPECS_KEY = b"raykd.param_specs"
 
 METRICS = metric_names.METRICS
 """COCO metrics reported per epoch (:mod:`raykd.metric_names`: box, then segm), in [0, 1]; null
@@ -127,17 +131,21 @@ def for_experiment(schema: pa.Schema, experiment: str) -> pa.Schema:
     return schema.with_metadata({**(schema.metadata or {}), EXPERIMENT_KEY: experiment.encode()})
 
 
-def trials_schema(params: Mapping[str, pa.DataType]) -> pa.Schema:
+def trials_schema(params: Mapping[str, pa.DataType], specs: Mapping[str, ParamSpec] | None = None) -> pa.Schema:
     """Schema of ``trials``: one row per trial, each parameter (dotted key) a typed column.
 
     ``params`` maps every searched and fixed config key to its Arrow type (see
     :func:`arrow_type_for`); the parameter columns sit between ``error`` and the metrics.
+    ``specs``: the searched parameters' distributions, stored in the metadata.
     """
     clash = sorted(FIXED_TRIAL_COLUMNS.intersection(params))
     if clash:
         raise ValueError(f"parameter names clash with trials columns: {', '.join(clash)}")
     fields = _TRIALS_HEAD + [(name, pa_type) for name, pa_type in params.items()] + _TRIALS_TAIL
-    return pa.schema(fields, metadata=file_metadata("trials", {PARAMS_KEY: json.dumps(list(params)).encode()}))
+    extra = {PARAMS_KEY: json.dumps(list(params)).encode()}
+    if specs:
+        extra[SPECS_KEY] = dump_specs(specs)
+    return pa.schema(fields, metadata=file_metadata("trials", extra))
 
 
 def epochs_schema() -> pa.Schema:

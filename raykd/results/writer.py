@@ -40,6 +40,7 @@ from raykd.errors import UserError
 from raykd.ownership import check_held
 from raykd.results import schema as S
 from raykd.results.compact import compact
+from raykd.results.params import ParamSpec
 from raykd.results.read import newest, read_parts
 from raykd.results.store import join, publish, resolve
 from raykd.stop_reasons import stop_reason
@@ -88,13 +89,14 @@ class TableWriter:
         *,
         flush_every_s: float = 10.0,
         phase: str = S.SEARCH_PHASE,
+        specs: Mapping[str, ParamSpec] | None = None,
     ):
         self.root = os.fspath(root)
         self.phase = phase
         self.experiment = experiment
         self.params = dict(params)
         self.flush_every_s = flush_every_s
-        self._trials_schema = S.for_experiment(S.trials_schema(self.params), experiment)
+        self._trials_schema = S.for_experiment(S.trials_schema(self.params, specs), experiment)
         self._epochs_schema = S.for_experiment(S.epochs_schema(), experiment)
         try:
             self._fs, self._base = resolve(self.root)
@@ -338,13 +340,11 @@ def _flatten(config: Mapping, prefix: str = "") -> dict:
 
 
 def _coerce(key: str, value: object, pa_type: pa.DataType) -> object:
-    """``value`` as a Python value of column type ``pa_type``; lists may arrive as "1,2,4"."""
+    """``value`` as a Python value of column type ``pa_type``."""
     if value is None:
         return None
     try:
         if pa.types.is_list(pa_type) or pa.types.is_large_list(pa_type):
-            if isinstance(value, str):
-                value = [item for item in value.strip().strip("[]()").split(",") if item.strip()]
             if not isinstance(value, (list, tuple)):
                 raise TypeError("not a list")
             return [_coerce(key, item, pa_type.value_type) for item in value]

@@ -26,6 +26,7 @@ from raykd.config import (
 )
 from raykd.errors import UserError
 from raykd.metric_names import METRICS
+from raykd.results.params import ParamSpec
 
 SAMPLERS = ("tpe", "random", "multivariate_tpe", "nsga2", "gp", "cmaes")
 
@@ -119,12 +120,16 @@ class Param(_Strict):
             return [int(low), int(high)]
         return [float(low), float(high)]
 
-
-def encode_choice(value: Any) -> Any:
-    """Optuna categoricals hold scalars only: lists travel as ``"1,2,4"`` (decoded by the configs)."""
-    if isinstance(value, (list, tuple)):
-        return ",".join(str(v) for v in value)
-    return value
+    def spec(self, name: str) -> ParamSpec:
+        """The typed description of this key that Optuna, the writer and the analysis share."""
+        when = tuple((key, tuple(_frozen(o) for o in (wanted if isinstance(wanted, list) else [wanted])))
+                     for key, wanted in (self.when or {}).items())
+        if self.kind == "choice":
+            return ParamSpec(name, "choice", choices=tuple(_frozen(c) for c in self.choice), when=when)
+        if self.kind == "value":
+            return ParamSpec(name, "value", value=self.value, when=when)
+        low, high = getattr(self, self.kind)
+        return ParamSpec(name, self.kind, low=low, high=high, step=self.step, log=self.log, when=when)
 
 
 class ConfirmSettings(_Strict):
@@ -271,6 +276,7 @@ class Space:
         self.text = self.path.read_text()
         self._check_keys()
         self.spec.space = {key: self.params[key] for key in self._dependency_order()}
+        self.specs: dict[str, ParamSpec] = {key: param.spec(key) for key, param in self.params.items()}
         self.points = [self._point(p, i) for i, p in enumerate(self.spec.points_to_evaluate)]
         self._check_confirm_seeds()
 
@@ -365,6 +371,7 @@ class Space:
         return order
 
     def _point(self, point: dict[str, Any] | str, index: int) -> dict[str, Any]:
+        """A point to evaluate as Optuna enqueues it (list choices encoded, :class:`ParamSpec`)."""
         where = f"points_to_evaluate[{index}]"
         if isinstance(point, str):
             if point not in NAMED_POINTS:
@@ -376,62 +383,57 @@ class Space:
             if key not in self.params:
                 raise UserError(f"{key!r} is not a searched key", file=self.path, key=where)
             self._check_value(key, value, f"{where}.{key}")
-            out[key] = encode_choice(value) if self.params[key].kind == "choice" else value
+            out[key] = value
         # Fill unset active keys with the experiment's own value, or the first option.
-        for key, param in self.params.items():
-            if key in out or param.kind == "value" or not self._active(param, out):
+        for key, spec in self.specs.items():
+            if key in out or spec.kind == "value" or not spec.active(out):
                 continue
             current = get_dotted(self.base, key)
-            options = [encode_choice(c) for c in param.candidates()] if param.kind == "choice" else None
-            if options is not None:
-                out[key] = encode_choice(current) if encode_choice(current) in options else options[0]
+            if spec.kind == "choice":
+                out[key] = current if _frozen(current) in spec.choices else spec.decode(spec.encode(spec.choices[0]))
             else:
-                low, high = getattr(param, param.kind)
-                fallback = math.sqrt(low * high) if param.kind == "loguniform" else (low + high) / 2
+                low, high = spec.low, spec.high
+                fallback = math.sqrt(low * high) if spec.kind == "loguniform" else (low + high) / 2
                 value = current if isinstance(current, (int, float)) and low <= current <= high else fallback
-                out[key] = int(round(value)) if param.kind == "int" else float(value)
-        return {k: out[k] for k in self.params if k in out}
-
-    @staticmethod
-    def _active(param: Param, values: dict[str, Any]) -> bool:
-        for key, wanted in (param.when or {}).items():
-            options = wanted if isinstance(wanted, list) else [wanted]
-            if values.get(key) not in [encode_choice(o) for o in options]:
-                return False
-        return True
+                out[key] = int(round(value)) if spec.kind == "int" else float(value)
+        return {k: ParamSpec.encode(out[k]) if self.specs[k].kind == "choice" else out[k]
+                for k in self.params if k in out}
 
     def define_by_run(self) -> "DefineByRun":
-        return DefineByRun({k: p.model_dump(exclude_unset=True) for k, p in self.params.items()}, self.spec.fixed)
+        return DefineByRun(list(self.specs.values()), self.spec.fixed)
 
+
+def _frozen(value: Any) -> Any:
+    return tuple(_frozen(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 class DefineByRun:
     """Picklable Optuna define-by-run space (OptunaSearch pickles it when it checkpoints).
 
-    Keys are sampled in dependency order; a key whose ``when`` does not hold is not sampled,
-    so it stays absent from the trial's config (null in the tables). ``value:`` keys and the
-    space's ``fixed`` keys are returned as constants, so they reach the tables as columns.
+    Keys are sampled in dependency order (:meth:`ParamSpec.suggest`); a key whose ``when``
+    does not hold is not sampled, so it stays absent from the trial's config (null in the
+    tables). ``value:`` keys, the space's ``fixed`` keys and list choices (decoded, as lists)
+    are returned as constants: Ray's OptunaSearch lays them over what Optuna recorded, so
+    Tune's config, the trial's experiment and the tables see each value in its own type.
     """
 
-    def __init__(self, params: dict[str, dict[str, Any]], fixed: dict[str, Any] | None = None):
-        self.params = params
+    def __init__(self, specs: list[ParamSpec], fixed: dict[str, Any] | None = None):
+        self.specs = list(specs)
         self.fixed = dict(fixed or {})
+
+    def __setstate__(self, state: dict) -> None:
+        # Pickled before the specs existed (a search resumed across the upgrade): key -> Param dump.
+        if "params" in state:
+            state = {"specs": [Param.model_validate(p).spec(k) for k, p in state.pop("params").items()], **state}
+        self.__dict__.update(state)
 
     def __call__(self, trial) -> dict[str, Any] | None:
         values: dict[str, Any] = {}
         constants: dict[str, Any] = dict(self.fixed)
-        for key, spec in self.params.items():
-            param = Param.model_validate(spec)
-            if not Space._active(param, values):
+        for spec in self.specs:
+            if not spec.active(values):
                 continue
-            if param.kind == "choice":
-                values[key] = trial.suggest_categorical(key, [encode_choice(c) for c in param.choice])
-            elif param.kind == "uniform":
-                values[key] = trial.suggest_float(key, *param.uniform, step=param.step)
-            elif param.kind == "loguniform":
-                values[key] = trial.suggest_float(key, *param.loguniform, log=True)
-            elif param.kind == "int":
-                values[key] = trial.suggest_int(key, *param.int, step=int(param.step or 1), log=param.log)
-            else:
-                values[key] = constants[key] = param.value
+            values[spec.name] = spec.suggest(trial)
+            if spec.kind == "value" or isinstance(values[spec.name], list):
+                constants[spec.name] = values[spec.name]
         return constants or None

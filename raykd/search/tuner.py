@@ -24,7 +24,7 @@ from raykd.results import arrow_type_for
 from raykd.results.layout import CONFIRM_DIR, TRIAL_PREFIX, SearchFolder
 from raykd.results.schema import CONFIRM_PHASE, SEARCH_PHASE
 from raykd.search.progress import ProgressCallback
-from raykd.search.space import Space, encode_choice
+from raykd.search.space import Space
 from raykd.search.trainable import run_trial
 from raykd.search.tune_state import BackUpState, ResumableOptunaSearch, ShrinkFinishedCheckpoints
 from raykd.uri import is_uri
@@ -90,7 +90,7 @@ def make_sampler(space: Space) -> optuna.samplers.BaseSampler:
 
 def param_types(space: Space) -> dict[str, Any]:
     """Arrow type of every searched and fixed key, from the values a trial can receive."""
-    types = {key: arrow_type_for(param.candidates()) for key, param in space.params.items()}
+    types = {key: arrow_type_for(spec.candidates()) for key, spec in space.specs.items()}
     types.update({key: arrow_type_for([value]) for key, value in space.spec.fixed.items() if key not in types})
     return types
 
@@ -189,7 +189,8 @@ def _callbacks(space: Space, paths: SearchPaths, state_root: str, phase: str, *,
     from raykd.results.callback import ParquetResultsCallback
 
     return [
-        ParquetResultsCallback(paths.tables, paths.name, param_types(space), flush_every_s=5.0, phase=phase),
+        ParquetResultsCallback(paths.tables, paths.name, param_types(space), flush_every_s=5.0, phase=phase,
+                               specs=space.specs),
         ProgressCallback(space.spec.metrics[0], space.spec.modes[0], epochs=space.base_config.train.epochs,
                          quiet=quiet),
         ShrinkFinishedCheckpoints(),
@@ -223,7 +224,7 @@ def build_confirm_tuner(space: Space, paths: SearchPaths, teacher_checkpoint: st
 
     Tune's variant generator takes points whose keys its param space has: every point gets
     every key, ``None`` where a conditional key is undefined (the trainable leaves those out),
-    and lists travel as the search's categoricals do (:func:`~raykd.search.space.encode_choice`).
+    and lists as lists, as the search's trials receive them (:class:`~raykd.results.params.ParamSpec`).
     """
     keys = sorted({key for point in points for key in point})
     callbacks = _callbacks(space, paths, paths.confirm_root, CONFIRM_PHASE, quiet=quiet, extra=extra_callbacks)
@@ -231,7 +232,7 @@ def build_confirm_tuner(space: Space, paths: SearchPaths, teacher_checkpoint: st
         make_trainable(space, paths, teacher_checkpoint),
         param_space=dict.fromkeys(keys),
         tune_config=tune.TuneConfig(
-            search_alg=BasicVariantGenerator(points_to_evaluate=[{k: encode_choice(p.get(k)) for k in keys}
+            search_alg=BasicVariantGenerator(points_to_evaluate=[{k: p.get(k) for k in keys}
                                                                  for p in points],
                                              max_concurrent=max_concurrent(space, autoscaling=autoscaling)),
             num_samples=len(points),
