@@ -36,7 +36,10 @@ def test_a_node_lost_mid_trial_is_retried_on_another_node(fault_space, search_dr
     reports = [json.loads(line) for line in (root / f"trial_{trial}" / "result.json").read_text().splitlines()]
     before = [r["epoch"] for r in reports if r["pid"] == removed["pid"]]
     after = [r["epoch"] for r in reports if r["pid"] != removed["pid"]]
-    assert before[:2] == [1, 2] and after and after[-1] == 5
+    # result.json is Tune's own log, which it rewinds to what it had synced when it restores a
+    # trial: the first process's epoch 2 may or may not be in it. The driver printed that epoch
+    # (wait_for above) and the tables hold every epoch once (check_search).
+    assert before[:1] == [1] and after and after[-1] == 5
     # The retry ran on the surviving node (the removed node's processes are gone, the head has no
     # CPU) and continued from a checkpoint: epoch 1 was not trained again.
     assert len({r["pid"] for r in reports if r["pid"] != removed["pid"]}) == 1
