@@ -77,21 +77,26 @@ def test_confirmation_trials_run_on_fresh_seeds_and_lead_the_verdict(ray_local, 
     from raykd.analyze.__main__ import main as analyze
     from raykd.search.__main__ import main as search
 
-    space = tiny_space(num_samples=3, epochs=2, confirm={"top": 1, "seeds": [100, 101], "baseline": True})
+    # The search runs exactly its two points_to_evaluate (the baseline; samkd with the list
+    # pyramid_scales [1, 2]), so the confirmed distilled configuration holds a list value.
+    space = tiny_space(num_samples=2, epochs=2, confirm={"top": 1, "seeds": [100, 101], "baseline": True})
     root = tmp_path / "results" / "confirmed"
     assert search([str(space), "--storage", str(root.parent), "--name", root.name]) == 0
     out = capsys.readouterr().out
     assert "confirm: 2 configurations × 2 fresh seeds [100, 101] at the full budget (2 epochs)" in out
 
     trials = load(root / "tables")
-    assert len(trials) == 7 and trials["trial_id"].is_unique
+    assert len(trials) == 6 and trials["trial_id"].is_unique
     searched, confirmed = trials[trials["phase"] == "search"], trials[trials["phase"] == "confirm"]
-    assert len(searched) == 3 and len(confirmed) == 4
+    assert len(searched) == 2 and len(confirmed) == 4
     assert set(confirmed["stop_reason"]) == {"completed"} and set(confirmed["epochs_run"]) == {2}
     assert not set(searched["seed"]) & {100, 101}
     # each confirmed configuration ran once per fresh seed; one of them is the baseline
     by_method = confirmed.groupby("distill.method")["seed"].apply(sorted).to_dict()
-    assert by_method.pop("none") == [100, 101] and list(by_method.values()) == [[100, 101]]
+    assert by_method == {"none": [100, 101], "samkd": [100, 101]}
+    samkd = confirmed[confirmed["distill.method"] == "samkd"]
+    assert [list(v) for v in samkd["distill.pyramid_scales"]] == [[1, 2], [1, 2]]
+    assert confirmed.loc[confirmed["distill.method"] == "none", "distill.pyramid_scales"].isna().all()
 
     search_lines = _verdict_lines(out)
     assert search_lines[0].startswith("best (confirmation on fresh seeds): ")

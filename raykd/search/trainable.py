@@ -24,7 +24,7 @@ from raykd.train.epoch import EpochRecord
 
 def trial_experiment(config: dict[str, Any], base: dict[str, Any], threads: int | None) -> dict[str, Any]:
     """The experiment mapping of one trial: ``base`` with the trial's dotted keys applied
-    (keys whose value is ``None`` are undefined for this trial, as in the confirmation phase).
+    (keys whose value is ``None`` are undefined for this trial).
 
     With ``search.repeats`` Tune's Repeater sets ``__trial_index__``; it shifts the seed.
     """

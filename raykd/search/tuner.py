@@ -8,6 +8,7 @@ folders, ``tables/`` (the Parquet trial tables, see ``raykd.results``) and
 from __future__ import annotations
 
 import math
+import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import optuna
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search import BasicVariantGenerator, Repeater
+from ray.tune.search import ConcurrencyLimiter, Repeater, Searcher
 
 from raykd.errors import UserError
 from raykd.results import arrow_type_for
@@ -215,27 +216,60 @@ def _run_config(name: str, storage: str, callbacks: list) -> tune.RunConfig:
     )
 
 
+class FixedPoints(Searcher):
+    """Suggests each of ``points`` (dotted config mappings) once, in order, then finishes.
+
+    Tune's own :class:`~ray.tune.search.BasicVariantGenerator` resolves preset points against
+    its param space element by element, so a list value (``distill.pyramid_scales: [1, 2]``)
+    fails there unless the space holds a list of the same length; a searcher's suggestions
+    are taken as they are. Its state (the next index) is saved with the experiment, so a
+    resumed confirmation phase does not suggest a point twice.
+    """
+
+    def __init__(self, points: list[dict[str, Any]]):
+        super().__init__()
+        self.points = [dict(p) for p in points]
+        self.next_index = 0
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str:
+        if self.next_index >= len(self.points):
+            return Searcher.FINISHED
+        point = self.points[self.next_index]
+        self.next_index += 1
+        return dict(point)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass
+
+    def get_state(self) -> dict[str, Any]:
+        return {"points": self.points, "next_index": self.next_index}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.points, self.next_index = state["points"], state["next_index"]
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.get_state(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.set_state(pickle.load(f))
+
+
 def build_confirm_tuner(space: Space, paths: SearchPaths, teacher_checkpoint: str | None,
                         points: list[dict[str, Any]], *, quiet: bool = False, autoscaling: bool = False,
                         extra_callbacks: list | None = None):
-    """A :class:`ray.tune.Tuner` that runs each of ``points`` (dotted config mappings) once,
-    at the full budget (no scheduler), as ``phase = confirm`` trials of the same tables; its
-    Tune state lives in ``paths.confirm_root``.
-
-    Tune's variant generator takes points whose keys its param space has: every point gets
-    every key, ``None`` where a conditional key is undefined (the trainable leaves those out),
-    and lists as lists, as the search's trials receive them (:class:`~raykd.results.params.ParamSpec`).
-    """
-    keys = sorted({key for point in points for key in point})
+    """A :class:`ray.tune.Tuner` that runs each of ``points`` (dotted config mappings, list
+    values as lists, as the search's trials receive them: :class:`~raykd.results.params.ParamSpec`)
+    once, at the full budget (no scheduler), as ``phase = confirm`` trials of the same tables;
+    its Tune state lives in ``paths.confirm_root``. A point leaves out a key its method does
+    not define (the trainable reads the fixed value or the default)."""
     callbacks = _callbacks(space, paths, paths.confirm_root, CONFIRM_PHASE, quiet=quiet, extra=extra_callbacks)
+    searcher = ConcurrencyLimiter(FixedPoints(points), max_concurrent=max_concurrent(space, autoscaling=autoscaling))
     return tune.Tuner(
         make_trainable(space, paths, teacher_checkpoint),
-        param_space=dict.fromkeys(keys),
         tune_config=tune.TuneConfig(
-            search_alg=BasicVariantGenerator(points_to_evaluate=[{k: p.get(k) for k in keys}
-                                                                 for p in points],
-                                             max_concurrent=max_concurrent(space, autoscaling=autoscaling)),
-            num_samples=len(points),
+            search_alg=searcher, num_samples=len(points),
             trial_dirname_creator=trial_dirname, reuse_actors=_reuse_actors(space),
         ),
         run_config=_run_config(CONFIRM_DIR, paths.root, callbacks),
