@@ -162,7 +162,7 @@ def test_storage_must_be_shared_on_a_multi_node_cluster(tmp_path, monkeypatch):
 
 
 def test_relative_experiment_paths_are_named_for_multi_node_clusters():
-    space = Space(ROOT / "search_spaces" / "shapes_reproduction.yaml")  # its teacher is a relative checkpoint
+    space = Space(ROOT / "search_spaces" / "methods_compare.yaml")  # its teacher is a relative checkpoint
     assert node_local_paths(space, {}) == ["data.synthetic.out_dir", "teacher.checkpoint", "cache_dir"]
     assert node_local_paths(space, {"cache_dir": "/shared/cache", "teacher.checkpoint": "/shared/t.pt"}) == [
         "data.synthetic.out_dir"]
