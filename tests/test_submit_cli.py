@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -111,6 +112,21 @@ def test_job_of_a_space_in_the_project_ships_the_project(tmp_path):
     assert resumed.submission_id == "raykd-demo-1-r2"
     assert resumed.entrypoint.endswith("--name demo-1 --resume")
     assert "/my_results" in resumed.runtime_env["excludes"]  # results kept inside the project stay out
+
+
+def test_trackers_go_to_the_search_and_a_wrong_one_is_refused_before_the_cluster(tmp_path, capsys):
+    from raykd.search.__main__ import build_parser
+
+    job = build_job(Space(DEMO), name="demo-1", storage="/shared/raykd", staging=tmp_path / "staging",
+                    log="tensorboard,mlflow", mlflow_uri="http://mlflow.internal:5000")
+    assert job.entrypoint.endswith("--name demo-1 --log tensorboard,mlflow --mlflow-uri http://mlflow.internal:5000")
+    parsed = build_parser().parse_args(shlex.split(job.entrypoint)[3:])  # the search takes them as its own flags
+    assert (parsed.log, parsed.mlflow_uri) == ("tensorboard,mlflow", "http://mlflow.internal:5000")
+    assert "--log" not in build_job(Space(DEMO), name="demo-1", storage="/shared/raykd",
+                                    staging=tmp_path / "s2").entrypoint
+    # Nothing listens on port 1: had the command contacted the cluster, the error would name the address.
+    err = cli_error([str(DEMO), "--address", "http://127.0.0.1:1", "--log", "wandb"], capsys)
+    assert "--log" in err and "'wandb'" in err and "127.0.0.1" not in err
 
 
 def test_excludes_keep_the_package_and_drop_results_caches_and_checkpoints():

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from raykd.config import parse_overrides
 from raykd.errors import ArgumentParser, UserError, run_cli
+from raykd.tracking.setup import add_tracking_args, parse_backends
 
 PROG = "python -m raykd.submit"
 
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ship only the space and experiment files; raykd must be installed on the cluster")
     parser.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                         help="also leave this gitignore-style pattern out of the package (repeatable)")
+    add_tracking_args(parser)
     parser.add_argument("--driver-cpus", type=float, help="CPUs reserved for the search driver (default 0)")
     parser.add_argument("--driver-gpus", type=float,
                         help="GPUs reserved for the search driver, which trains a missing teacher (default 0)")
@@ -95,6 +97,7 @@ def submit(args: argparse.Namespace, address: str) -> int:
     from raykd.submit.package import build_job, check_name, check_storage, node_local_paths, resolve_storage
 
     space = Space(args.space, parse_overrides(args.overrides), num_samples=args.num_samples)
+    parse_backends(args.log)  # a wrong --log is refused here, not in the job's log
     spec = space.spec
     res = spec.resources
     print(f"space {args.space}: valid - {spec.search.num_samples} samples x {spec.search.repeats} seeds, sampler "
@@ -121,7 +124,7 @@ def submit(args: argparse.Namespace, address: str) -> int:
         job = build_job(space, name=name, storage=storage, staging=Path(staging), package=not args.no_package,
                         resume=args.resume, attempt=attempt, num_samples=args.num_samples,
                         overrides=args.overrides, excludes=args.exclude, driver_cpus=args.driver_cpus,
-                        driver_gpus=args.driver_gpus)
+                        driver_gpus=args.driver_gpus, log=args.log, mlflow_uri=args.mlflow_uri)
         for note in job.notes:
             print(note)
         started = time.monotonic()

@@ -153,8 +153,12 @@ def stage(space: Space, staging: Path, root: Path | None) -> tuple[Path, str]:
 def build_job(space: Space, *, name: str, storage: str, staging: Path, package: bool = True, resume: bool = False,
               attempt: int = 0, num_samples: int | None = None, overrides: list[str] = (),
               excludes: list[str] = (), driver_cpus: float | None = None,
-              driver_gpus: float | None = None) -> SearchJob:
+              driver_gpus: float | None = None, log: str | None = None,
+              mlflow_uri: str | None = None) -> SearchJob:
     """The job that runs ``python -m raykd.search`` on the cluster for ``space``.
+
+    ``log`` and ``mlflow_uri`` are passed on as the search's ``--log`` and ``--mlflow-uri``
+    (the trackers run in the job, so their packages must be installed on the cluster).
 
     ``storage`` must already be absolute or a URI (:func:`resolve_storage`); ``staging`` is
     an empty temporary folder that must live until the job is submitted.
@@ -174,6 +178,10 @@ def build_job(space: Space, *, name: str, storage: str, staging: Path, package: 
         args += ["--set", item]
     if resume:
         args.append("--resume")
+    if log is not None:
+        args += ["--log", log]
+    if mlflow_uri is not None:
+        args += ["--mlflow-uri", mlflow_uri]
     metadata = {"tool": "raykd", "space": space.name, "space_file": str(space.path), "name": name,
                 "storage": storage, "user": _user(), "resume": str(attempt) if resume else "0"}
     job = SearchJob(
