@@ -237,3 +237,24 @@ def test_a_trained_mask_arch_on_voc_or_yolo_is_refused_in_one_line(tmp_path, fmt
     frozen = {"data": exp["data"], "teacher": {"arch": "mask_rcnn", "checkpoint": str(tmp_path / "t.pt")}}
     path.write_text(yaml.safe_dump(frozen))
     assert load_experiment(path).teacher.arch == "mask_rcnn"
+
+
+@pytest.mark.parametrize("student", [{"arch": "mask_rcnn"}, None])
+def test_a_search_of_mask_rcnn_students_on_boxes_only_data_is_refused_before_ray(experiment_dict, tmp_path, student):
+    path, images = _coco_file(tmp_path, [None], [[4, 4, 20, 20]])  # a box without a segmentation
+    split = {"annotations": str(path), "images": str(images)}
+    exp = experiment_dict(**({"student": student} if student else {}))
+    exp["data"] = {"train": split, "val": split, "image_size": 48}
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(exp))
+    space = {"experiment": str(tmp_path / "exp.yaml"), "search": {"num_samples": 2},
+             "space": {"train.lr": {"loguniform": [1e-4, 1e-3]}} if student else
+             {"student.arch": {"choice": ["fcos", "mask_rcnn"]}}}
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    proc = subprocess.run([sys.executable, "-m", "raykd.search", str(tmp_path / "space.yaml"),
+                           "--storage", str(tmp_path / "results"), "--name", "masks"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert str(path) in proc.stderr and "annotations[0].segmentation" in proc.stderr
+    assert "Started a local Ray" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "results" / "masks" / "tables").exists()  # nothing written

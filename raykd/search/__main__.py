@@ -172,7 +172,7 @@ def _search(args: argparse.Namespace, space: Space, storage: str, name: str, pat
 
     cfg = space.base_config
     started = time.perf_counter()
-    validate_data(cfg.data, cfg.cache_dir)  # before Ray: annotation files and image files
+    validate_data(cfg.data, cfg.cache_dir, masks=space.trains_masks())  # before Ray: annotations, images, masks
     teacher_ckpt = None
     if cfg.teacher is not None:
         teacher_ckpt = ensure_teacher(cfg, log=lambda line: print(line, flush=True), progress=not args.quiet)

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from raykd.config import (
+    MASK_ARCHS,
     SEED_KEY,
     experiment_from_dict,
     get_dotted,
@@ -398,6 +399,14 @@ class Space:
                 out[key] = int(round(value)) if spec.kind == "int" else float(value)
         return {k: ParamSpec.encode(out[k]) if self.specs[k].kind == "choice" else out[k]
                 for k in self.params if k in out}
+
+    def trains_masks(self) -> bool:
+        """Whether some trial trains a Mask R-CNN (so the data needs instance masks): the
+        experiment does (:meth:`ExperimentConfig.trains_masks`) or ``student.arch`` is searched
+        over a mask head family."""
+        spec = self.specs.get("student.arch")
+        searched = spec is not None and spec.kind == "choice" and any(c in MASK_ARCHS for c in spec.choices)
+        return self.base_config.trains_masks() or searched
 
     def define_by_run(self) -> "DefineByRun":
         return DefineByRun(list(self.specs.values()), self.spec.fixed)
