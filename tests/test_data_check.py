@@ -202,3 +202,25 @@ def test_cli_help_and_synth(tmp_path: Path) -> None:
     bad = cli("synth", str(tmp_path / "t"), "--num-classes", "9")
     assert bad.returncode == 2
     assert bad.stderr == "python -m raykd.data: error: --num-classes: expected at most 6 shape classes, got 9\n"
+
+
+def test_cli_masks_checks_every_segmentation(good_set, tmp_path: Path) -> None:
+    data = json.loads(good_set[0].read_text())  # a box-only file: usable for boxes, not for masks
+    assert cli("check", str(good_set[0]), "--images", str(good_set[1])).returncode == 0
+    result = cli("check", str(good_set[0]), "--images", str(good_set[1]), "--masks")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "not usable: 3 fatal problems (missing_key 3)" in result.stderr
+    assert "annotations[0].segmentation" in result.stderr
+    data["annotations"][0]["segmentation"] = [[1, 1, 11, 1, 11, 11, 1, 11]]  # polygons, pixels
+    data["annotations"][1]["segmentation"] = {"size": [30, 40], "counts": [0, 1200]}  # uncompressed RLE
+    data["annotations"][2]["segmentation"] = {"size": [31, 40], "counts": [0, 1240]}  # not the image's size
+    masked = tmp_path / "masked.json"
+    masked.write_text(json.dumps(data))
+    result = cli("check", str(masked), "--images", str(good_set[1]), "--masks")
+    assert result.returncode == 2 and "malformed 1" in result.stderr and "annotations[2].segmentation" in result.stderr
+    del data["annotations"][2]
+    masked.write_text(json.dumps(data))
+    result = cli("check", str(masked), "--images", str(good_set[1]), "--masks")
+    assert result.returncode == 0, result.stderr
+    result = cli("check", "--format", "yolo", "--yaml", str(tmp_path / "d.yaml"), "--split", "train", "--masks")
+    assert result.returncode == 2 and "YOLO splits have no instance masks" in result.stderr and "--masks" in result.stderr

@@ -56,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
             "or label file stops the check, naming the file and object or line). Then: missing keys, duplicate "
             "ids, unknown categories or images, an empty image list, boxes of negative width or height, missing "
             "or unreadable image files (each one is opened and decoded), sizes that differ from the file, "
-            "boxes outside the image and degenerate (zero-size) boxes. Prints a "
+            "boxes outside the image and degenerate (zero-size) boxes; with --masks, every annotation's "
+            "segmentation. Prints a "
             "report; exits 0 when the set is usable (boxes outside the image are clipped and degenerate "
             "ones dropped by the loader) and 2 when it is not."
         ),
@@ -66,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--images", type=Path, metavar="DIR", help="folder the images' file_name entries are relative to (--format coco)"
     )
+    check.add_argument("--masks", action="store_true",
+                       help="also check every annotation's segmentation (polygons or RLE of its image's size), "
+                            "as a Mask R-CNN needs (--format coco; VOC and YOLO have no instance masks)")
     _split_flags(check, "coco")
     check.set_defaults(subparser=check)
 
@@ -183,8 +187,11 @@ def _check(args: argparse.Namespace) -> int:
     from raykd.data.check import check_coco, check_parsed
 
     split = split_from_flags(args)
+    if args.masks and split.format != "coco":
+        raise UserError(f"{split.format.upper()} splits have no instance masks; --masks checks COCO files",
+                        key="--masks")
     if split.format == "coco":
-        report = check_coco(split.annotations, split.images, progress=sys.stderr.isatty())
+        report = check_coco(split.annotations, split.images, progress=sys.stderr.isatty(), masks=args.masks)
     else:
         from raykd.data.cocofile import parse_coco
         from raykd.data.converted import source, to_json
