@@ -230,3 +230,20 @@ def test_confirm_per_must_be_a_searched_key(space_file):
     with pytest.raises(UserError) as err:
         Space(path)
     assert err.value.key == "confirm.per" and "expected a searched key" in err.value.message
+
+
+def test_confirmation_searcher_suggests_each_point_once_and_resumes_from_json(tmp_path):
+    import numpy as np
+    from ray.tune.search import Searcher
+
+    from raykd.search.tuner import FixedPoints
+
+    points = [{"distill.method": "samkd", "distill.pyramid_scales": [1, 2], "train.seed": np.int64(100)},
+              {"distill.method": "none", "train.seed": 100}, {"distill.method": "none", "train.seed": 101}]
+    searcher = FixedPoints(points)
+    assert searcher.suggest("t1") == {"distill.method": "samkd", "distill.pyramid_scales": [1, 2], "train.seed": 100}
+    searcher.save(str(tmp_path / "state.json"))  # numpy scalars from the tables are written as numbers
+    restored = FixedPoints([])
+    restored.restore(str(tmp_path / "state.json"))
+    assert [restored.suggest("t2"), restored.suggest("t3")] == points[1:]  # the first is not suggested again
+    assert restored.suggest("t4") == Searcher.FINISHED

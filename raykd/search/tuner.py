@@ -7,8 +7,8 @@ folders, ``tables/`` (the Parquet trial tables, see ``raykd.results``) and
 
 from __future__ import annotations
 
+import json
 import math
-import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,12 +248,11 @@ class FixedPoints(Searcher):
         self.points, self.next_index = state["points"], state["next_index"]
 
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.get_state(), f)
+        # JSON, not pickle: restoring a search folder runs no code. Values from the tables may be numpy scalars.
+        Path(checkpoint_path).write_text(json.dumps(self.get_state(), default=lambda v: v.tolist()))
 
     def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.set_state(pickle.load(f))
+        self.set_state(json.loads(Path(checkpoint_path).read_text()))
 
 
 def build_confirm_tuner(space: Space, paths: SearchPaths, teacher_checkpoint: str | None,
