@@ -11,7 +11,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from raykd.data.cocofile import MIN_BOX_SIZE, OUTSIDE_TOLERANCE, CocoFile, ImageEntry, Problem, mask_problems, prepare_boxes, read_coco
+from raykd.data.cocofile import MIN_BOX_SIZE, OUTSIDE_TOLERANCE, CocoFile, ImageEntry, Problem, prepare_boxes, read_coco
 
 WARNING_KINDS = ("outside_image", "degenerate_box")
 """Problem kinds the loader handles itself (clipping, dropping): the set stays usable."""
@@ -98,10 +98,7 @@ def check_coco(annotations: str | Path, images: str | Path, progress: bool = Fal
     Raises :class:`~raykd.errors.UserError` only when the file cannot be read as COCO JSON at
     all (not JSON, no ``images``/``categories`` list); everything else is counted in the report.
     """
-    coco = read_coco(annotations)
-    if masks:
-        coco.problems.extend(mask_problems(coco))
-    return check_parsed(coco, images, progress)
+    return check_parsed(read_coco(annotations, masks=masks), images, progress)
 
 
 def check_parsed(coco: CocoFile, images: str | Path, progress: bool = False) -> CheckReport:

@@ -74,8 +74,9 @@ class CocoFile:
             raise UserError(self.problems[0].message + more, file=self.path, key=self.problems[0].key)
 
 
-def read_coco(path: str | Path) -> CocoFile:
-    """Parse and validate ``path``; raise :class:`UserError` only when nothing can be read."""
+def read_coco(path: str | Path, *, masks: bool = False) -> CocoFile:
+    """Parse and validate ``path``; raise :class:`UserError` only when nothing can be read.
+    With ``masks`` (a Mask R-CNN trains on it) its problems include :func:`mask_problems`."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -83,7 +84,10 @@ def read_coco(path: str | Path) -> CocoFile:
         raise UserError("annotation file not found", file=path) from None
     except OSError as err:
         raise UserError(f"cannot read the annotation file ({err.strerror})", file=path) from None
-    return parse_coco(raw, path)
+    coco = parse_coco(raw, path)
+    if masks:
+        coco.problems.extend(mask_problems(coco))
+    return coco
 
 
 def parse_coco(raw: bytes, path: Path) -> CocoFile:

@@ -20,7 +20,6 @@ from raykd.data.cocofile import (
     OUTSIDE_TOLERANCE,
     CocoFile,
     Targets,
-    mask_problems,
     prepare_boxes,
     read_coco,
 )
@@ -72,9 +71,7 @@ class CocoDetection(torch.utils.data.Dataset):
         self.image_size = int(image_size)
         self.min_size = min_size
         self.train = bool(train)
-        parsed = read_coco(self.annotations_path)
-        if masks:
-            parsed.problems.extend(mask_problems(parsed))
+        parsed = read_coco(self.annotations_path, masks=masks)
         parsed.raise_first_problem()
         self._file_digest = hashlib.sha256(parsed.raw).hexdigest()
         self._coco: COCO | None = None  # built on first use (evaluation): the parsed JSON is not kept

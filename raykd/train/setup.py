@@ -13,7 +13,7 @@ from torch import nn
 
 from raykd.config import DataConfig, ExperimentConfig, ScheduleConfig
 from raykd.data import CocoDetection, ensure_synthetic
-from raykd.data.cocofile import mask_problems, read_coco
+from raykd.data.cocofile import read_coco
 from raykd.data.converted import coco_paths
 from raykd.errors import UserError
 from raykd.models import build_detector, inherit_neck_and_head, load_weights
@@ -82,9 +82,7 @@ def validate_data(cfg: DataConfig, cache_dir: str | Path, masks: bool = False) -
     categories = []
     for annotations, images in ((paths.train_annotations, paths.train_images),
                                 (paths.val_annotations, paths.val_images)):
-        coco = read_coco(annotations)
-        if masks:
-            coco.problems.extend(mask_problems(coco))
+        coco = read_coco(annotations, masks=masks)
         coco.raise_first_problem()
         missing = [image for image in coco.images if not os.path.isfile(os.path.join(images, image.file_name))]
         if missing:
