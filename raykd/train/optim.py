@@ -13,7 +13,9 @@ from raykd.config import ScheduleConfig
 def build_optimizer(cfg: ScheduleConfig, modules: list[nn.Module]) -> torch.optim.Optimizer:
     """SGD or AdamW over the trainable parameters of ``modules`` (student + distiller).
 
-    Norm layers and biases get no weight decay.
+    Norm layers and biases get no weight decay. Both use torch's fused kernels, which take the
+    same steps as the default per-tensor loop (``tests/test_optim.py``): on the CPU, one thread,
+    AdamW's step over a ResNet-18 takes 8 ms instead of 45 (``benchmarks/optimizer_step.py``).
     """
     decay, no_decay = [], []
     for module in modules:
@@ -22,8 +24,8 @@ def build_optimizer(cfg: ScheduleConfig, modules: list[nn.Module]) -> torch.opti
                 (no_decay if param.ndim <= 1 else decay).append(param)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, fused=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
 
 
 def lr_factor(cfg: ScheduleConfig, iteration: int, steps_per_epoch: int) -> float:
