@@ -24,6 +24,10 @@ def confirmation_points(space: Space, root: str) -> list[dict[str, Any]]:
     ``raykd.analyze`` ranks them; the top of each value of ``confirm.per`` when given) and,
     with ``confirm.baseline``, its best no-distillation configuration, each once per
     ``confirm.seeds``. Empty when no trial has a value yet.
+
+    Seed-major order (every configuration on the first seed, then on the next): the trials of
+    a seed start together, so an interrupted or slow phase has whole pairs rather than one
+    configuration's seeds, and trials of unequal cost (a teacher or none) share the workers.
     """
     confirm = space.spec.confirm
     assert confirm is not None
@@ -43,4 +47,4 @@ def confirmation_points(space: Space, root: str) -> list[dict[str, Any]]:
         chosen.append(ranking.values(configs.baseline) if configs.baseline is not None else {METHOD: BASELINE_METHOD})
     searched = set(space.params)
     return [{**{k: v for k, v in values.items() if k in searched or k == METHOD}, SEED_KEY: seed}
-            for values in chosen for seed in confirm.seeds]
+            for seed in confirm.seeds for values in chosen]
