@@ -15,7 +15,7 @@ def build_optimizer(cfg: ScheduleConfig, modules: list[nn.Module]) -> torch.opti
 
     Norm layers and biases get no weight decay. Both use torch's fused kernels, which take the
     same steps as the default per-tensor loop (``tests/test_optim.py``): on the CPU, one thread,
-    AdamW's step over a ResNet-18 takes 8 ms instead of 45 (``benchmarks/optimizer_step.py``).
+    AdamW's step over a ResNet-18 takes 11 ms instead of 52 (``benchmarks/optimizer_step.py``).
     """
     decay, no_decay = [], []
     for module in modules:
