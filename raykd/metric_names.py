@@ -11,6 +11,11 @@ SEGM_METRICS = ("segm_mAP", "segm_AP50", "segm_AP75", "segm_AP_S", "segm_AP_M", 
 
 METRICS = BOX_METRICS + SEGM_METRICS
 
+BOX_RECALLS = ("AR1", "AR10", "AR100", "AR_S", "AR_M", "AR_L")
+"""COCOeval ``stats[6:12]``: AR given 1, 10, 100 detections per image, AR small / medium / large
+(``raykd.data evaluate`` prints them; the tables record the six APs)."""
+SEGM_RECALLS = ("segm_AR1", "segm_AR10", "segm_AR100", "segm_AR_S", "segm_AR_M", "segm_AR_L")
+
 LOSS_PREFIX = "loss_"
 LOSS_TOTAL, LOSS_DET, LOSS_KD = "loss_total", "loss_det", "loss_kd"
 FIXED_LOSSES = (LOSS_TOTAL, LOSS_DET, LOSS_KD)

@@ -17,7 +17,8 @@ from PIL import Image
 from raykd.config import VocSplit, YoloSplit, experiment_from_dict
 from raykd.data import CocoDetection
 from raykd.data.converted import coco_paths
-from raykd.train.evaluate import METRICS, coco_metrics
+from raykd.metric_names import BOX_METRICS as METRICS
+from raykd.train.evaluate import coco_metrics
 
 sys.path.insert(0, str(Path(__file__).parent))
 from format_tools import coco_to_voc, coco_to_yolo  # noqa: E402

@@ -13,7 +13,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from raykd.data import CocoDetection
-from raykd.train.evaluate import METRICS, coco_metrics, to_coco_results
+from raykd.metric_names import BOX_METRICS as METRICS
+from raykd.train.evaluate import coco_metrics, to_coco_results
 
 CATEGORIES = [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}, {"id": 12, "name": "fox"}]
 

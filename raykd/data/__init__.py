@@ -18,7 +18,9 @@ _EXPORTS = {
     "CheckReport": "raykd.data.check",
     "check_coco": "raykd.data.check",
     "CocoDetection": "raykd.data.dataset",
-    "DataWarning": "raykd.data.dataset",
+    "DataWarning": "raykd.data.annindex",
+    "AnnotationIndex": "raykd.data.annindex",
+    "load_index": "raykd.data.annindex",
     "build_loader": "raykd.data.loader",
     "collate_detection": "raykd.data.loader",
     "SyntheticPaths": "raykd.data.synthetic",
@@ -30,7 +32,8 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from raykd.data.check import CheckReport, check_coco
-    from raykd.data.dataset import CocoDetection, DataWarning
+    from raykd.data.annindex import AnnotationIndex, DataWarning, load_index
+    from raykd.data.dataset import CocoDetection
     from raykd.data.loader import build_loader, collate_detection
     from raykd.data.synthetic import SyntheticPaths, ensure_synthetic, generate_synthetic
     from raykd.data.transforms import detection_transforms

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,30 +11,13 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torchvision import tv_tensors
 
-from raykd.data.cocofile import (
-    MIN_BOX_SIZE,
-    OUTSIDE_TOLERANCE,
-    CocoFile,
-    Targets,
-    prepare_boxes,
-    read_coco,
-)
+from raykd.data.annindex import AnnotationIndex, DataWarning, load_index
+from raykd.data.cocoeval import Evaluator, ground_truth
 from raykd.data.images import load_rgb
 from raykd.data.transforms import detection_transforms
 from raykd.errors import UserError
 
-
-class DataWarning(UserWarning):
-    """Something in a dataset was dropped or changed (e.g. degenerate boxes)."""
-
-
-def _coco_api(dataset: dict[str, Any]) -> COCO:
-    """A pycocotools ``COCO`` over an already parsed dict, without its prints."""
-    coco = COCO()
-    coco.dataset = dataset
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
+__all__ = ["CocoDetection", "DataWarning"]
 
 
 class CocoDetection(torch.utils.data.Dataset):
@@ -58,10 +37,13 @@ class CocoDetection(torch.utils.data.Dataset):
     in :attr:`coco`, which evaluation uses as it is. Boxes are clipped to the image;
     degenerate ones are dropped and counted in one :class:`DataWarning`. Images are opened
     when a sample is read: a missing or unreadable one raises :class:`UserError`.
+    ``index_dir``: where the file's :class:`~raykd.data.annindex.AnnotationIndex` is cached
+    (``cache_dir/annotations``; built on the first read, memory-mapped after); None: parsed
+    in memory each time.
     """
 
     def __init__(self, annotations: str | Path, images: str | Path, image_size: int, train: bool,
-                 min_size: int | None = None, masks: bool = False):
+                 min_size: int | None = None, masks: bool = False, index_dir: str | Path | None = None):
         if image_size < 1:
             raise UserError(f"expected a positive image size, got {image_size}", key="image_size")
         self.annotations_path = Path(annotations)
@@ -71,66 +53,37 @@ class CocoDetection(torch.utils.data.Dataset):
         self.image_size = int(image_size)
         self.min_size = min_size
         self.train = bool(train)
-        parsed = read_coco(self.annotations_path, masks=masks)
-        parsed.raise_first_problem()
-        self._file_digest = hashlib.sha256(parsed.raw).hexdigest()
-        self._coco: COCO | None = None  # built on first use (evaluation): the parsed JSON is not kept
-
-        self.cat_ids: list[int] = sorted(parsed.categories)
-        self.cat_id_to_label: dict[int, int] = {cat_id: i + 1 for i, cat_id in enumerate(self.cat_ids)}
-        self.class_names: list[str] = [parsed.categories[cat_id] for cat_id in self.cat_ids]
-        self.num_classes: int = len(self.cat_ids) + 1
-        self.image_ids: list[int] = [image.id for image in parsed.images]
-
-        targets = prepare_boxes(parsed)
-        self._warn_dropped(parsed, targets)
-        # Flat arrays rather than per-image Python objects: forked loader workers share their pages.
-        self._boxes = targets.boxes
-        self._labels = np.asarray([self.cat_id_to_label[c] for c in targets.category_ids.tolist()], dtype=np.int64)
-        self._offsets = targets.offsets
-        sizes = [(image.width, image.height) for image in parsed.images]
-        self._sizes = np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
-        self._files = [image.file_name for image in parsed.images]
-        self._file_keys = np.asarray([image.index for image in parsed.images], dtype=np.int64)
         self.masks = bool(masks)
-        # Per box, its segmentation as the file gives it (decoded when a sample is read).
-        self._segmentations = [parsed.data["annotations"][i]["segmentation"] for i in targets.indices.tolist()] \
-            if masks else None
-        self._box_keys = targets.indices
-        self.transforms = detection_transforms(self.image_size, self.train, min_size)
+        index = load_index(self.annotations_path, index_dir, masks=masks)
+        index.warn_dropped()
+        self.index: AnnotationIndex = index
+        self._gt: dict[str, Any] = {}  # evaluator -> its COCO object, built on first use (evaluation)
 
-    def _warn_dropped(self, parsed: CocoFile, targets: Targets) -> None:
-        parts = []
-        if targets.degenerate:
-            first = ", ".join(f"annotations[{i}]" for i in targets.degenerate[:3])
-            parts.append(
-                f"dropped {len(targets.degenerate)} degenerate boxes (width or height <= {MIN_BOX_SIZE:g} px "
-                f"after clipping to the image; e.g. {first})"
-            )
-        if targets.outside:
-            parts.append(
-                f"clipped {len(targets.outside)} boxes reaching more than {OUTSIDE_TOLERANCE:g} px outside the image"
-            )
-        if parts:
-            warnings.warn(f"{parsed.path}: {'; '.join(parts)}", DataWarning, stacklevel=3)
+        self.cat_ids: list[int] = sorted(index.categories)
+        self.cat_id_to_label: dict[int, int] = {cat_id: i + 1 for i, cat_id in enumerate(self.cat_ids)}
+        self.class_names: list[str] = [index.categories[cat_id] for cat_id in self.cat_ids]
+        self.num_classes: int = len(self.cat_ids) + 1
+        self.image_ids: list[int] = index.arrays["image_ids"].tolist()
+        self._labels = np.searchsorted(np.asarray(self.cat_ids, dtype=np.int64), index.arrays["box_categories"]) + 1
+        self.transforms = detection_transforms(self.image_size, self.train, min_size)
 
     @property
     def coco(self) -> COCO:
         """The pycocotools ``COCO`` object of the annotation file (``area``/``iscrowd`` filled in
-        where missing), crowd regions and all, for evaluation. Read again from the file on first
-        use; a file changed since the dataset was made is a :class:`UserError`."""
-        if self._coco is None:
-            parsed = read_coco(self.annotations_path)
-            if hashlib.sha256(parsed.raw).hexdigest() != self._file_digest:
-                raise UserError(
-                    "the annotation file changed while it was in use; start again", file=self.annotations_path
-                )
-            self._coco = _coco_api(parsed.data)
-        return self._coco
+        where missing), crowd regions and all: :meth:`ground_truth` of ``pycocotools``."""
+        return self.ground_truth("pycocotools")
+
+    def ground_truth(self, evaluator: Evaluator) -> Any:
+        """The evaluator's ``COCO`` object of the annotation file for evaluation (crowd regions
+        and all; with ``masks`` the segmentations too), built once from the index: the content
+        the dataset was made from, whatever happened to the file since."""
+        if evaluator not in self._gt:
+            self._gt[evaluator] = ground_truth(self.index.coco_dataset(segmentations=self.masks), evaluator)
+        return self._gt[evaluator]
 
     def __getstate__(self) -> dict[str, Any]:
         # Loader workers started by spawn/forkserver get the flat arrays, not the COCO index.
-        return {**self.__dict__, "_coco": None}
+        return {**self.__dict__, "_gt": {}}
 
     def label_to_cat_id(self, label: int) -> int:
         """The file's category id of a contiguous label (1..num_classes-1)."""
@@ -142,16 +95,17 @@ class CocoDetection(torch.utils.data.Dataset):
         return len(self.image_ids)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
-        width, height = (int(v) for v in self._sizes[index])
-        key = f"images[{int(self._file_keys[index])}].file_name"
-        image = load_rgb(self.images_dir / self._files[index], (width, height), key)
-        start, stop = int(self._offsets[index]), int(self._offsets[index + 1])
+        arrays = self.index.arrays
+        width, height = (int(v) for v in arrays["image_sizes"][index])
+        key = f"images[{int(arrays['image_keys'][index])}].file_name"
+        image = load_rgb(self.images_dir / self.index.file_name(index), (width, height), key)
+        start, stop = int(arrays["box_offsets"][index]), int(arrays["box_offsets"][index + 1])
         boxes = tv_tensors.BoundingBoxes(
-            torch.from_numpy(self._boxes[start:stop].copy()), format="XYXY", canvas_size=(height, width)
+            torch.from_numpy(np.array(arrays["boxes"][start:stop])), format="XYXY", canvas_size=(height, width)
         )
         labels = torch.from_numpy(self._labels[start:stop].copy())
         sample = {"boxes": boxes, "labels": labels}
-        if self._segmentations is not None:
+        if self.masks:
             sample["masks"] = tv_tensors.Mask(self._decode_masks(start, stop, height, width))
         image, target = self.transforms(image, sample)
         out = {
@@ -168,8 +122,9 @@ class CocoDetection(torch.utils.data.Dataset):
         """uint8 ``[stop - start, height, width]``: boxes ``start:stop``'s segmentations as pycocotools'
         ``annToMask`` decodes them (polygons merged; RLE as given)."""
         masks = np.zeros((stop - start, height, width), dtype=np.uint8)
+        box_gt = self.index.arrays["box_gt"]
         for i in range(start, stop):
-            seg = self._segmentations[i]
+            seg = self.index.segmentation(int(box_gt[i]))
             try:
                 if isinstance(seg, list):
                     rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
@@ -180,12 +135,12 @@ class CocoDetection(torch.utils.data.Dataset):
                 masks[i - start] = mask_utils.decode(rle)
             except (ValueError, TypeError, KeyError) as err:
                 raise UserError(f"cannot decode the instance mask ({err})", file=self.annotations_path,
-                                key=f"annotations[{int(self._box_keys[i])}].segmentation") from None
+                                key=f"annotations[{int(self.index.arrays['gt_keys'][box_gt[i]])}].segmentation") from None
         return torch.from_numpy(masks)
 
     def __repr__(self) -> str:
         return (
-            f"CocoDetection({str(self.annotations_path)!r}, images={len(self)}, boxes={len(self._boxes)}, "
+            f"CocoDetection({str(self.annotations_path)!r}, images={len(self)}, boxes={len(self._labels)}, "
             f"classes={self.class_names}, image_size={self.image_size}, train={self.train}"
             f"{', masks=True' if self.masks else ''})"
         )

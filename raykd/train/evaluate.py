@@ -1,30 +1,24 @@
-"""COCO box (and, for Mask R-CNN, instance mask) evaluation through pycocotools' COCOeval.
+"""COCO box (and, for Mask R-CNN, instance mask) evaluation of a model's predictions.
 
 Predictions are mapped back to the original image size and to the file's category ids, so
-the numbers are the ones pycocotools reports on the annotation file itself.
+the numbers are the ones COCOeval reports on the annotation file itself
+(:mod:`raykd.data.cocoeval`: faster_coco_eval or pycocotools, ``train.evaluator``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-from collections.abc import Iterable
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pycocotools import mask as mask_utils
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 from torch import Tensor, nn
 
-from raykd.metric_names import BOX_METRICS, SEGM_METRICS
+from raykd.data.cocoeval import coco_metrics
 
-METRICS = BOX_METRICS
+__all__ = ["MASK_THRESHOLD", "coco_metrics", "predict", "rle_encode", "to_coco_results"]
+
 MASK_THRESHOLD = 0.5
 """A predicted mask pixel is in the instance when its probability is above this (torchvision's,
 detectron2's and mmdet's choice)."""
-_IOU_METRICS = {"bbox": BOX_METRICS, "segm": SEGM_METRICS}
 
 
 def to_coco_results(
@@ -72,42 +66,40 @@ def to_coco_results(
 
 
 def _rle_masks(probabilities: Tensor, size: tuple[int, int], chunk: int = 16) -> list[dict]:
-    """``[D, 1, h, w]`` mask probabilities -> D compressed RLEs of ``size`` = (H, W) (counts as str)."""
+    """``[D, 1, h, w]`` mask probabilities -> D compressed RLEs of ``size`` = (H, W) (counts as
+    str). Resized and thresholded where they are (the GPU in training), then run-length encoded
+    there (:func:`rle_encode`): only the run boundaries move to the CPU, not ``D x H x W`` floats."""
     rles = []
-    for part in probabilities.detach().float().cpu().split(chunk):
+    for part in probabilities.detach().split(chunk):
+        part = part.float()
         if tuple(part.shape[-2:]) != size:
             part = F.interpolate(part, size=size, mode="bilinear", align_corners=False)
-        binary = (part[:, 0] > MASK_THRESHOLD).numpy().astype(np.uint8)
-        for rle in mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0))):
-            rles.append({"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")})
+        rles.extend(rle_encode(part[:, 0] > MASK_THRESHOLD))
     return rles
 
 
-def coco_metrics(coco_gt: COCO, results: list[dict], image_ids: Iterable[int], iou_type: str = "bbox"
-                 ) -> dict[str, float]:
-    """bbox_mAP, AP50, AP75, AP_S, AP_M, AP_L over ``image_ids`` (pycocotools; -1 = no such objects).
-
-    ``iou_type="segm"``: the same from the results' ``segmentation`` masks, named
-    ``segm_mAP``, ``segm_AP50``, ... (:data:`~raykd.metric_names.SEGM_METRICS`); each result
-    then enters without its box, so pycocotools takes its area and box from the mask.
-    """
-    names = _IOU_METRICS[iou_type]
-    image_ids = sorted(set(int(i) for i in image_ids))
-    if iou_type == "segm":
-        results = [{k: v for k, v in r.items() if k != "bbox"} for r in results if "segmentation" in r]
-    else:
-        results = [{k: v for k, v in r.items() if k != "segmentation"} for r in results]
-    if not results:
-        has_gt = bool(coco_gt.getAnnIds(imgIds=image_ids, iscrowd=False))
-        return {name: (0.0 if has_gt else -1.0) for name in names}
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_dt = coco_gt.loadRes(results)
-        evaluator = COCOeval(coco_gt, coco_dt, iouType=iou_type)
-        evaluator.params.imgIds = image_ids
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return {name: float(v) for name, v in zip(names, np.asarray(evaluator.stats[:6]))}
+def rle_encode(masks: Tensor) -> list[dict]:
+    """bool ``[D, H, W]`` (any device) -> D compressed COCO RLEs, the same as pycocotools'
+    ``mask.encode`` of the same masks. Runs are found in column-major order on the masks'
+    device; only the run boundaries (a few per mask row) go to the CPU, where they are compressed."""
+    d, h, w = masks.shape
+    if d == 0:
+        return []
+    flat = masks.transpose(1, 2).reshape(d, h * w)
+    changes = torch.nonzero(flat[:, 1:] != flat[:, :-1]).cpu()  # [K, 2]: (mask, position before a change)
+    starts_on = flat[:, 0].cpu().tolist()
+    per_mask = torch.bincount(changes[:, 0], minlength=d).tolist()
+    positions = (changes[:, 1] + 1).tolist()
+    out, k = [], 0
+    for i in range(d):
+        bounds = [0, *positions[k:k + per_mask[i]], h * w]
+        k += per_mask[i]
+        counts = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
+        if starts_on[i]:  # COCO RLE counts start with a run of zeros
+            counts.insert(0, 0)
+        rle = mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
+        out.append({"size": [h, w], "counts": rle["counts"].decode("ascii")})
+    return out
 
 
 @torch.no_grad()

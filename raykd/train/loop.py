@@ -32,6 +32,7 @@ from raykd.models.labels import LabelSpace
 from raykd.models.levels import distilled_levels
 from raykd.models.taps import forward_taps, is_dense
 from raykd.train.epoch import EpochLosses, EpochRecord
+from raykd.data.cocoeval import Evaluator
 from raykd.train.evaluate import coco_metrics, predict
 from raykd.train.optim import build_optimizer, build_scheduler
 from raykd.train.prompts import ensure_prompts, load_prompts
@@ -114,22 +115,23 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def evaluate_model(model: nn.Module, loader, dataset, image_ids: list[int], device: torch.device,
-                   amp: bool, label_to_cat_id=None) -> dict[str, float]:
+                   amp: bool, label_to_cat_id=None, evaluator: Evaluator = "pycocotools") -> dict[str, float]:
     """COCO metrics of ``model`` over ``image_ids`` of ``dataset``; under DDP each rank's
-    ``loader`` holds a shard and rank 0 scores the gathered detections. ``label_to_cat_id``:
+    ``loader`` holds a shard and rank 0 alone receives and scores the detections. ``label_to_cat_id``:
     model label -> category id or None (default: the data set's own numbering). A Mask R-CNN
     is scored on its boxes and on its masks (``segm_*``)."""
     rank, world = _rank_info()
     results = predict(model, loader, device, label_to_cat_id or dataset.label_to_cat_id, amp=amp)
     if world > 1:
-        gathered: list[list[dict]] = [None] * world  # type: ignore[list-item]
-        torch_dist.all_gather_object(gathered, results)
-        results = [r for part in gathered for r in part]
+        gathered: list[list[dict]] | None = [None] * world if rank == 0 else None  # type: ignore[list-item]
+        torch_dist.gather_object(results, gathered, dst=0)
+        results = [r for part in gathered for r in part] if rank == 0 else []
     metrics = None
     if rank == 0:
-        metrics = coco_metrics(dataset.coco, results, image_ids)
+        gt = dataset.ground_truth(evaluator)
+        metrics = coco_metrics(gt, results, image_ids, evaluator=evaluator)
         if isinstance(model, MaskRCNN):
-            metrics.update(coco_metrics(dataset.coco, results, image_ids, iou_type="segm"))
+            metrics.update(coco_metrics(gt, results, image_ids, iou_type="segm", evaluator=evaluator))
     if world > 1:
         box = [metrics]
         torch_dist.broadcast_object_list(box, src=0)
@@ -276,7 +278,7 @@ def _scores(run: _Run, epoch: int, history: list[dict[str, Any]]) -> dict[str, f
     tcfg = run.cfg.train
     if epoch % tcfg.eval_every == 0 or epoch == tcfg.epochs:
         return evaluate_model(run.student, run.val_loader, run.val_ds, run.val_ids, run.device, run.amp,
-                              label_to_cat_id=run.space.label_to_cat_id)
+                              label_to_cat_id=run.space.label_to_cat_id, evaluator=tcfg.evaluator)
     last = history[-1] if history else {}
     return {k: last.get(k) for k in METRICS if k in BOX_METRICS or k in last}
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from raykd.config import DataConfig, ExperimentConfig, ScheduleConfig
 from raykd.data import CocoDetection, ensure_synthetic
-from raykd.data.cocofile import read_coco
+from raykd.data.annindex import AnnotationIndex, load_index
 from raykd.data.converted import coco_paths
 from raykd.errors import UserError
 from raykd.models import build_detector, inherit_neck_and_head, load_weights
@@ -58,14 +58,20 @@ def _same_categories(train_ids: list[int], val_ids: list[int], val_file: str) ->
                         key="categories")
 
 
+def index_dir(cache_dir: str | Path) -> Path:
+    """Where annotation indexes are cached (:mod:`raykd.data.annindex`)."""
+    return Path(cache_dir) / "annotations"
+
+
 def build_datasets(cfg: DataConfig, cache_dir: str | Path, masks: bool = False) -> tuple[CocoDetection, CocoDetection]:
-    """Train and val datasets; ``masks``: with instance masks (a Mask R-CNN is trained)."""
+    """Train and val datasets; ``masks``: with instance masks (a Mask R-CNN is trained). Their
+    annotation indexes are read from (or written to) :func:`index_dir`."""
     paths = resolve_data(cfg, cache_dir)
     _check_paths(paths)
     train = CocoDetection(paths.train_annotations, paths.train_images, image_size=cfg.image_size, train=True,
-                          min_size=cfg.min_size, masks=masks)
+                          min_size=cfg.min_size, masks=masks, index_dir=index_dir(cache_dir))
     val = CocoDetection(paths.val_annotations, paths.val_images, image_size=cfg.image_size, train=False,
-                        min_size=cfg.min_size, masks=masks)
+                        min_size=cfg.min_size, masks=masks, index_dir=index_dir(cache_dir))
     _same_categories(train.cat_ids, val.cat_ids, paths.val_annotations)
     return train, val
 
@@ -73,25 +79,44 @@ def build_datasets(cfg: DataConfig, cache_dir: str | Path, masks: bool = False) 
 def validate_data(cfg: DataConfig, cache_dir: str | Path, masks: bool = False) -> DataPaths:
     """Check the configured data before anything starts (a synthetic block is generated first,
     VOC and YOLO splits converted and cached under ``cache_dir``, :func:`resolve_data`):
-    both annotation files read as COCO without a problem (:func:`~raykd.data.cocofile.read_coco`),
-    every image file they list exists, train and val have the same categories; with ``masks``
-    (a Mask R-CNN is trained) every annotation has a well-formed segmentation. Images are not
-    decoded here (``python -m raykd.data check`` does that); an unreadable one fails when read."""
+    both annotation files read as COCO without a problem (their annotation indexes, built here
+    when missing so that the trials only memory-map them, :func:`index_dir`), every image file
+    they list exists, train and val have the same categories; with ``masks`` (a Mask R-CNN is
+    trained) every annotation has a well-formed segmentation. Images are not decoded here
+    (``python -m raykd.data check`` does that); an unreadable one fails when read."""
     paths = resolve_data(cfg, cache_dir)
     _check_paths(paths)
     categories = []
     for annotations, images in ((paths.train_annotations, paths.train_images),
                                 (paths.val_annotations, paths.val_images)):
-        coco = read_coco(annotations, masks=masks)
-        coco.raise_first_problem()
-        missing = [image for image in coco.images if not os.path.isfile(os.path.join(images, image.file_name))]
+        index = load_index(annotations, index_dir(cache_dir), masks=masks)
+        missing = missing_images(index, images)
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            raise UserError(f"image file not found: {os.path.join(images, missing[0].file_name)}{more}",
-                            file=annotations, key=f"images[{missing[0].index}].file_name")
-        categories.append(sorted(coco.categories))
+            first = missing[0]
+            raise UserError(f"image file not found: {os.path.join(images, index.file_name(first))}{more}",
+                            file=annotations, key=f"images[{int(index.arrays['image_keys'][first])}].file_name")
+        categories.append(sorted(index.categories))
     _same_categories(*categories, paths.val_annotations)
     return paths
+
+
+def missing_images(index: AnnotationIndex, images: str | Path) -> list[int]:
+    """Rows of ``index``'s images whose file is not in the folder ``images``: one directory
+    listing per sub-folder the file names use, compared as a set (not a stat per image)."""
+    listed: dict[str, set[str]] = {}
+    missing = []
+    for row, name in enumerate(index.file_names()):
+        folder, _, base = name.rpartition("/")
+        if folder not in listed:
+            try:
+                with os.scandir(os.path.join(images, folder)) as entries:
+                    listed[folder] = {e.name for e in entries if e.is_file()}
+            except OSError:
+                listed[folder] = set()
+        if base not in listed[folder]:
+            missing.append(row)
+    return missing
 
 
 def choose_device(cfg: ScheduleConfig, local_rank: int = 0) -> torch.device:

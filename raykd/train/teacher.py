@@ -8,7 +8,6 @@ started together train it once.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -18,26 +17,26 @@ from pathlib import Path
 import torch
 
 from raykd.config import ExperimentConfig, ModelConfig, StudentConfig, config_hash
+from raykd.data.annindex import annotation_digest
 from raykd.errors import UserError
 
 
 def data_fingerprint(cfg: ExperimentConfig) -> str:
     """Identity of the training data: the synthetic generator's parameters, or the bytes of
-    the training annotation file (sha256; a VOC or YOLO split's converted COCO file), with the image size."""
+    the training annotation file (sha256; a VOC or YOLO split's converted COCO file), with the
+    image size. The file's digest comes from its annotation index's stat pointer when the file
+    is unchanged since it was indexed (:func:`~raykd.data.annindex.annotation_digest`), so a
+    COCO-sized file is not read again."""
     data = cfg.data
     if data.synthetic is not None:
         syn = data.synthetic.model_dump(exclude={"out_dir"})
         return config_hash("synthetic", syn, *_sizes(data))
-    digest = hashlib.sha256()
-    from raykd.train.setup import resolve_data
+    from raykd.train.setup import index_dir, resolve_data
 
     path = Path(resolve_data(data, cfg.cache_dir).train_annotations)
     if not path.is_file():
         raise UserError("annotation file not found", file=path, key="data.train.annotations")
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return config_hash("coco", digest.hexdigest(), *_sizes(data))
+    return config_hash("coco", annotation_digest(path, index_dir(cfg.cache_dir)), *_sizes(data))
 
 
 def _sizes(data) -> tuple:
@@ -58,7 +57,7 @@ def teacher_experiment(cfg: ExperimentConfig, output_dir: Path) -> ExperimentCon
 def teacher_cache_path(cfg: ExperimentConfig) -> Path:
     teacher = cfg.teacher
     key = config_hash(teacher.model_dump(exclude={"checkpoint"}, exclude_none=False) | {
-        "train": teacher.train.model_dump(exclude={"output_dir", "device", "threads"}) if teacher.train else None},
+        "train": teacher.train.model_dump(exclude={"output_dir", "device", "threads", "evaluator"}) if teacher.train else None},
         data_fingerprint(cfg))
     return Path(cfg.cache_dir) / "teachers" / key / "model_best.pt"
 
