@@ -1,5 +1,5 @@
 """``python -m raykd.data``: write the synthetic set, check a COCO, VOC or YOLO set before training on it,
-or convert a VOC or YOLO split to a COCO file."""
+convert a VOC or YOLO split to a COCO file, or score a detections file."""
 
 from __future__ import annotations
 
@@ -86,6 +86,24 @@ def _parser() -> argparse.ArgumentParser:
     _split_flags(convert, None)
     convert.set_defaults(subparser=convert)
     convert.add_argument("--out", required=True, type=Path, metavar="FILE.json", help="COCO file to write")
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="score a COCO detections file with the evaluator raykd trains with",
+        description=(
+            "Score a detections file (COCO results format: a JSON list of {image_id, category_id, score, bbox "
+            "[x, y, width, height]}; for --iou-type segm a segmentation RLE) on every image of a COCO annotation "
+            "file, and print one JSON object: bbox_mAP, AP50, AP75, AP_S, AP_M, AP_L (the tables' names; segm_* "
+            "for masks) and the six recalls AR1, AR10, AR100, AR_S, AR_M, AR_L; -1 where the annotations have no "
+            "such objects. Exits 2 with one line naming the file and entry when an input is wrong."
+        ),
+    )
+    evaluate.add_argument("--annotations", required=True, type=Path, metavar="GT.json", help="COCO annotation file")
+    evaluate.add_argument("--detections", required=True, type=Path, metavar="DETS.json", help="COCO results file")
+    evaluate.add_argument("--iou-type", choices=("bbox", "segm"), default="bbox",
+                          help="boxes or instance masks (default: bbox)")
+    evaluate.add_argument("--evaluator", choices=("faster_coco_eval", "pycocotools"), default=None,
+                          help="faster_coco_eval (default when installed; the same numbers, faster) or pycocotools")
     return parser
 
 
@@ -141,6 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _synth(args)
     if args.command == "convert":
         return _convert(args)
+    if args.command == "evaluate":
+        return _evaluate(args)
     return _check(args)
 
 
@@ -223,6 +243,18 @@ def _convert(args: argparse.Namespace) -> int:
           f"{f' (+ {crowd} difficult, iscrowd=1)' if crowd else ''}, {len(coco['categories'])} classes "
           f"({', '.join(c['name'] for c in coco['categories'])})")
     print(f"  images folder (file_name entries are relative to it): {converted.images}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from raykd.config import default_evaluator
+    from raykd.data.score_file import evaluate_file
+
+    evaluator = args.evaluator or default_evaluator()
+    start = time.perf_counter()
+    metrics = evaluate_file(args.annotations, args.detections, args.iou_type, evaluator)
+    print(json.dumps(metrics))
+    print(f"{args.iou_type} evaluation with {evaluator} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return 0
 
 
