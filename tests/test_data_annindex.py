@@ -171,3 +171,37 @@ def test_driver_check_lists_folders_instead_of_a_stat_per_image(tmp_path: Path, 
     assert missing_images(index, images) == [index.num_images - 2, index.num_images - 1]
     (images / "sub" / "0.png").unlink()
     assert missing_images(index, images)[0] == 0
+
+
+def _reference_targets(doc: dict) -> tuple[list, list, list[int]]:
+    """Per image, in file order: the training boxes and category ids as the loader made them
+    before the index existed (a per-annotation loop: crowd left out, clipped, degenerate dropped)."""
+    size = {im["id"]: (im["width"], im["height"]) for im in doc["images"]}
+    per_image: dict[int, list] = {im["id"]: [] for im in doc["images"]}
+    for ann in doc["annotations"]:
+        if ann.get("iscrowd", 0):
+            continue
+        width, height = size[ann["image_id"]]
+        x, y, w, h = (float(v) for v in ann["bbox"])
+        x1, y1, x2, y2 = max(x, 0.0), max(y, 0.0), min(x + w, width), min(y + h, height)
+        if w <= 1e-3 or h <= 1e-3 or x2 - x1 <= 1e-3 or y2 - y1 <= 1e-3:
+            continue
+        per_image[ann["image_id"]].append(((x1, y1, x2, y2), ann["category_id"]))
+    boxes = [b for im in doc["images"] for b, _ in per_image[im["id"]]]
+    cats = [c for im in doc["images"] for _, c in per_image[im["id"]]]
+    return boxes, cats, [len(per_image[im["id"]]) for im in doc["images"]]
+
+
+@pytest.mark.parametrize("which", ["crafted", "synthetic"])
+def test_same_boxes_and_labels_as_the_per_annotation_loop(tmp_path: Path, which: str) -> None:
+    if which == "crafted":
+        path = write(tmp_path / "a.json", coco_doc(n_images=60, seed=3))
+    else:
+        from raykd.data import ensure_synthetic
+
+        path = ensure_synthetic(tmp_path / "syn", train_images=40, val_images=8, seed=0, image_size=64).train_annotations
+    boxes, cats, counts = _reference_targets(json.loads(Path(path).read_text()))
+    index = load_index(path, tmp_path / "idx")
+    np.testing.assert_array_equal(index.arrays["boxes"], np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
+    assert index.arrays["box_categories"].tolist() == cats
+    assert np.diff(index.arrays["box_offsets"]).tolist() == counts
