@@ -46,7 +46,7 @@ def write(path: Path, doc: dict) -> Path:
 
 def test_index_holds_the_targets_and_ground_truth_of_a_parse(tmp_path: Path) -> None:
     path = write(tmp_path / "a.json", coco_doc(masks=True))
-    coco = read_coco(path)
+    coco = read_coco(path, masks=True)
     targets = prepare_boxes(coco)
     built = load_index(path, tmp_path / "idx", masks=True)
     cached = load_index(path, tmp_path / "idx", masks=True)
@@ -59,8 +59,8 @@ def test_index_holds_the_targets_and_ground_truth_of_a_parse(tmp_path: Path) -> 
         assert index.degenerate == len(targets.degenerate) > 0 and index.crowd == targets.crowd > 0
         assert list(index.file_names()) == [i.file_name for i in coco.images]
         assert index.coco_dataset()["annotations"] == [
-            {k: ann[k] for k in ("id", "image_id", "category_id", "bbox", "area", "iscrowd")}
-            for ann in coco.data["annotations"]]
+            {**{k: ann[k] for k in ("id", "image_id", "category_id", "bbox", "iscrowd")},
+             "area": ann.get("area", ann["bbox"][2] * ann["bbox"][3])} for ann in coco.data["annotations"]]
         assert index.segmentation(5) == coco.data["annotations"][5]["segmentation"]
         assert index.digest == coco.digest
 

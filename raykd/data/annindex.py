@@ -21,13 +21,14 @@ builders (ranks starting together) build it once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -148,11 +149,6 @@ def index_from_coco(coco: CocoFile, *, masks: bool) -> AnnotationIndex:
 
     targets = prepare_boxes(coco)
     anns = coco.annotations
-    n_ann = len(anns)
-    row_of = np.full(len(coco.data["annotations"]), -1, dtype=np.int64)
-    gt_keys = np.fromiter((a.index for a in anns), dtype=np.int64, count=n_ann)
-    row_of[gt_keys] = np.arange(n_ann)
-    entries = coco.data["annotations"]
     names = [image.file_name.encode("utf-8") for image in coco.images]
     arrays: dict[str, np.ndarray] = {
         "image_ids": np.fromiter((i.id for i in coco.images), dtype=np.int64, count=len(coco.images)),
@@ -163,17 +159,18 @@ def index_from_coco(coco: CocoFile, *, masks: bool) -> AnnotationIndex:
         "boxes": targets.boxes,
         "box_categories": targets.category_ids,
         "box_offsets": targets.offsets,
-        "box_gt": row_of[targets.indices],
-        "gt_ids": np.fromiter((a.id for a in anns), dtype=np.int64, count=n_ann),
-        "gt_image_ids": np.fromiter((a.image_id for a in anns), dtype=np.int64, count=n_ann),
-        "gt_categories": np.fromiter((a.category_id for a in anns), dtype=np.int64, count=n_ann),
-        "gt_bbox": np.asarray([a.bbox for a in anns], dtype=np.float64).reshape(-1, 4),
-        "gt_area": np.fromiter((float(entries[a.index]["area"]) for a in anns), dtype=np.float64, count=n_ann),
-        "gt_crowd": np.fromiter((a.iscrowd for a in anns), dtype=np.uint8, count=n_ann),
-        "gt_keys": gt_keys,
+        "box_gt": targets.rows,
+        "gt_ids": anns.id,
+        "gt_image_ids": anns.image_id,
+        "gt_categories": anns.category_id,
+        "gt_bbox": anns.bbox,
+        "gt_area": anns.area,
+        "gt_crowd": anns.iscrowd.astype(np.uint8),
+        "gt_keys": anns.index,
     }
     if masks:
-        segs = [orjson.dumps(entries[a.index]["segmentation"]) for a in anns]
+        entries = coco.data["annotations"]
+        segs = [orjson.dumps(entries[i]["segmentation"]) for i in anns.index.tolist()]
         arrays["seg_bytes"] = np.frombuffer(b"".join(segs), dtype=np.uint8)
         arrays["seg_offsets"] = _offsets(len(s) for s in segs)
     return AnnotationIndex(path=coco.path, digest=coco.digest, masks=masks, categories=dict(coco.categories),
@@ -192,33 +189,63 @@ def load_index(path: str | Path, root: str | Path | None, *, masks: bool = False
     file as it is now, else parsed, validated (the first problem raised as a
     :class:`~raykd.errors.UserError` naming the file and key) and written there. ``root`` None:
     parsed and kept in memory only. ``masks``: with every annotation's segmentation, checked as a
-    Mask R-CNN needs."""
+    Mask R-CNN needs. Concurrent callers wait for one builder; a refused file leaves nothing."""
     path = Path(path)
     if root is None:
         return _parse(path, masks)
     root = Path(root)
-    key = _stat_key(path)
-    found = _cached(root, key, masks)
+    key = stat_key(path)
+    found = cached_index(path, root, masks, key=key)
     if found is not None:
-        return _with_path(found, path)
+        return found
+    created = [p for p in (root, *root.parents) if not p.exists()]
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(root / f".stat-{key}.lock"))
-        lock.acquire()
+        with _lock(root, key):
+            found = cached_index(path, root, masks, key=key)
+            if found is not None:
+                return found
+            index = _parse(path, masks)
+            _save(root, key, index)
+            return index
+    except UserError:  # a refused file leaves nothing behind
+        (root / f".stat-{key}.lock").unlink(missing_ok=True)
+        for folder in created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
     except OSError as err:
         warnings.warn(f"{root}: cannot write the annotation index there ({err.strerror}); reading {path} "
                       "without one", DataWarning, stacklevel=2)
         return _parse(path, masks)
-    try:
-        found = _cached(root, key, masks)
-        if found is not None:
-            return _with_path(found, path)
-        index = _parse(path, masks)
-        _save(root, index)
-        _write_json(root / f"stat-{key}.json", {"digest": index.digest, "version": INDEX_VERSION})
-        return index
-    finally:
-        lock.release()
+
+
+def cached_index(path: str | Path, root: str | Path, masks: bool = False, *, key: str | None = None
+                 ) -> AnnotationIndex | None:
+    """The valid index of ``path`` as it is now under ``root`` (``key``: its :func:`stat_key`), or
+    None. A masks index serves a boxes-only reader too."""
+    path, root = Path(path), Path(root)
+    pointer = _read_json(root / f"stat-{key or stat_key(path)}.json")
+    if pointer is None or pointer.get("version") != INDEX_VERSION or not isinstance(pointer.get("digest"), str):
+        return None
+    for variant in ((True,) if masks else (False, True)):
+        index = _read_index(_folder(root, pointer["digest"], variant))
+        if index is not None:
+            return index if index.path == path else AnnotationIndex(**{**index.__dict__, "path": path})
+    return None
+
+
+def store_index(root: str | Path, key: str, index: AnnotationIndex) -> None:
+    """Write ``index`` under ``root`` for the file whose :func:`stat_key` was ``key`` when it was
+    read (taken before parsing: a file changed since gets another key, so is read again)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    with _lock(root, key):
+        _save(root, key, index)
+
+
+def _lock(root: Path, key: str) -> FileLock:
+    root.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(root / f".stat-{key}.lock"))
 
 
 def annotation_digest(path: str | Path, root: str | Path | None) -> str:
@@ -228,7 +255,7 @@ def annotation_digest(path: str | Path, root: str | Path | None) -> str:
     if not path.is_file():
         raise UserError("annotation file not found", file=path)
     if root is not None:
-        pointer = _read_json(Path(root) / f"stat-{_stat_key(path)}.json")
+        pointer = _read_json(Path(root) / f"stat-{stat_key(path)}.json")
         if pointer is not None and pointer.get("version") == INDEX_VERSION and isinstance(pointer.get("digest"), str):
             return pointer["digest"]
     digest = hashlib.sha256()
@@ -244,12 +271,8 @@ def _parse(path: Path, masks: bool) -> AnnotationIndex:
     return index_from_coco(coco, masks=masks)
 
 
-def _with_path(index: AnnotationIndex, path: Path) -> AnnotationIndex:
-    # the same content may be cached under another path: messages name the file being read
-    return index if index.path == path else AnnotationIndex(**{**index.__dict__, "path": path})
-
-
-def _stat_key(path: Path) -> str:
+def stat_key(path: str | Path) -> str:
+    """Identity of the file as it is now (resolved path, size, mtime, ctime, inode), without reading it."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -262,24 +285,16 @@ def _folder(root: Path, digest: str, masks: bool) -> Path:
     return root / f"{digest[:32]}-{'masks' if masks else 'boxes'}"
 
 
-def _cached(root: Path, key: str, masks: bool) -> AnnotationIndex | None:
-    """The valid cached index of the file whose stat key is ``key``, or None. A masks index
-    serves a boxes-only reader too."""
-    pointer = _read_json(root / f"stat-{key}.json")
-    if pointer is None or pointer.get("version") != INDEX_VERSION or not isinstance(pointer.get("digest"), str):
-        return None
-    for variant in ((True,) if masks else (False, True)):
-        index = _read_index(_folder(root, pointer["digest"], variant))
-        if index is not None:
-            return index
-    return None
-
-
-def _save(root: Path, index: AnnotationIndex) -> None:
-    """Write ``index`` as ``root/<digest>-<variant>/`` by one rename of a complete folder."""
+def _save(root: Path, key: str, index: AnnotationIndex) -> None:
+    """Write ``index`` as ``root/<digest>-<variant>/`` by one rename of a complete folder, then
+    the stat pointer ``key`` to it."""
     final = _folder(root, index.digest, index.masks)
-    if _read_index(final) is not None:
-        return
+    if _read_index(final) is None:
+        _write_folder(root, final, index)
+    _write_json(root / f"stat-{key}.json", {"digest": index.digest, "version": INDEX_VERSION})
+
+
+def _write_folder(root: Path, final: Path, index: AnnotationIndex) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-index-", dir=root))
     try:
         files = {}

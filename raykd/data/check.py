@@ -119,7 +119,7 @@ def check_parsed(coco: CocoFile, images: str | Path, progress: bool = False) -> 
     for index in targets.degenerate:
         message = f"width or height <= {MIN_BOX_SIZE:g} px after clipping (dropped)"
         report.add("degenerate_box", f"annotations[{index}].bbox", message)
-    annotated = {ann.image_id for ann in coco.annotations}
+    annotated = set(coco.annotations.image_id.tolist())
     report.images_without_annotations = sum(image.id not in annotated for image in coco.images)
 
     if not report.images_dir.is_dir():

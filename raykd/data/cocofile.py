@@ -10,6 +10,7 @@ to the image, crowd regions left out, degenerate boxes dropped and counted.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 from dataclasses import dataclass, field
@@ -45,15 +46,20 @@ class ImageEntry:
     height: int
 
 
-@dataclass(frozen=True, slots=True)
-class AnnotationEntry:
-    # slots and the file's own number objects in `bbox`: a COCO-train-sized file has ~860k of these
-    index: int  # position in the file's "annotations" list
-    id: int
-    image_id: int
-    category_id: int
-    bbox: tuple[float, float, float, float]  # x, y, w, h in pixels
-    iscrowd: bool
+@dataclass(frozen=True)
+class AnnotationColumns:
+    """The valid annotations of a file as arrays ``[M]``, in file order."""
+
+    index: np.ndarray  # int64: position in the file's "annotations" list
+    id: np.ndarray  # int64
+    image_id: np.ndarray  # int64
+    category_id: np.ndarray  # int64
+    bbox: np.ndarray  # float64 [M, 4]: x, y, w, h in pixels
+    area: np.ndarray  # float64: the file's `area`, else w * h (COCOeval reads it)
+    iscrowd: np.ndarray  # bool (the file's `iscrowd`, else 0)
+
+    def __len__(self) -> int:
+        return len(self.index)
 
 
 @dataclass
@@ -61,11 +67,11 @@ class CocoFile:
     """The valid entries of a COCO file (invalid ones are skipped and listed in ``problems``)."""
 
     path: Path
-    data: dict[str, Any]  # the parsed JSON, with `area` and `iscrowd` filled in where missing
+    data: dict[str, Any]  # the parsed JSON (without segmentations unless read with masks)
     digest: str  # sha256 of the file's bytes
     images: list[ImageEntry] = field(default_factory=list)
     categories: dict[int, str] = field(default_factory=dict)  # id -> name
-    annotations: list[AnnotationEntry] = field(default_factory=list)
+    annotations: AnnotationColumns | None = None
     problems: list[Problem] = field(default_factory=list)
 
     def raise_first_problem(self) -> None:
@@ -78,7 +84,8 @@ class CocoFile:
 
 def read_coco(path: str | Path, *, masks: bool = False) -> CocoFile:
     """Parse and validate ``path``; raise :class:`UserError` only when nothing can be read.
-    With ``masks`` (a Mask R-CNN trains on it) its problems include :func:`mask_problems`."""
+    With ``masks`` (a Mask R-CNN trains on it) its problems include :func:`mask_problems`;
+    without, segmentations are dropped while the file is parsed (most of a COCO file's memory)."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -86,18 +93,28 @@ def read_coco(path: str | Path, *, masks: bool = False) -> CocoFile:
         raise UserError("annotation file not found", file=path) from None
     except OSError as err:
         raise UserError(f"cannot read the annotation file ({err.strerror})", file=path) from None
-    coco = parse_coco(raw, path)
-    del raw  # the parsed objects are several times its size: not both kept
+    digest = hashlib.sha256(raw).hexdigest()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError("expected COCO JSON, the file is not valid UTF-8 text", file=path) from None
+    del raw  # not both kept: the parsed objects come on top
+    coco = _validate(_loads(text, path, keep_segmentations=masks), path, digest)
     if masks:
         coco.problems.extend(mask_problems(coco))
     return coco
 
 
 def parse_coco(raw: bytes, path: Path) -> CocoFile:
-    """Parse and validate the bytes of a COCO file; ``path`` names it in problems. The caller
-    should drop ``raw`` once this returns: only the parsed form is kept."""
-    digest = hashlib.sha256(raw).hexdigest()
-    data = _loads(raw, path)
+    """Parse and validate the bytes of a COCO file (segmentations kept); ``path`` names it in problems."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError("expected COCO JSON, the file is not valid UTF-8 text", file=path) from None
+    return _validate(_loads(text, path, keep_segmentations=True), path, hashlib.sha256(raw).hexdigest())
+
+
+def _validate(data: Any, path: Path, digest: str) -> CocoFile:
     if not isinstance(data, dict):
         raise UserError("expected a JSON object with images, annotations and categories", file=path)
     coco = CocoFile(path=path, data=data, digest=digest)
@@ -113,24 +130,26 @@ def parse_coco(raw: bytes, path: Path) -> CocoFile:
     declared = _read_images(coco)
     if not data["images"]:
         coco.problems.append(Problem("no_images", "images", "expected at least one image, the list is empty"))
-    _read_annotations(coco, declared)
+    coco.annotations = None if coco.problems else _fast_annotations(coco)
+    if coco.annotations is None:
+        _read_annotations(coco, declared)
     return coco
 
 
-def _loads(raw: bytes, path: Path) -> Any:
-    """orjson (3-4x faster than json, and it builds no intermediate str); json for what orjson
-    refuses and json accepts (NaN, Infinity: reported by the validation, not as bad JSON)."""
-    import orjson
+def _drop_segmentation(entry: dict) -> dict:
+    entry.pop("segmentation", None)
+    return entry
 
+
+def _loads(text: str, path: Path, *, keep_segmentations: bool) -> Any:
+    """The stdlib parser: it builds objects while it scans (orjson, through yyjson, first builds a
+    document as large again); without ``keep_segmentations`` each polygon is freed as its
+    annotation is read, so a COCO-train-sized file peaks at under half of pycocotools' memory."""
     try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        pass
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        where = f" at line {err.lineno} column {err.colno}" if isinstance(err, json.JSONDecodeError) else ""
-        raise UserError(f"expected COCO JSON, the file is not valid JSON{where}", file=path) from None
+        return json.loads(text, object_hook=None if keep_segmentations else _drop_segmentation)
+    except json.JSONDecodeError as err:
+        raise UserError(f"expected COCO JSON, the file is not valid JSON at line {err.lineno} column {err.colno}",
+                        file=path) from None
 
 
 def _is_int(value: Any) -> bool:
@@ -214,6 +233,7 @@ def _read_annotations(coco: CocoFile, declared_images: set[int]) -> None:
     }
     valid_images = {image.id for image in coco.images}
     seen: set[int] = set()
+    rows: list[tuple] = []
     for i, key, entry in _entries(coco, "annotations", required):
         if not _new_id(coco, key, entry["id"], seen, "duplicate_annotation_id"):
             continue
@@ -249,14 +269,62 @@ def _read_annotations(coco: CocoFile, declared_images: set[int]) -> None:
             message = f"expected the area in square pixels, a finite number, got {entry['area']!r}{which}"
             coco.problems.append(Problem("malformed", f"{key}.area", message))
         elif entry["image_id"] in valid_images:  # else its image entry is broken, a problem already
-            # COCOeval reads `area` and `iscrowd` from every ground-truth annotation.
-            entry.setdefault("iscrowd", 0)
-            if "area" not in entry:
-                entry["area"] = max(float(bbox[2]), 0.0) * max(float(bbox[3]), 0.0)
-            crowd = entry["iscrowd"] == 1
-            coco.annotations.append(
-                AnnotationEntry(i, entry["id"], entry["image_id"], entry["category_id"], tuple(bbox), crowd)
-            )
+            area = entry.get("area", max(float(bbox[2]), 0.0) * max(float(bbox[3]), 0.0))
+            rows.append((i, entry["id"], entry["image_id"], entry["category_id"], bbox, area,
+                         entry.get("iscrowd", 0) == 1))
+    index, ids, image_ids, category_ids, bboxes, areas, crowd = zip(*rows) if rows else ((),) * 7
+    coco.annotations = _columns(index, ids, image_ids, category_ids, bboxes, areas, crowd)
+
+
+def _columns(index, ids, image_ids, category_ids, bboxes, areas, crowd) -> AnnotationColumns:
+    n = len(index)
+    return AnnotationColumns(
+        index=np.asarray(index, dtype=np.int64).reshape(n), id=np.asarray(ids, dtype=np.int64).reshape(n),
+        image_id=np.asarray(image_ids, dtype=np.int64).reshape(n),
+        category_id=np.asarray(category_ids, dtype=np.int64).reshape(n),
+        bbox=np.asarray(bboxes, dtype=np.float64).reshape(n, 4), area=np.asarray(areas, dtype=np.float64).reshape(n),
+        iscrowd=np.asarray(crowd, dtype=bool).reshape(n))
+
+
+def _fast_annotations(coco: CocoFile) -> AnnotationColumns | None:
+    """The annotations as columns when every one of them is valid, checked column by column
+    (a COCO-train-sized file in about a second); None as soon as anything is off, and
+    :func:`_read_annotations` then walks them one by one to name each problem."""
+    anns = coco.data["annotations"]
+    try:
+        ids = [a["id"] for a in anns]
+        image_ids = [a["image_id"] for a in anns]
+        category_ids = [a["category_id"] for a in anns]
+        bboxes = [a["bbox"] for a in anns]
+        crowd = [a.get("iscrowd", 0) for a in anns]
+        areas = [a.get("area") for a in anns]
+    except (TypeError, KeyError, AttributeError):  # not an object, or a key missing
+        return None
+    int_types = set(map(type, ids)) | set(map(type, image_ids)) | set(map(type, category_ids))
+    if not int_types <= {int} or len(set(ids)) != len(ids):
+        return None
+    valid_images = {image.id for image in coco.images}
+    if not set(image_ids) <= valid_images or not set(category_ids) <= coco.categories.keys():
+        return None
+    if set(map(type, bboxes)) - {list} or any(len(b) != 4 for b in bboxes):
+        return None
+    flat = list(itertools.chain.from_iterable(bboxes))
+    if set(map(type, flat)) - {int, float} or not set(crowd) <= {0, 1}:
+        return None
+    box = np.asarray(flat, dtype=np.float64).reshape(-1, 4)
+    if not np.isfinite(box).all() or (box[:, 2:] < 0).any():
+        return None
+    present = [a for a in areas if a is not None]
+    if set(map(type, present)) - {int, float} or not np.isfinite(np.asarray(present, dtype=np.float64)).all():
+        return None
+    area = np.asarray([np.nan if a is None else a for a in areas], dtype=np.float64)
+    missing = np.isnan(area)
+    area[missing] = np.maximum(box[missing, 2], 0.0) * np.maximum(box[missing, 3], 0.0)
+    n = len(anns)
+    return AnnotationColumns(index=np.arange(n, dtype=np.int64), id=np.asarray(ids, dtype=np.int64),
+                             image_id=np.asarray(image_ids, dtype=np.int64),
+                             category_id=np.asarray(category_ids, dtype=np.int64), bbox=box, area=area,
+                             iscrowd=np.asarray(crowd, dtype=bool))
 
 
 @dataclass
@@ -273,25 +341,21 @@ class Targets:
     outside: list[int]  # indices of annotations reaching > OUTSIDE_TOLERANCE px past the border (clipped, kept)
     crowd: int  # crowd regions (kept for evaluation, not targets)
     indices: np.ndarray  # int64 [A]: each box's position in the file's "annotations" list
+    rows: np.ndarray  # int64 [A]: each box's row in ``CocoFile.annotations``
 
 
 def prepare_boxes(coco: CocoFile) -> Targets:
     """xyxy targets per image in ``coco.images`` order: crowd regions left out, boxes clipped,
     degenerate ones (width or height <= MIN_BOX_SIZE after clipping) dropped."""
     anns = coco.annotations
-    n = len(anns)
     image_ids = np.fromiter((i.id for i in coco.images), dtype=np.int64, count=len(coco.images))
     sizes = np.asarray([(i.width, i.height) for i in coco.images], dtype=np.float64).reshape(-1, 2)
     order = np.argsort(image_ids, kind="stable")
-    bbox = np.asarray([a.bbox for a in anns], dtype=np.float64).reshape(-1, 4)
-    index = np.fromiter((a.index for a in anns), dtype=np.int64, count=n)
-    category = np.fromiter((a.category_id for a in anns), dtype=np.int64, count=n)
-    crowd = np.fromiter((a.iscrowd for a in anns), dtype=bool, count=n)
     # row of each annotation's image in coco.images (every annotation's image is valid)
-    pos = order[np.searchsorted(image_ids, np.fromiter((a.image_id for a in anns), dtype=np.int64, count=n),
-                                sorter=order)] if n else np.zeros(0, dtype=np.int64)
+    pos = order[np.searchsorted(image_ids, anns.image_id, sorter=order)] if len(anns) else anns.index
     width, height = sizes[pos, 0], sizes[pos, 1]
-    x, y, w, h = bbox.T
+    crowd = anns.iscrowd
+    x, y, w, h = anns.bbox.T
     x1, y1 = np.maximum(x, 0.0), np.maximum(y, 0.0)
     x2, y2 = np.minimum(x + w, width), np.minimum(y + h, height)
     degenerate = ~crowd & ((w <= MIN_BOX_SIZE) | (h <= MIN_BOX_SIZE) | (x2 - x1 <= MIN_BOX_SIZE)
@@ -304,12 +368,13 @@ def prepare_boxes(coco: CocoFile) -> Targets:
     counts = np.bincount(pos[kept], minlength=len(coco.images))
     return Targets(
         boxes=np.stack([x1, y1, x2, y2], axis=1)[kept].astype(np.float32).reshape(-1, 4),
-        category_ids=category[kept],
+        category_ids=anns.category_id[kept],
         offsets=np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(counts)]).astype(np.int64),
-        degenerate=index[degenerate].tolist(),
-        outside=index[outside].tolist(),
+        degenerate=anns.index[degenerate].tolist(),
+        outside=anns.index[outside].tolist(),
         crowd=int(crowd.sum()),
-        indices=index[kept],
+        indices=anns.index[kept],
+        rows=kept,
     )
 
 
@@ -320,16 +385,17 @@ def mask_problems(coco: CocoFile) -> list[Problem]:
     "counts": ...}``, compressed string or uncompressed list) of its image's size."""
     size = {image.id: (image.height, image.width) for image in coco.images}
     problems = []
-    for ann in coco.annotations:
-        key = f"annotations[{ann.index}].segmentation"
-        entry = coco.data["annotations"][ann.index]
+    anns = coco.annotations
+    for index, ann_id, image_id in zip(anns.index.tolist(), anns.id.tolist(), anns.image_id.tolist()):
+        key = f"annotations[{index}].segmentation"
+        entry = coco.data["annotations"][index]
         if "segmentation" not in entry:
             problems.append(Problem("missing_key", key, "expected an instance mask, polygons or RLE, for a mask "
-                                                        f"arch (missing key; annotation id {ann.id})"))
+                                                        f"arch (missing key; annotation id {ann_id})"))
             continue
-        message = _segmentation_problem(entry["segmentation"], size[ann.image_id])
+        message = _segmentation_problem(entry["segmentation"], size[image_id])
         if message:
-            problems.append(Problem("malformed", key, f"{message} (annotation id {ann.id})"))
+            problems.append(Problem("malformed", key, f"{message} (annotation id {ann_id})"))
     return problems
 
 

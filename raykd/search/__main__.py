@@ -167,12 +167,12 @@ def _search(args: argparse.Namespace, space: Space, storage: str, name: str, pat
           f"{spec.search.sampler}, scheduler {spec.scheduler.type}, executor {spec.resources.resolved_executor()}, "
           f"{len(space.params)} searched keys", flush=True)
 
-    from raykd.train.setup import validate_data
+    from raykd.train.setup import store_indexes, validate_data
     from raykd.train.teacher import check_teacher, data_fingerprint, ensure_teacher
 
     cfg = space.base_config
     started = time.perf_counter()
-    validate_data(cfg.data, cfg.cache_dir, masks=space.trains_masks())  # before Ray: annotations, images, masks
+    data_paths = validate_data(cfg.data, cfg.cache_dir, masks=space.trains_masks())  # before Ray: annotations, images, masks
     teacher_ckpt = None
     if cfg.teacher is not None:
         teacher_ckpt = ensure_teacher(cfg, log=lambda line: print(line, flush=True), progress=not args.quiet)
@@ -181,6 +181,7 @@ def _search(args: argparse.Namespace, space: Space, storage: str, name: str, pat
             print(f"teacher: {cfg.teacher.weights} (pretrained weights, not trained on this data)", flush=True)
         else:
             print(f"teacher: {teacher_ckpt} (bbox_mAP {teacher.get('bbox_mAP', float('nan')):.4f})", flush=True)
+    store_indexes(data_paths, cfg.cache_dir)  # every input accepted: the trials memory-map these
     prep_s = time.perf_counter() - started
 
     _init_ray(address, args.num_cpus)

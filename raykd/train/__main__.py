@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                               resume=args.resume)
     from raykd.train.setup import validate_data
 
-    validate_data(cfg.data, cfg.cache_dir, masks=cfg.trains_masks())  # before anything is written or started
+    data_paths = validate_data(cfg.data, cfg.cache_dir, masks=cfg.trains_masks())  # before anything is written
     from raykd.models.weights import check_weights
 
     check_weights(cfg)
@@ -73,19 +73,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if owner.taken_over:
         print(f"output folder {out}: taken over from its last run ({owner.taken_over})", flush=True)
     try:
-        return _train(args, cfg, out, resume_path, address)
+        return _train(args, cfg, out, resume_path, address, data_paths)
     finally:
         owner.release()
 
 
-def _train(args: argparse.Namespace, cfg, out: Path, resume_path: Path | None, address: str | None) -> int:
+def _train(args: argparse.Namespace, cfg, out: Path, resume_path: Path | None, address: str | None,
+           data_paths) -> int:
     """The run, its output folder held by this process (:mod:`raykd.ownership`)."""
+    from raykd.train.setup import store_indexes
+
     teacher_ckpt = None
     if cfg.teacher is not None and (cfg.distill.method != "none" or cfg.student.inherit):
         from raykd.train.teacher import check_teacher, ensure_teacher
 
         teacher_ckpt = ensure_teacher(cfg, progress=not args.no_progress)
         check_teacher(cfg, teacher_ckpt)
+    store_indexes(data_paths, cfg.cache_dir)  # every input accepted: the workers memory-map these
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     print(f"training {cfg.student.arch} {cfg.student.backbone}/FPN{cfg.student.fpn_channels}, "

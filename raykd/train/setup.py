@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +13,7 @@ from torch import nn
 
 from raykd.config import DataConfig, ExperimentConfig, ScheduleConfig
 from raykd.data import CocoDetection, ensure_synthetic
-from raykd.data.annindex import AnnotationIndex, load_index
+from raykd.data.annindex import AnnotationIndex, cached_index, load_index, stat_key, store_index
 from raykd.data.converted import coco_paths
 from raykd.errors import UserError
 from raykd.models import build_detector, inherit_neck_and_head, load_weights
@@ -28,6 +28,8 @@ class DataPaths:
     train_images: str
     val_annotations: str
     val_images: str
+    # annotation indexes :func:`validate_data` parsed and did not find cached: (stat key, index)
+    pending: list[tuple[str, AnnotationIndex]] = field(default_factory=list, repr=False, compare=False)
 
 
 def resolve_data(cfg: DataConfig, cache_dir: str | Path) -> DataPaths:
@@ -83,22 +85,40 @@ def validate_data(cfg: DataConfig, cache_dir: str | Path, masks: bool = False) -
     when missing so that the trials only memory-map them, :func:`index_dir`), every image file
     they list exists, train and val have the same categories; with ``masks`` (a Mask R-CNN is
     trained) every annotation has a well-formed segmentation. Images are not decoded here
-    (``python -m raykd.data check`` does that); an unreadable one fails when read."""
+    (``python -m raykd.data check`` does that); an unreadable one fails when read. Indexes not
+    cached yet are parsed in memory and kept in ``pending``: :func:`store_indexes` writes them
+    once every other input is accepted too, so a refused run leaves nothing behind."""
     paths = resolve_data(cfg, cache_dir)
     _check_paths(paths)
+    root = index_dir(cache_dir)
     categories = []
     for annotations, images in ((paths.train_annotations, paths.train_images),
                                 (paths.val_annotations, paths.val_images)):
-        index = load_index(annotations, index_dir(cache_dir), masks=masks)
-        missing = missing_images(index, images)
-        if missing:
-            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            first = missing[0]
-            raise UserError(f"image file not found: {os.path.join(images, index.file_name(first))}{more}",
-                            file=annotations, key=f"images[{int(index.arrays['image_keys'][first])}].file_name")
+        key = stat_key(annotations)
+        index = cached_index(annotations, root, masks, key=key)
+        if index is None:
+            index = load_index(annotations, None, masks=masks)
+            paths.pending.append((key, index))
+        _images_exist(index, images, annotations)
         categories.append(sorted(index.categories))
     _same_categories(*categories, paths.val_annotations)
     return paths
+
+
+def store_indexes(paths: DataPaths, cache_dir: str | Path) -> None:
+    """Write the annotation indexes :func:`validate_data` parsed (the trials then memory-map them)."""
+    for key, index in paths.pending:
+        store_index(index_dir(cache_dir), key, index)
+    paths.pending.clear()
+
+
+def _images_exist(index: AnnotationIndex, images: str, annotations: str) -> None:
+    missing = missing_images(index, images)
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        first = missing[0]
+        raise UserError(f"image file not found: {os.path.join(images, index.file_name(first))}{more}",
+                        file=annotations, key=f"images[{int(index.arrays['image_keys'][first])}].file_name")
 
 
 def missing_images(index: AnnotationIndex, images: str | Path) -> list[int]:
