@@ -12,9 +12,9 @@ raykd's ``CocoDetection`` with an empty index folder (first build) and again (se
 the index is memory-mapped); the driver's check (``validate_data``'s index read and image
 listing over 118k empty image files); pycocotools' ``COCOeval`` and raykd's evaluation
 (``train.evaluator``'s default) of the detections, whose 12 stats must agree to 1e-6. Time is
-wall time of the step alone; peak RSS is the process's ``ru_maxrss`` (and its growth over the
-RSS before the step, which leaves out the interpreter and imports: torch for raykd). Ratios are
-of one run; prints a table and writes JSON.
+wall time of the step alone, the median of ``--rounds`` interleaved rounds for the builds; peak
+RSS is the process's ``ru_maxrss`` (and its growth over the RSS before the step, which leaves out
+the interpreter and imports: torch for raykd). Ratios are of one run; prints a table and writes JSON.
 """
 
 from __future__ import annotations
@@ -167,6 +167,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("benchmarks/out/coco_scale_data"),
                         help="where the generated files are kept between runs")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/coco_scale.json"))
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds of the build steps; the median is reported (default: 3)")
     parser.add_argument("--task", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.task:
@@ -186,13 +188,22 @@ def main() -> None:
         meta.write_text(json.dumps(wanted))
         print(f"  done in {time.perf_counter() - start:.0f} s", flush=True)
     import shutil
+    import statistics
 
-    shutil.rmtree(args.work / "index", ignore_errors=True)
-    rows = {}
-    for name in ("pycocotools_build", "raykd_first_build", "raykd_second_build", "raykd_driver_check",
-                 "pycocotools_eval", "raykd_eval"):
+    runs: dict[str, list[dict]] = {}
+    for round_ in range(args.rounds):  # interleaved, so that each ratio compares the same conditions
+        shutil.rmtree(args.work / "index", ignore_errors=True)
+        for name in ("pycocotools_build", "raykd_first_build", "raykd_second_build", "raykd_driver_check"):
+            print(f"round {round_ + 1}/{args.rounds}: {name} ...", flush=True)
+            runs.setdefault(name, []).append(run_task(name, args.work))
+    for name in ("pycocotools_eval", "raykd_eval"):
         print(f"{name} ...", flush=True)
-        rows[name] = run_task(name, args.work)
+        runs[name] = [run_task(name, args.work)]
+    rows = {}
+    for name, results in runs.items():  # the median time's run, with every time kept
+        ordered = sorted(results, key=lambda r: r["time_s"])
+        rows[name] = {**ordered[len(ordered) // 2], "times_s": [r["time_s"] for r in results],
+                      "median_time_s": statistics.median(r["time_s"] for r in results)}
     ref_build, ref_eval = rows["pycocotools_build"], rows["pycocotools_eval"]
     import numpy as np
 
@@ -200,11 +211,11 @@ def main() -> None:
     ratios = {}
     for name in ("raykd_first_build", "raykd_second_build", "raykd_driver_check"):
         r = rows[name]
-        ratios[name] = {"time": r["time_s"] / ref_build["time_s"],
+        ratios[name] = {"time": r["median_time_s"] / ref_build["median_time_s"],
                         "peak_rss": r["peak_rss_mb"] / ref_build["peak_rss_mb"],
                         "rss_growth": (r["peak_rss_mb"] - r["rss_before_mb"])
                         / (ref_build["peak_rss_mb"] - ref_build["rss_before_mb"])}
-    ratios["raykd_eval"] = {"time": rows["raykd_eval"]["time_s"] / ref_eval["time_s"]}
+    ratios["raykd_eval"] = {"time": rows["raykd_eval"]["median_time_s"] / ref_eval["median_time_s"]}
     train_mb = (args.work / "train.json").stat().st_size / 2**20
     print(f"\ntrain file: {args.images} images, {rows['pycocotools_build']['boxes']} annotations, {train_mb:.0f} MB; "
           f"val: {args.val_images} images, {rows['raykd_eval']['detections']} detections")
@@ -212,7 +223,7 @@ def main() -> None:
     for name, r in rows.items():
         ratio = ratios.get(name, {})
         fmt = lambda k: f"{ratio[k]:.2f}" if k in ratio else "-"  # noqa: E731
-        print(f"{name:<22}{r['time_s']:>9.2f}{r['peak_rss_mb']:>9.0f}{r['peak_rss_mb'] - r['rss_before_mb']:>11.0f}"
+        print(f"{name:<22}{r['median_time_s']:>9.2f}{r['peak_rss_mb']:>9.0f}{r['peak_rss_mb'] - r['rss_before_mb']:>11.0f}"
               f"{fmt('time'):>8}{fmt('peak_rss'):>8}{fmt('rss_growth'):>10}")
     print(f"evaluation stats, raykd ({rows['raykd_eval']['evaluator']}) vs pycocotools: max |diff| {stats_diff:.2e}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
