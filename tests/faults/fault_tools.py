@@ -99,7 +99,7 @@ def trial_folders(root: str | Path) -> set[str]:
 
 def intact_trials(root: str | Path, epochs: int, statuses: set[str] = frozenset({"TERMINATED"})) -> list[str]:
     """Ids of the trials a search left whole: in the trials table once, with a Tune trial folder,
-    a status in ``statuses`` and, when TERMINATED, every epoch 1..``epochs`` in the epochs table.
+    (under ``root`` or its ``confirm/``), a status in ``statuses`` and, when TERMINATED, every epoch 1..``epochs`` in the epochs table.
     ``root``: a search folder, a path or a URI (``s3://bucket/prefix/NAME``).
 
     What the hardening ledger counts as found: a trial with a torn curve or no Tune folder is lost."""
@@ -108,7 +108,7 @@ def intact_trials(root: str | Path, epochs: int, statuses: set[str] = frozenset(
         epoch_rows = load(f"{root}/tables", table="epochs")
     except UserError:
         return []
-    tune_trials = trial_folders(root)
+    tune_trials = trial_folders(root) | trial_folders(f"{root}/confirm")
     counts = trials["trial_id"].value_counts()
     whole = []
     for row in trials.itertuples():

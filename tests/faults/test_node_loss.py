@@ -4,17 +4,19 @@ retried on the other node, from its last checkpoint, and the search finishes."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
 from cluster_tools import TwoNodes
-from fault_tools import check_search
-from raykd.results import load
+from fault_tools import check_search, intact_trials
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
+@pytest.mark.fault("node removed", trials=1)
 def test_a_node_lost_mid_trial_is_retried_on_another_node(fault_space, search_driver, tmp_path, fault_ledger):
+    root = tmp_path / "results" / "node-loss"
     cluster = TwoNodes()
     try:
         space = fault_space(num_samples=1, epochs=5, space={"distill.method": {"choice": ["mgd"]}})
@@ -26,10 +28,7 @@ def test_a_node_lost_mid_trial_is_retried_on_another_node(fault_space, search_dr
         assert driver.finish() == 0, driver.text()[-3000:]
     finally:
         cluster.stop()
-
-    root = tmp_path / "results" / "node-loss"
-    trials = load(root / "tables")
-    fault_ledger("node removed", trials_expected=1, trials_found=len(trials))
+        fault_ledger(len(intact_trials(root, epochs=5)))
     (trial,) = check_search(root, trials_expected=1, epochs=5)["trial_id"]
     assert driver.text().count(f"trial {trial} started") == 2  # first run, then the retry
 
@@ -50,3 +49,38 @@ def test_a_node_lost_mid_trial_is_retried_on_another_node(fault_space, search_dr
     assert secret not in driver.text().encode()
     leaked = [p for p in (tmp_path / "results").rglob("*") if p.is_file() and secret in p.read_bytes()]
     assert leaked == [], leaked
+
+
+@pytest.mark.fault("node removed, search over two nodes", trials=2)
+def test_a_search_spread_over_two_nodes_loses_one_and_keeps_every_trial_once(fault_space, search_driver, tmp_path,
+                                                                            fault_ledger):
+    """Two trials at once on two 1-CPU nodes (the head has no CPU): one trial per node. The node
+    of one is removed mid-trial; that trial is retried from its checkpoint on the other node once
+    it is free, and the tables hold both trials exactly once with every epoch once."""
+    root = tmp_path / "results" / "spread"
+    cluster = TwoNodes()
+    try:
+        space = fault_space(num_samples=2, epochs=4, space={"distill.method": {"choice": ["none", "mgd"]}})
+        driver = search_driver(space, name="spread", extra=["--address", cluster.gcs_address])
+        driver.start(env=cluster.env())
+        driver.wait_for(r"trial (\w+) started[\s\S]*trial (?!\1)\w+ started")  # both at once: one on each node
+        started = set(re.findall(r"trial (\w+) started", driver.text()))
+        for trial in started:
+            driver.wait_for(rf"trial {trial} epoch 2/4")
+        assert "completed" not in driver.text()
+        removed = cluster.remove_node_running("ImplicitFunc")
+        assert removed["removed"] in cluster.info["workers"], removed
+        assert driver.finish() == 0, driver.text()[-3000:]
+    finally:
+        cluster.stop()
+        fault_ledger(len(intact_trials(root, epochs=4)))
+    trials = check_search(root, trials_expected=2, epochs=4)
+    lost = [t for t in trials["trial_id"]
+            if any(json.loads(line)["pid"] == removed["pid"]
+                   for line in (root / f"trial_{t}" / "result.json").read_text().splitlines())]
+    assert len(lost) == 1, lost
+    (trial,) = lost
+    assert driver.text().count(f"trial {trial} started") == 2  # first run, then the retry
+    reports = [json.loads(line) for line in (root / f"trial_{trial}" / "result.json").read_text().splitlines()]
+    after = [r["epoch"] for r in reports if r["pid"] != removed["pid"]]
+    assert after and after[-1] == 4 and min(after) >= 2, reports  # continued from a checkpoint
