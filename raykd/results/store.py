@@ -109,6 +109,8 @@ def check_uri_writable(uri: str) -> None:
 
     try:
         fs, path = resolve(uri)
+        if isinstance(fs, pafs.LocalFileSystem):  # file://: the folder, as for a plain path
+            fs.create_dir(path, recursive=True)
         probe = join(path, f".raykd-write-test-{os.getpid()}")
         with fs.open_output_stream(probe) as out:
             out.write(b"\0")
