@@ -1,6 +1,6 @@
 """A local multi-node Ray cluster (``ray.cluster_utils.Cluster``) run in a helper process.
 
-The cluster (a head with 0 CPUs and two 1-CPU nodes, token authentication) lives in its own
+The cluster (a head with 0 CPUs and two (or ``workers``) 1-CPU nodes, token authentication) lives in its own
 process, this file run as a script, so that none of Ray's process-wide state
 (``ray_current_cluster``, internal KV) touches the test process or other Ray instances on the
 machine. The test talks to it over stdin/stdout (one JSON line per command) and stops it
@@ -25,7 +25,7 @@ from proc_tools import descendants, free_port, stop_process_tree  # noqa: E402
 
 
 class TwoNodes:
-    def __init__(self):
+    def __init__(self, workers: int = 2):
         self.temp_dir = tempfile.mkdtemp(prefix="rkm", dir="/tmp")
         self.token = secrets.token_hex(16)
         self.dashboard_port = free_port()
@@ -35,10 +35,10 @@ class TwoNodes:
         env.pop("RAY_ADDRESS", None)
         started = time.monotonic()
         self.process = subprocess.Popen(
-            [sys.executable, __file__, str(self.dashboard_port), str(free_port())], stdin=subprocess.PIPE,
+            [sys.executable, __file__, str(self.dashboard_port), str(free_port()), str(workers)], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=open(Path(self.temp_dir) / "cluster.log", "w"), env=env, text=True,
             start_new_session=True)
-        self.info = self._reply(timeout=120, what="the two-node cluster did not start")
+        self.info = self._reply(timeout=120, what="the multi-node cluster did not start")
         self.start_s = time.monotonic() - started
 
     @property
@@ -59,6 +59,13 @@ class TwoNodes:
         self.process.stdin.write(f"remove_node_running {title}\n")
         self.process.stdin.flush()
         return self._reply(timeout=60, what=f"no node running {title!r} was removed")
+
+    def remove_node_of(self, pid: int) -> dict:
+        """Kill the worker node (no graceful shutdown) whose raylet started process ``pid``;
+        returns ``{"removed": node id, "pid": pid}`` (``removed`` None when no node runs it)."""
+        self.process.stdin.write(f"remove_node_of {pid}\n")
+        self.process.stdin.flush()
+        return self._reply(timeout=60, what=f"no node running pid {pid} was removed")
 
     def _reply(self, timeout: float, what: str) -> dict:
         line: list[str] = []
@@ -83,8 +90,8 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _serve(dashboard_port: int, agent_port: int) -> None:
-    """Run a head with 0 CPUs and two 1-CPU nodes until stdin closes; print their ids first."""
+def _serve(dashboard_port: int, agent_port: int, count: int) -> None:
+    """Run a head with 0 CPUs and ``count`` 1-CPU nodes until stdin closes; print their ids first."""
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={
@@ -93,15 +100,15 @@ def _serve(dashboard_port: int, agent_port: int) -> None:
     try:
         # Real nodes unpack the job's working_dir on their own disks; here they share one, so each
         # gets its own runtime_env folder (a node re-unpacking it would pull the driver's cwd away).
-        workers = [cluster.add_node(num_cpus=1, runtime_env_dir_name=f"runtime_resources_{i}") for i in range(2)]
+        workers = [cluster.add_node(num_cpus=1, runtime_env_dir_name=f"runtime_resources_{i}") for i in range(count)]
         cluster.wait_for_nodes()
         print(json.dumps({"gcs": cluster.address, "head": cluster.head_node.node_id,
                           "workers": [w.node_id for w in workers]}), flush=True)
         for command in sys.stdin:  # until stdin closes
             name, _, arg = command.strip().partition(" ")
-            if name == "remove_node_running":
+            if name in ("remove_node_running", "remove_node_of"):
                 found = [(w, pid) for w in workers for pid in descendants(w.all_processes["raylet"][0].process.pid)
-                         if arg in _cmdline(pid)]
+                         if (arg in _cmdline(pid) if name == "remove_node_running" else pid == int(arg))]
                 if not found:
                     print(json.dumps({"removed": None, "pid": None}), flush=True)
                     continue
@@ -114,4 +121,4 @@ def _serve(dashboard_port: int, agent_port: int) -> None:
 
 
 if __name__ == "__main__":
-    _serve(int(sys.argv[1]), int(sys.argv[2]))
+    _serve(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))

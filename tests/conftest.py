@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -99,41 +100,72 @@ def ray_local():
 
 
 # --- hardening figures: faults injected/survived and bad inputs tried/answered ---------------
-# Fault tests call ``fault_ledger(...)``; tests under tests/bad_inputs/ count as one bad input
-# each. The totals are printed at the end of every run (and kept in pytest's cache under
-# raykd/hardening): the README's hardening table quotes them.
+# A fault test declares its faults before injecting them, with ``@pytest.mark.fault(kind,
+# injected=N, trials=T)`` (on the test or on one ``pytest.param``): they are counted when the test
+# is collected, and survived only when the test passes (one that fails, errors or is skipped
+# survived none). Its ``T`` trials count as lost until the test records, in a ``finally``, how
+# many ``fault_tools.intact_trials`` found: ``fault_ledger(found)``. Tests under tests/bad_inputs/
+# count once per distinct input (``bad_input_key``). The totals are printed at the end of every
+# run (and kept in pytest's cache under raykd/hardening): docs/reliability.md quotes them.
 
 _FAULTS: dict[str, dict] = {}
 _BAD_INPUTS: dict[str, bool] = {}
+_BAD_INPUT_KEYS: dict[str, str] = {}  # nodeid -> the input it tries (bad_input_key)
+
+
+def pytest_collection_finish(session):
+    for item in session.items:
+        marks = list(item.iter_markers("fault"))
+        if marks:
+            trials = sum(m.kwargs.get("trials", 0) for m in marks)
+            _FAULTS[item.nodeid] = {"kinds": [m.args[0] for m in marks], "trials": trials, "lost": trials,
+                                    "injected": sum(m.kwargs.get("injected", 1) for m in marks), "passed": False}
+        if "bad_inputs/" in item.nodeid:
+            _BAD_INPUT_KEYS[item.nodeid] = bad_input_key(item)
 
 
 @pytest.fixture
 def fault_ledger(request):
-    """``record(kind, injected=1, trials_expected=None, trials_found=None)``: the faults this test
-    injected (survived when the test passes) and, for searches, the trials it expected and found."""
+    """``record(found)``: the trials this fault test's search left intact, counted by
+    ``fault_tools.intact_trials`` in a ``finally`` (every declared trial is lost until then)."""
+    entry = _FAULTS.get(request.node.nodeid)
+    if entry is None:
+        raise RuntimeError("declare the faults this test injects with @pytest.mark.fault(kind, injected=, trials=)")
 
-    def record(kind: str, injected: int = 1, trials_expected: int | None = None,
-               trials_found: int | None = None) -> None:
-        entry = _FAULTS.setdefault(request.node.nodeid, {"kinds": [], "injected": 0, "lost": 0, "passed": False})
-        entry["kinds"].append(kind)
-        entry["injected"] += injected
-        if trials_expected is not None:
-            entry["lost"] += max(trials_expected - (trials_found or 0), 0)
+    def record(found: int) -> None:
+        entry["lost"] = max(entry["trials"] - found, 0)
 
     return record
 
 
+_TRAILING_INDEX = re.compile(r"-\d+$")
+
+
+def bad_input_key(item) -> str:
+    """The input a bad-input case tries: ``MODULE::CASE`` (a case id, or the test's name when it
+    has none), so one input given to several commands (data check, train, search) counts once, as
+    do cases that differ only by a trailing index (``random-bytes-0..2``); ``@pytest.mark.bad_input(KEY)``
+    names the input a case repeats (the process-level cases)."""
+    mark = item.get_closest_marker("bad_input")
+    if mark is not None:
+        return mark.args[0]
+    case = item.callspec.id if hasattr(item, "callspec") else item.originalname
+    return f"{item.path.name}::{_TRAILING_INDEX.sub('', case)}"
+
+
 def pytest_runtest_logreport(report):
-    if report.when != "call" and not (report.when == "setup" and report.failed):
-        return
     if report.nodeid in _FAULTS:
-        _FAULTS[report.nodeid]["passed"] = report.passed
-    if report.nodeid.startswith("tests/bad_inputs/") or "/bad_inputs/" in report.nodeid:
-        _BAD_INPUTS[report.nodeid] = report.passed
+        if report.when == "call":
+            _FAULTS[report.nodeid]["passed"] = report.passed
+        elif report.failed or report.skipped:  # setup or teardown: an error or a skip survives nothing
+            _FAULTS[report.nodeid]["passed"] = False
+    if "bad_inputs/" in report.nodeid and (report.when == "call" or report.failed or report.skipped):
+        key = _BAD_INPUT_KEYS.get(report.nodeid, report.nodeid)
+        _BAD_INPUTS[key] = _BAD_INPUTS.get(key, True) and report.passed
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    if not _FAULTS and not _BAD_INPUTS:
+    if (not _FAULTS and not _BAD_INPUTS) or config.option.collectonly:
         return
     figures = {
         "faults_injected": sum(e["injected"] for e in _FAULTS.values()),

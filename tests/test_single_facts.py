@@ -62,8 +62,8 @@ def test_relative_weights_files_resolve_and_are_named_for_multi_node_clusters(tm
     assert cfg.student.backbone_weights == "ResNet18_Weights.IMAGENET1K_V1"  # an enum, not a path
     assert cfg.teacher.backbone_weights == str(tmp_path / "weights" / "backbone.pt")
     space = Space(tmp_path / "space.yaml")
-    assert node_local_paths(space, {}) == ["student.weights", "teacher.backbone_weights"]
-    assert node_local_paths(space, {"student.weights": "/shared/s.pt"}) == ["teacher.backbone_weights"]
+    assert node_local_paths(space, {}, "/shared") == ["student.weights", "teacher.backbone_weights"]
+    assert node_local_paths(space, {"student.weights": "/shared/s.pt"}, "/shared") == ["teacher.backbone_weights"]
 
 
 def test_search_and_readers_share_one_layout(tmp_path):

@@ -95,7 +95,9 @@ def test_job_of_a_space_in_the_project_ships_the_project(tmp_path):
     assert job.runtime_env["working_dir"] == str(ROOT)
     assert not (tmp_path / "staging").exists()  # nothing staged
     assert job.entrypoint == ("python -m raykd.search search_spaces/demo.yaml --address auto --storage /shared/raykd "
-                              "--name demo-1 --num-samples 4 --set train.epochs=2")
+                              f"--name demo-1 --num-samples 4 --set train.epochs=2 "
+                              f"--set data.synthetic.out_dir={ROOT}/data_cache/demo96 "
+                              f"--set train.output_dir={ROOT}/runs/demo_student --set cache_dir={ROOT}/data_cache")
     assert job.submission_id == "raykd-demo-1"
     env = job.runtime_env["env_vars"]
     assert {k: env[k] for k in ENV_VARS} == ENV_VARS
@@ -110,7 +112,7 @@ def test_job_of_a_space_in_the_project_ships_the_project(tmp_path):
     resumed = build_job(Space(DEMO), name="demo-1", storage=str(ROOT / "my_results"), staging=tmp_path / "s2",
                         resume=True, attempt=2)
     assert resumed.submission_id == "raykd-demo-1-r2"
-    assert resumed.entrypoint.endswith("--name demo-1 --resume")
+    assert resumed.entrypoint.endswith(f"--set cache_dir={ROOT}/data_cache --resume")
     assert "/my_results" in resumed.runtime_env["excludes"]  # results kept inside the project stay out
 
 
@@ -119,7 +121,7 @@ def test_trackers_go_to_the_search_and_a_wrong_one_is_refused_before_the_cluster
 
     job = build_job(Space(DEMO), name="demo-1", storage="/shared/raykd", staging=tmp_path / "staging",
                     log="tensorboard,mlflow", mlflow_uri="http://mlflow.internal:5000")
-    assert job.entrypoint.endswith("--name demo-1 --log tensorboard,mlflow --mlflow-uri http://mlflow.internal:5000")
+    assert job.entrypoint.endswith("/data_cache --log tensorboard,mlflow --mlflow-uri http://mlflow.internal:5000")
     parsed = build_parser().parse_args(shlex.split(job.entrypoint)[3:])  # the search takes them as its own flags
     assert (parsed.log, parsed.mlflow_uri) == ("tensorboard,mlflow", "http://mlflow.internal:5000")
     assert "--log" not in build_job(Space(DEMO), name="demo-1", storage="/shared/raykd",
@@ -179,10 +181,41 @@ def test_storage_must_be_shared_on_a_multi_node_cluster(tmp_path, monkeypatch):
 
 def test_relative_experiment_paths_are_named_for_multi_node_clusters():
     space = Space(ROOT / "search_spaces" / "methods_compare.yaml")  # its teacher is a relative checkpoint
-    assert node_local_paths(space, {}) == ["data.synthetic.out_dir", "teacher.checkpoint", "cache_dir"]
-    assert node_local_paths(space, {"cache_dir": "/shared/cache", "teacher.checkpoint": "/shared/t.pt"}) == [
-        "data.synthetic.out_dir"]
-    assert node_local_paths(Space(DEMO), {}) == ["data.synthetic.out_dir", "cache_dir"]  # its teacher is cached
+    # Without a cache_dir, a job's cache is under a path storage (shared with it), on the node for a URI.
+    assert node_local_paths(space, {}, "/shared/raykd") == ["data.synthetic.out_dir", "teacher.checkpoint"]
+    assert node_local_paths(space, {}, "s3://b/raykd") == ["data.synthetic.out_dir", "teacher.checkpoint", "cache_dir"]
+    assert node_local_paths(space, {"cache_dir": "/shared/cache", "teacher.checkpoint": "/shared/t.pt"},
+                            "s3://b/raykd") == ["data.synthetic.out_dir"]
+    assert node_local_paths(Space(DEMO), {}, "/shared/raykd") == ["data.synthetic.out_dir", "cache_dir"]
+
+
+def test_relative_paths_mean_the_users_files_and_the_cache_defaults_to_the_storage(write_experiment, tmp_path):
+    """The job's experiment is a copy inside its package: relative paths (in the file, the space's
+    fixed block or --set) reach it as the absolute paths they mean here; an unset cache_dir is
+    STORAGE/cache, shared by every job on that storage."""
+    user = tmp_path / "user"
+    user.mkdir()
+    exp = yaml.safe_load(write_experiment().read_text())
+    del exp["cache_dir"]
+    exp["data"]["synthetic"] = {"out_dir": "shapes", "train_images": 4, "val_images": 2, "image_size": 64}
+    del exp["data"]["train"], exp["data"]["val"]
+    exp["student"]["weights"] = "../weights/s.pt"
+    (user / "exp.yaml").write_text(yaml.safe_dump(exp))
+    (user / "s.yaml").write_text(yaml.safe_dump({"experiment": "exp.yaml", "fixed": {"teacher.checkpoint": "t.pt"},
+                                                 "space": {"train.lr": [0.001, 0.002]}}))
+    job = build_job(Space(user / "s.yaml"), name="s1", storage="/shared/raykd", staging=tmp_path / "staging",
+                    overrides=["train.epochs=1", "data.synthetic.out_dir=other"])
+    sets = dict(item.split("=", 1) for item in shlex.split(job.entrypoint)[1:] if "=" in item)
+    assert sets == {"train.epochs": "1", "data.synthetic.out_dir": str(user / "other"),
+                    "student.weights": str(tmp_path / "weights" / "s.pt"), "teacher.checkpoint": str(user / "t.pt"),
+                    "cache_dir": "/shared/raykd/cache"}
+    assert shlex.split(job.entrypoint).count("data.synthetic.out_dir=other") == 0  # replaced, not repeated
+    assert "cache_dir=~/.cache/raykd" in build_job(Space(user / "s.yaml"), name="s1", storage="s3://b/raykd",
+                                                   staging=tmp_path / "s2").entrypoint
+    exp["cache_dir"] = "/mine/cache"
+    (user / "exp.yaml").write_text(yaml.safe_dump(exp))
+    assert "cache_dir" not in build_job(Space(user / "s.yaml"), name="s1", storage="/shared/raykd",
+                                        staging=tmp_path / "s3").entrypoint  # the user's own, as it is
 
 
 def test_token_comes_from_rays_variables_and_is_never_shown(tmp_path, monkeypatch):

@@ -244,3 +244,34 @@ def test_failed_search_follows_to_exit_1(cluster, write_experiment, tmp_path, ca
     assert "note: the space asks for GPUs and the cluster has none now" in out
     assert "each worker needs 1.0 GPU but the cluster has 0" in out
     assert "job raykd-gpu FAILED" in out
+
+
+def test_second_job_finds_the_teacher_in_the_storage_cache(cluster, experiment_dict, tiny_data, tiny_teacher, tmp_path,
+                                                           capsys):
+    """An experiment outside the project with relative data paths and no cache_dir: both jobs read
+    the user's data (the package's copy of the experiment has none beside it) and share
+    STORAGE/cache, so the second job trains no teacher."""
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "shapes").symlink_to(tiny_data, target_is_directory=True)
+    exp = experiment_dict(teacher=tiny_teacher, train={"epochs": 1})
+    del exp["cache_dir"]
+    for split in ("train", "val"):
+        exp["data"][split] = {"annotations": f"shapes/annotations/{split}.json", "images": f"shapes/images/{split}"}
+    (user / "exp.yaml").write_text(yaml.safe_dump(exp))
+    space = write_space(user, Path("exp.yaml"), num_samples=1, epochs=1)
+    storage = tmp_path / "results"
+    outs = []
+    for name in ("first", "second"):
+        code = main([str(space), "--address", cluster.address, "--storage", str(storage), "--name", name, "--follow"])
+        outs.append(capsys.readouterr().out)
+        assert code == 0, outs[-1][-3000:]
+        assert f"--set cache_dir={storage}/cache" in outs[-1]
+        assert f"data.train.annotations={(user / 'shapes/annotations/train.json').resolve()}" in outs[-1]
+        assert len(load(storage / name / "tables")) == 1
+    teachers = storage / "cache" / "teachers"
+    assert f"teacher: not found, training fcos resnet18/FPN64 for 1 epochs into {teachers}/" in outs[0]
+    cached = re.search(rf"teacher: cached at ({re.escape(str(teachers))}/\w+/model_best\.pt)", outs[1])
+    assert cached and "teacher: not found" not in outs[1], outs[1][-3000:]
+    assert Path(cached[1]).is_file()
+    report(capsys, f"second job: {cached[0]}")

@@ -82,6 +82,43 @@ def list_parts(fs: pafs.FileSystem, folder: str) -> list[str]:
     )
 
 
+_REFUSED = ("ACCESS_DENIED", "AccessDenied", "InvalidAccessKeyId", "INVALID_ACCESS_KEY_ID", "SignatureDoesNotMatch",
+            "SIGNATURE_DOES_NOT_MATCH", "InvalidToken", "ExpiredToken")
+
+
+def uri_problem(err: OSError, uri: str) -> str:
+    """One line on why a URI storage failed: its bucket missing, the credentials refused, the
+    endpoint unreachable, or the storage's own message (which never holds the credentials)."""
+    text = str(err)
+    if "NO_SUCH_BUCKET" in text or "NoSuchBucket" in text:
+        return f"the bucket {uri.split('://', 1)[1].split('/', 1)[0]!r} does not exist"
+    if any(code in text for code in _REFUSED):
+        return ("the storage refused the credentials (the standard AWS variables AWS_ACCESS_KEY_ID / "
+                "AWS_SECRET_ACCESS_KEY / AWS_PROFILE, or the node's instance role)")
+    if "NETWORK_CONNECTION" in text or "Couldn't connect" in text or "curlCode" in text:
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        return f"cannot reach the endpoint {endpoint or 'of the storage'}"
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def check_uri_writable(uri: str) -> None:
+    """Fail in one line, before any work, when a URI storage cannot take an object: a small
+    probe written and deleted under ``uri``. The endpoint and credentials are the filesystem's
+    (``AWS_ENDPOINT_URL``, the standard AWS variables)."""
+    from raykd.errors import UserError
+
+    try:
+        fs, path = resolve(uri)
+        if isinstance(fs, pafs.LocalFileSystem):  # file://: the folder, as for a plain path
+            fs.create_dir(path, recursive=True)
+        probe = join(path, f".raykd-write-test-{os.getpid()}")
+        with fs.open_output_stream(probe) as out:
+            out.write(b"\0")
+        fs.delete_file(probe)
+    except OSError as err:
+        raise UserError(f"cannot write there: {uri_problem(err, uri)}", file=uri, key="--storage") from None
+
+
 def storage_failure(err: BaseException) -> OSError | None:
     """The full / over-quota / read-only storage error behind ``err`` (its chain of causes),
     or None."""

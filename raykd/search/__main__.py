@@ -58,8 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_writable(storage: str) -> None:
-    """Fail before any work when a local storage folder cannot be written."""
+    """Fail before any work when the storage cannot be written (a local folder, or a URI's bucket)."""
     if is_uri(storage):
+        from raykd.results.store import check_uri_writable
+
+        check_uri_writable(storage)
         return
     if Path(storage).exists() and not Path(storage).is_dir():
         raise UserError("expected a folder to hold searches, this is a file", file=storage, key="--storage")
@@ -139,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from raykd.search.tuner import SearchPaths
 
     paths = SearchPaths(storage, name)
+    _check_writable(storage)  # before reading its owner file: e.g. a missing bucket, refused credentials
     refuse_if_owned(paths.root, key="--name", todo=OWNED_TODO)
     if not args.resume and not is_uri(storage) and has_content(paths.root):
         raise UserError(f"a search named {name!r} exists at {paths.root}; pass --resume or another --name",
@@ -149,7 +153,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args.tracking = for_search(args.log, args.mlflow_uri, storage=storage, root=paths.root, name=name,
                                resume=args.resume)
-    _check_writable(storage)
     address = check_reachable(args.address) if args.address else None
     owner = claim(paths.root, command=PROG, key="--name", todo=OWNED_TODO)
     if owner.taken_over:

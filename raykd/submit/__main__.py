@@ -109,12 +109,11 @@ def submit(args: argparse.Namespace, address: str) -> int:
     print(f"cluster {address}: {nodes}", flush=True)
     check_storage(storage, nodes.alive, args.shared_storage)
     if nodes.alive > 1:
-        local = node_local_paths(space, parse_overrides(args.overrides))
+        local = node_local_paths(space, parse_overrides(args.overrides), storage)
         if local:
-            print(f"note: {', '.join(local)} in {space.experiment_path.name} are relative: on the cluster they "
-                  "point into the job's package, which every node unpacks separately; a teacher or cache written "
-                  "there on one node is missing on the others (set them to shared paths, e.g. --set "
-                  "cache_dir=/shared/raykd/cache)")
+            print(f"note: {', '.join(local)} in {space.experiment_path.name} are relative: the job reads them at "
+                  "their paths on this machine, which the other nodes have only on a shared mount (else set them "
+                  "to shared paths, e.g. --set cache_dir=/shared/raykd/cache)")
     if res.gpus_per_worker > 0 and nodes.gpus == 0:
         print("note: the space asks for GPUs and the cluster has none now (an autoscaler may add them)")
     name, attempt = _name_and_attempt(client, space, args)

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 import raykd
-from raykd.config import SHARED_PATH_KEYS, get_dotted, load_yaml, relative_path
+from raykd.config import PATH_KEYS, SHARED_PATH_KEYS, get_dotted, load_yaml, parse_overrides, relative_path
 from raykd.errors import UserError
 from raykd.search.space import Space
 from raykd.uri import is_shared_uri, is_uri, resolve_storage  # noqa: F401 (resolve_storage: for raykd.submit)
@@ -63,12 +63,13 @@ def check_storage(storage: str, nodes: int, shared: bool) -> None:
             "mount (NFS) visible at the same path on every node, add --shared-storage", key="--storage")
 
 
-def node_local_paths(space: Space, overrides: dict[str, Any]) -> list[str]:
+def node_local_paths(space: Space, overrides: dict[str, Any], storage: str) -> list[str]:
     """Keys of the experiment file holding relative paths that trials read (not overridden by the
     space or --set): :data:`raykd.config.SHARED_PATH_KEYS`, weights files included.
 
-    Relative paths resolve against the experiment file, which on the cluster lies in the
-    job's package: one copy per node.
+    The job reads them at the absolute paths they resolve to on the submitting machine
+    (:func:`job_paths`), which other nodes have only on a shared mount. ``cache_dir`` is named
+    when it is unset and ``storage`` is a URI (:func:`shared_cache` keeps it on the driver's node).
     """
     raw = load_yaml(space.experiment_path)
     overridden = set(space.spec.fixed) | set(overrides)
@@ -76,8 +77,39 @@ def node_local_paths(space: Space, overrides: dict[str, Any]) -> list[str]:
     for key in SHARED_PATH_KEYS:
         if key not in overridden and relative_path(get_dotted(raw, key, default=None)):
             found.append(key)
-    if "cache_dir" not in raw and "cache_dir" not in overridden and raw.get("teacher"):
-        found.append("cache_dir")  # its default, "cache", is relative too
+    if "cache_dir" not in raw and "cache_dir" not in overridden and raw.get("teacher") and is_uri(storage):
+        found.append("cache_dir")
+    return found
+
+
+NODE_CACHE = "~/.cache/raykd"
+"""``cache_dir`` of a job whose storage is a URI: the caches are local files, so they stay on the
+driver's node (outside the job's package, kept from one job to the next)."""
+
+
+def shared_cache(storage: str) -> str:
+    """The ``cache_dir`` a submitted search gets when its experiment sets none: ``STORAGE/cache``,
+    shared by every search on that storage (:data:`NODE_CACHE` for a URI storage)."""
+    return NODE_CACHE if is_uri(storage) else f"{storage.rstrip('/')}/cache"
+
+
+def job_paths(space: Space, overrides: dict[str, Any], storage: str) -> dict[str, str]:
+    """``--set`` values that make the job read the files the experiment means here.
+
+    On the cluster the experiment is a copy inside the job's package, so each relative path key
+    (in the experiment file, the space's ``fixed`` block or ``--set``) is passed as the absolute
+    path it resolves to on this machine; without any ``cache_dir``, it is :func:`shared_cache`.
+    """
+    raw = load_yaml(space.experiment_path)
+    given = {**space.spec.fixed, **overrides}
+    base = space.experiment_path.resolve().parent  # what raykd.config resolves relative paths against
+    found = {}
+    for key in PATH_KEYS:
+        value = given[key] if key in given else get_dotted(raw, key, default=None)
+        if relative_path(value):
+            found[key] = str((base / value).resolve())
+    if "cache_dir" not in given and "cache_dir" not in raw:
+        found["cache_dir"] = shared_cache(storage)
     return found
 
 
@@ -174,8 +206,12 @@ def build_job(space: Space, *, name: str, storage: str, staging: Path, package: 
     args = ["python", "-m", "raykd.search", space_rel, "--address", "auto", "--storage", storage, "--name", name]
     if num_samples is not None:
         args += ["--num-samples", str(num_samples)]
+    paths = job_paths(space, parse_overrides(list(overrides)), storage)
     for item in overrides:
-        args += ["--set", item]
+        if item.partition("=")[0].strip() not in paths:
+            args += ["--set", item]
+    for key, value in paths.items():
+        args += ["--set", f"{key}={value}"]
     if resume:
         args.append("--resume")
     if log is not None:

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import importlib
 import io
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -69,8 +70,15 @@ def check_line(cmd: str, code: int, stderr: str, where: Sequence[str], what: str
     assert "Traceback" not in stderr and "usage:" not in stderr, stderr
     prefix, sep, message = stderr.rstrip("\n").partition(": error: ")
     assert sep and prefix.startswith(f"python -m raykd.{cmd}"), stderr
-    for part in where:
-        assert part in message, f"{part!r} not named in {message!r}"
+    if message.endswith("(see --help)"):  # argparse's own message names flags and arguments as words
+        for part in where:
+            assert re.search(rf"(?<![\w.-]){re.escape(part)}(?![\w.-])", message), f"{part!r} not in {message!r}"
+    start = 0
+    for part in () if message.endswith("(see --help)") else where:
+        # FILE, then KEY, each named as `NAME: ` at a word boundary (not inside a temporary path)
+        found = re.compile(rf"(^|[/ ]){re.escape(part)}: ").search(message, start)
+        assert found, f"{part + ': '!r} not named (after the file) in {message!r}"
+        start = found.end() - 1  # from the space after the delimiter: a key right after the file
     assert what in message, f"expected {what!r} in {message!r}"
     return message
 

@@ -196,7 +196,7 @@ VOC_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("voc", "split", "flags", "where", "what"), [pytest.param(*c[1:], id=c[0]) for c in VOC_CASES])
+@pytest.mark.parametrize(("voc", "split", "flags", "where", "what"), [pytest.param(*c[1:], id=f"voc-{c[0]}") for c in VOC_CASES])
 def test_data_check_and_convert_refuse_bad_voc(bench, voc, split, flags, where, what):
     root = _voc(bench, **voc)
     where = [str(root / part) if "/" in part else part for part in where]
@@ -232,7 +232,7 @@ YOLO_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("yolo", "split", "where", "what"), [pytest.param(*c[1:], id=c[0]) for c in YOLO_CASES])
+@pytest.mark.parametrize(("yolo", "split", "where", "what"), [pytest.param(*c[1:], id=f"yolo-{c[0]}") for c in YOLO_CASES])
 def test_data_check_and_convert_refuse_bad_yolo(bench, yolo, split, where, what):
     data_yaml = _yolo(bench, **yolo)
     where = [str(data_yaml.parent / part) if "/" in part or part.endswith((".yaml", ".txt")) else part

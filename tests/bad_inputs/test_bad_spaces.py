@@ -51,7 +51,7 @@ CASES = [
      "space.distill.beta.when", "distill.method never takes the value 'samkd'"),
     ("cyclic-when", {"space": {"distill.method": {"choice": ["none", "mgd"], "when": {"train.seed": 0}},
                                "train.seed": {"choice": [0, 1], "when": {"distill.method": "mgd"}}}},
-     ".when", "conditions form a cycle"),
+     "space.distill.method.when", "conditions form a cycle"),
     ("unknown-named-point", {"points_to_evaluate": ["paper_defaults"]}, "points_to_evaluate[0]",
      "unknown named point 'paper_defaults'; expected one of"),
     ("point-with-invalid-value", {"points_to_evaluate": [{"distill.method": "magic"}]},

@@ -85,17 +85,30 @@ def check_parts(tables: Path) -> int:
     return len(parts)
 
 
-def intact_trials(root: Path, epochs: int, statuses: set[str] = frozenset({"TERMINATED"})) -> list[str]:
+def trial_folders(root: str | Path) -> set[str]:
+    """Trial ids of the Tune trial folders (``trial_<id>``) under a search folder: a path or a URI."""
+    import pyarrow.fs as pafs
+
+    from raykd.results.store import resolve
+
+    fs, path = resolve(root)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return {i.base_name.removeprefix("trial_") for i in infos
+            if i.type == pafs.FileType.Directory and i.base_name.startswith("trial_")}
+
+
+def intact_trials(root: str | Path, epochs: int, statuses: set[str] = frozenset({"TERMINATED"})) -> list[str]:
     """Ids of the trials a search left whole: in the trials table once, with a Tune trial folder,
-    a status in ``statuses`` and, when TERMINATED, every epoch 1..``epochs`` in the epochs table.
+    (under ``root`` or its ``confirm/``), a status in ``statuses`` and, when TERMINATED, every epoch 1..``epochs`` in the epochs table.
+    ``root``: a search folder, a path or a URI (``s3://bucket/prefix/NAME``).
 
     What the hardening ledger counts as found: a trial with a torn curve or no Tune folder is lost."""
     try:
-        trials = load(root / "tables")
-        epoch_rows = load(root / "tables", table="epochs")
+        trials = load(f"{root}/tables")
+        epoch_rows = load(f"{root}/tables", table="epochs")
     except UserError:
         return []
-    tune_trials = {p.name.removeprefix("trial_") for p in root.glob("trial_*") if p.is_dir()}
+    tune_trials = trial_folders(root) | trial_folders(f"{root}/confirm")
     counts = trials["trial_id"].value_counts()
     whole = []
     for row in trials.itertuples():

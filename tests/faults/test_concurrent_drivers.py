@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from fault_tools import REPO, SearchDriver, check_search
+from fault_tools import REPO, SearchDriver, check_search, intact_trials
 from raykd.config import load_experiment
 from raykd.results import load
 from raykd.train.teacher import ensure_teacher, teacher_cache_path, teacher_metrics
@@ -39,6 +39,7 @@ def _only_line(driver: SearchDriver) -> str:
     return lines[0]
 
 
+@pytest.mark.fault("double start", trials=2)
 def test_two_drivers_started_together_one_runs(fault_space, tmp_path, fault_ledger):
     space = fault_space(num_samples=2, epochs=2)
     root = tmp_path / "results" / "twice"
@@ -51,16 +52,17 @@ def test_two_drivers_started_together_one_runs(fault_space, tmp_path, fault_ledg
         winner, loser = (drivers[0], drivers[1]) if codes[0] == 0 else (drivers[1], drivers[0])
         assert re.match(refusal(root, winner.process.pid), _only_line(loser)), _only_line(loser)
         assert "best (search phase)" in winner.text()
-        trials = load(root / "tables")
-        fault_ledger("double start", trials_expected=2, trials_found=len(trials))
         check_search(root, trials_expected=2, epochs=2)
         assert len(load(root / "tables", table="runs")) == 1  # the refused driver wrote no run row
         assert not (root / ".owner.json").exists()  # released at the end
     finally:
+        fault_ledger(len(intact_trials(root, epochs=2)))
         for driver in drivers:
             driver.close()
 
 
+@pytest.mark.fault("resume while running", injected=2)
+@pytest.mark.fault("driver SIGKILL holding the folder", trials=2)
 def test_resume_while_running_refused_then_killed_owner_taken_over(fault_space, search_driver, tmp_path,
                                                                    fault_ledger):
     space = fault_space(num_samples=2, epochs=4)  # long enough to outlive the two refused starts
@@ -81,15 +83,15 @@ def test_resume_while_running_refused_then_killed_owner_taken_over(fault_space, 
     finally:
         for other in others:
             other.close()
-    first.wait_for(r"epoch 1/4")
-    first.kill()  # SIGKILL while holding the folder: its owner file stays
-    assert (root / ".owner.json").exists()
-    first.start("--resume")
-    assert first.finish() == 0, first.text()[-3000:]
-    assert f"search folder {root}: taken over from its last driver (its process has ended)" in first.text()
-    trials = load(root / "tables")
-    fault_ledger("resume while running", injected=2)
-    fault_ledger("driver SIGKILL holding the folder", trials_expected=2, trials_found=len(trials))
+    try:
+        first.wait_for(r"epoch 1/4")
+        first.kill()  # SIGKILL while holding the folder: its owner file stays
+        assert (root / ".owner.json").exists()
+        first.start("--resume")
+        assert first.finish() == 0, first.text()[-3000:]
+        assert f"search folder {root}: taken over from its last driver (its process has ended)" in first.text()
+    finally:
+        fault_ledger(len(intact_trials(root, epochs=4)))
     check_search(root, trials_expected=2, epochs=4)
 
 
@@ -120,6 +122,7 @@ class Process:
         self.proc.wait()
 
 
+@pytest.mark.fault("double start and resume while running (raykd.train)", injected=2)
 def test_two_train_runs_on_one_output_dir(write_experiment, tmp_path, fault_ledger):
     # Far more epochs than the test waits for: the first run must still hold the folder when the
     # refused starts are checked, however slow they are to start (it is SIGKILLed after them).
@@ -147,7 +150,6 @@ def test_two_train_runs_on_one_output_dir(write_experiment, tmp_path, fault_ledg
     epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert epochs == list(range(1, done[-1] + 2))
     assert not (run / ".owner.json").exists()
-    fault_ledger("double start and resume while running (raykd.train)", injected=2)
 
 
 # The first holder: ensure_teacher whose training stalls (it is SIGKILLed while holding the lock).
@@ -163,6 +165,7 @@ ENSURE = "import sys; from raykd.config import load_experiment; from raykd.train
          "print('checkpoint', ensure_teacher(load_experiment(sys.argv[1]), progress=False), flush=True)"
 
 
+@pytest.mark.fault("teacher cache: holder SIGKILLed while another process waits")
 def test_teacher_cache_lock_against_other_processes(write_experiment, tiny_teacher, tmp_path, fault_ledger):
     path = write_experiment(teacher=tiny_teacher, distill={"method": "mgd"})
     target = teacher_cache_path(load_experiment(path))
@@ -186,9 +189,9 @@ def test_teacher_cache_lock_against_other_processes(write_experiment, tiny_teach
     lines = []
     assert ensure_teacher(load_experiment(path), log=lines.append, progress=False) == str(target)
     assert lines == [f"teacher: cached at {target}"]
-    fault_ledger("teacher cache: holder SIGKILLed while another process waits")
 
 
+@pytest.mark.fault("search folder taken over from a live driver")
 def test_driver_whose_folder_is_taken_over_stops_before_publishing(fault_space, search_driver, tmp_path,
                                                                    fault_ledger):
     """Another host judged this driver gone (no heartbeat) and took the folder: the driver finds a
@@ -210,4 +213,3 @@ def test_driver_whose_folder_is_taken_over_stops_before_publishing(fault_space, 
     # At most the one publish under way when the owner file changed lands after it.
     assert len({p.name for p in (root / "tables").glob("*/*.parquet")} - parts) <= 2
     assert json.loads((root / ".owner.json").read_text())["host"] == "elsewhere"  # not removed by the old driver
-    fault_ledger("search folder taken over from a live driver")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from fault_tools import check_parts
+from fault_tools import check_parts, intact_trials
 from raykd.results import load
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -16,23 +16,25 @@ KILL_POINTS = [
 ]
 
 
+@pytest.mark.fault("driver SIGKILL in the confirmation phase", injected=len(KILL_POINTS), trials=7)
 def test_driver_killed_in_the_confirmation_phase_then_resumed(fault_space, search_driver, tmp_path, fault_ledger):
     space = fault_space(num_samples=3, epochs=2, confirm={"top": 1, "seeds": [100, 101], "baseline": True})
     driver = search_driver(space)
     root = tmp_path / "results" / "faulty"
-    for i, (pattern, _point) in enumerate(KILL_POINTS):
-        driver.start(*([] if i == 0 else ["--resume"]))
-        driver.wait_for(pattern, timeout=600)
-        driver.kill()
-        check_parts(root / "tables")
-    driver.start("--resume")
-    assert driver.finish() == 0, driver.text()[-3000:]
-    assert "best (confirmation on fresh seeds)" in driver.text()
+    try:
+        for i, (pattern, _point) in enumerate(KILL_POINTS):
+            driver.start(*([] if i == 0 else ["--resume"]))
+            driver.wait_for(pattern, timeout=600)
+            driver.kill()
+            check_parts(root / "tables")
+        driver.start("--resume")
+        assert driver.finish() == 0, driver.text()[-3000:]
+        assert "best (confirmation on fresh seeds)" in driver.text()
+    finally:
+        fault_ledger(len(intact_trials(root, epochs=2)))
 
     trials = load(root / "tables")
     epochs = load(root / "tables", table="epochs")
-    fault_ledger("driver SIGKILL in the confirmation phase", injected=len(KILL_POINTS), trials_expected=7,
-                 trials_found=len(trials))
     assert trials["trial_id"].is_unique and len(trials) == 7
     assert set(trials["status"]) == {"TERMINATED"} and set(trials["epochs_run"]) == {2}
     confirmed = trials[trials["phase"] == "confirm"]

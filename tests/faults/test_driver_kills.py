@@ -30,27 +30,27 @@ KILL_POINTS = [
 ]
 
 
+@pytest.mark.fault("driver SIGKILL", injected=len(KILL_POINTS), trials=4)
 def test_driver_killed_at_seven_points_then_resumed(fault_space, search_driver, tmp_path, fault_ledger):
     space = fault_space(num_samples=4, epochs=3)
     driver = search_driver(space)
     root = tmp_path / "results" / "faulty"
-    for i, (pattern, delay, point) in enumerate(KILL_POINTS):
-        # Killed while training the teacher, the search had not begun: it is run again as it was
-        # started. Killed before Tune saved a state, --resume starts it over in its folder.
-        driver.start(*([] if i <= 1 else ["--resume"]))
-        driver.wait_for(pattern)
-        time.sleep(delay)
-        driver.kill()
-        if (root / "tables").is_dir():
-            check_parts(root / "tables")
-    driver.start("--resume")
-    assert driver.finish() == 0, driver.text()[-3000:]
-    assert "best (search phase)" in driver.text()
-
-    found = len(intact_trials(root, epochs=3))  # counted first, so the ledger records what is there
-    fault_ledger("driver SIGKILL", injected=len(KILL_POINTS), trials_expected=4, trials_found=found)
+    try:
+        for i, (pattern, delay, point) in enumerate(KILL_POINTS):
+            # Killed while training the teacher, the search had not begun: it is run again as it was
+            # started. Killed before Tune saved a state, --resume starts it over in its folder.
+            driver.start(*([] if i <= 1 else ["--resume"]))
+            driver.wait_for(pattern)
+            time.sleep(delay)
+            driver.kill()
+            if (root / "tables").is_dir():
+                check_parts(root / "tables")
+        driver.start("--resume")
+        assert driver.finish() == 0, driver.text()[-3000:]
+        assert "best (search phase)" in driver.text()
+    finally:
+        fault_ledger(len(intact_trials(root, epochs=3)))
     check_search(root, trials_expected=4, epochs=3)
-    assert found == 4
     runs = load(root / "tables", table="runs")
     # The driver killed while training the teacher wrote nothing; the others each wrote a run row.
     assert len(runs) == len(KILL_POINTS) and runs["resumed"].sum() == len(KILL_POINTS) - 1

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fault_tools import REPO, check_search
+from fault_tools import REPO, check_search, intact_trials
 from proc_tools import descendants, free_port, kill_pids, kill_session
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.timeout(600)]
@@ -55,6 +55,7 @@ def stale_record():
         shutil.rmtree(temp, ignore_errors=True)
 
 
+@pytest.mark.fault("stale Ray record of a killed head", trials=1)
 def test_stale_record_address_auto_fails_fast_default_is_private(stale_record, fault_space, search_driver, tmp_path,
                                                                  fault_ledger):
     env, dead = stale_record
@@ -81,8 +82,10 @@ def test_stale_record_address_auto_fails_fast_default_is_private(stale_record, f
     assert len(train.stderr.splitlines()) == 1
 
     driver = search_driver(space, name="private")
-    driver.start(env=env)
-    assert driver.finish(timeout=400) == 0, driver.text()[-3000:]
+    try:
+        driver.start(env=env)
+        assert driver.finish(timeout=400) == 0, driver.text()[-3000:]
+    finally:
+        fault_ledger(len(intact_trials(storage / "private", epochs=1)))
     assert dead not in driver.text() and "Connecting to existing Ray cluster" not in driver.text()
-    fault_ledger("stale Ray record of a killed head", trials_expected=1, trials_found=1)
     check_search(storage / "private", trials_expected=1, epochs=1)

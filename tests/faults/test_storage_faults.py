@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from fault_tools import check_parts, check_search
+from fault_tools import check_parts, check_search, intact_trials
 from raykd.errors import UserError
 from raykd.results import load
 from raykd.results.writer import TableWriter
@@ -61,6 +61,7 @@ def _fill(folder: Path) -> None:
             assert err.errno == errno.ENOSPC
 
 
+@pytest.mark.fault("storage full or read-only at the start")
 @pytest.mark.parametrize("fault", ["full", "read-only"])
 @pytest.mark.parametrize("resume", [False, True], ids=["new search", "resume"])
 def test_bad_storage_is_one_clear_error_and_tables_stay_intact(fault_space, small_storage, fault, resume, capsys,
@@ -76,7 +77,6 @@ def test_bad_storage_is_one_clear_error_and_tables_stay_intact(fault_space, smal
     name = ["--name", "earlier", "--resume"] if resume else ["--name", "later"]
     with pytest.raises(UserError) as raised:
         main([str(space), "--storage", str(small_storage), *name])
-    fault_ledger(f"storage {fault}")
     message = str(raised.value)
     assert message.startswith(f"{small_storage}: --storage: cannot write there") and "\n" not in message
     assert ("No space left on device" in message and "free some space" in message) if fault == "full" \
@@ -89,6 +89,7 @@ def test_bad_storage_is_one_clear_error_and_tables_stay_intact(fault_space, smal
 
 
 @pytest.mark.slow
+@pytest.mark.fault("storage filled mid-search", trials=2)
 def test_storage_filling_up_mid_search_stops_it_cleanly_and_resume_finishes(fault_space, search_driver, tmp_path,
                                                                            fault_ledger):
     mount = tmp_path / "results"  # where search_driver's searches write
@@ -112,9 +113,8 @@ def test_storage_filling_up_mid_search_stops_it_cleanly_and_resume_finishes(faul
         (mount / "ballast").unlink()
         driver.start("--resume")
         assert driver.finish() == 0, driver.text()[-3000:]
-        trials = load(root / "tables")
-        fault_ledger("storage filled mid-search", trials_expected=2, trials_found=len(trials))
-        check_search(root, trials_expected=2, epochs=3)
+        trials = check_search(root, trials_expected=2, epochs=3)
         assert set(seen["trial_id"]) <= set(trials["trial_id"])
     finally:
+        fault_ledger(len(intact_trials(mount / "filling", epochs=3)))
         subprocess.run(["umount", "-l", str(mount)], check=False)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from fault_tools import check_search
+from fault_tools import check_search, intact_trials
 from raykd.results import load
 from tracking_tools import mlflow_history, mlflow_runs, tensorboard_scalars
 
@@ -20,23 +20,24 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 KILLS = [(r"epoch 1/3", 0.3), (r"epoch 2/3", 0.0)]  # (what the driver printed last, seconds after it)
 
 
+@pytest.mark.fault("driver SIGKILL with trackers", injected=len(KILLS), trials=2)
 def test_trackers_hold_each_epoch_once_after_driver_kills(fault_space, search_driver, tmp_path, fault_ledger,
                                                           monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the search folder's own mlruns/
     space = fault_space(num_samples=2, epochs=3)
     driver = search_driver(space, name="tracked", extra=["--log", "tensorboard,mlflow"])  # --resume repeats it
     root = tmp_path / "results" / "tracked"
-    for i, (pattern, delay) in enumerate(KILLS):
-        driver.start(*([] if i == 0 else ["--resume"]))
-        driver.wait_for(pattern)
-        time.sleep(delay)
-        driver.kill()
-    driver.start("--resume")
-    assert driver.finish() == 0, driver.text()[-3000:]
-
-    trials = load(root / "tables")
-    fault_ledger("driver SIGKILL with trackers", injected=len(KILLS), trials_expected=2, trials_found=len(trials))
-    check_search(root, trials_expected=2, epochs=3)
+    try:
+        for i, (pattern, delay) in enumerate(KILLS):
+            driver.start(*([] if i == 0 else ["--resume"]))
+            driver.wait_for(pattern)
+            time.sleep(delay)
+            driver.kill()
+        driver.start("--resume")
+        assert driver.finish() == 0, driver.text()[-3000:]
+    finally:
+        fault_ledger(len(intact_trials(root, epochs=3)))
+    trials = check_search(root, trials_expected=2, epochs=3)
     epochs = load(root / "tables", table="epochs")
     uri = f"sqlite:///{root}/mlruns/mlflow.db"
     runs = mlflow_runs(uri, "tracked")

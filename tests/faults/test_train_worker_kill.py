@@ -35,6 +35,7 @@ def _kill_rank_after_first_checkpoint(storage: Path, pid_dir: Path, record: dict
         time.sleep(0.2)
 
 
+@pytest.mark.fault("Ray Train worker SIGKILL", trials=1)
 def test_two_workers_report_like_one_and_resume_after_a_kill(ray_local, write_experiment, tmp_path, fault_ledger):
     from raykd.train.worker import make_trainer
 
@@ -51,9 +52,13 @@ def test_two_workers_report_like_one_and_resume_after_a_kill(ray_local, write_ex
     record: dict = {}
     killer = threading.Thread(target=_kill_rank_after_first_checkpoint, args=(storage, pid_dir, record))
     killer.start()
-    result = trainer.fit()
-    killer.join()
-    fault_ledger("Ray Train worker SIGKILL", trials_expected=1, trials_found=int(result.error is None))
+    found = 0
+    try:
+        result = trainer.fit()
+        found = int(result.error is None)
+    finally:
+        killer.join()
+        fault_ledger(found)
     assert result.error is None
     assert "killed_pid" in record, "no checkpoint appeared to kill a worker after"
     assert int((pid_dir / "rank1.pid").read_text()) != record["killed_pid"]  # the group was restarted

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from fault_tools import check_search
-from raykd.results import load
+from fault_tools import check_search, intact_trials
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.timeout(600)]
 
 
+@pytest.mark.fault("non-finite loss", injected=2, trials=3)
 def test_non_finite_losses_fail_their_trials_and_the_search_goes_on(ray_local, fault_space, tmp_path, capsys,
                                                                      fault_ledger):
     from raykd.search.__main__ import main
@@ -23,11 +23,13 @@ def test_non_finite_losses_fail_their_trials_and_the_search_goes_on(ray_local, f
         points_to_evaluate=[{"distill.method": "mgd", "distill.alpha": 1e38, "train.lr": 1e-3},  # inf
                             {"distill.method": "none", "train.lr": 1e12},  # weights blow up: NaN
                             {"distill.method": "none", "train.lr": 1e-3}])
-    assert main([str(space), "--storage", str(tmp_path / "results"), "--name", "nan"]) == 0
+    root = tmp_path / "results" / "nan"
+    try:
+        assert main([str(space), "--storage", str(tmp_path / "results"), "--name", "nan"]) == 0
+    finally:
+        fault_ledger(len(intact_trials(root, epochs=2, statuses={"TERMINATED", "ERROR"})))
     out = capsys.readouterr().out
-    trials = load(tmp_path / "results" / "nan" / "tables")
-    fault_ledger("non-finite loss", injected=2, trials_expected=3, trials_found=len(trials))
-    check_search(tmp_path / "results" / "nan", trials_expected=3, epochs=2, statuses={"TERMINATED", "ERROR"})
+    trials = check_search(root, trials_expected=3, epochs=2, statuses={"TERMINATED", "ERROR"})
 
     failed = trials[trials["status"] == "ERROR"]
     assert sorted(failed["train.lr"]) == [1e-3, 1e12]  # the inf and the NaN trial
@@ -39,6 +41,7 @@ def test_non_finite_losses_fail_their_trials_and_the_search_goes_on(ray_local, f
     assert out.count("FAILED: ") >= 2 and "non-finite loss at epoch 1" in out
 
 
+@pytest.mark.fault("teacher checkpoint missing, corrupt or of another model")
 @pytest.mark.parametrize("problem", ["missing", "corrupt", "other model"])
 def test_a_bad_teacher_checkpoint_stops_the_search_before_any_trial(fault_space, tmp_path, capsys, problem,
                                                                      fault_ledger):
@@ -57,7 +60,6 @@ def test_a_bad_teacher_checkpoint_stops_the_search_before_any_trial(fault_space,
     storage = tmp_path / "results"
     with pytest.raises(Exception) as raised:
         main([str(space), "--storage", str(storage), "--name", "bad-teacher"])
-    fault_ledger(f"teacher checkpoint {problem}")
     from raykd.errors import UserError
 
     assert isinstance(raised.value, UserError)
