@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 import raykd
-from raykd.config import SHARED_PATH_KEYS, get_dotted, load_yaml, relative_path
+from raykd.config import SHARED_PATH_KEYS, get_dotted, load_with_bases, relative_path
 from raykd.errors import UserError
 from raykd.search.space import Space
 from raykd.uri import is_shared_uri, is_uri, resolve_storage  # noqa: F401 (resolve_storage: for raykd.submit)
@@ -70,7 +70,7 @@ def node_local_paths(space: Space, overrides: dict[str, Any]) -> list[str]:
     Relative paths resolve against the experiment file, which on the cluster lies in the
     job's package: one copy per node.
     """
-    raw = load_yaml(space.experiment_path)
+    raw = load_with_bases(space.experiment_path)  # relative as written, bases included
     overridden = set(space.spec.fixed) | set(overrides)
     found = []
     for key in SHARED_PATH_KEYS:

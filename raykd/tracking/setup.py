@@ -25,11 +25,19 @@ TENSORBOARD_FOLDER = "tensorboard"
 MLFLOW_FOLDER = "mlruns"
 
 
-def add_tracking_args(parser: argparse.ArgumentParser) -> None:
-    """``--log`` and ``--mlflow-uri`` of ``raykd.search`` and ``raykd.train``."""
+RESUME_NOTES = {
+    "search": "--resume keeps the search's",
+    "run": "--resume without --log keeps the run's; with --log it takes those, filled with the run's history",
+}
+"""What ``--resume`` does with the trackers, per kind of command (see :func:`for_search`, :func:`for_train`)."""
+
+
+def add_tracking_args(parser: argparse.ArgumentParser, kind: str = "search") -> None:
+    """``--log`` and ``--mlflow-uri`` of ``raykd.search`` (and ``raykd.submit``), ``kind="search"``,
+    and of ``raykd.train``, ``kind="run"``."""
     parser.add_argument("--log", metavar="BACKENDS",
-                        help="also log every epoch to these trackers, comma-separated: tensorboard, mlflow "
-                             "(default: none; --resume keeps the search's)")
+                        help=f"also log every epoch to these trackers, comma-separated: {', '.join(BACKENDS)} "
+                             f"(default: none; {RESUME_NOTES[kind]})")
     parser.add_argument("--mlflow-uri", metavar="URI",
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else a SQLite database in "
                              f"{MLFLOW_FOLDER}/ of the output folder)")
