@@ -27,7 +27,8 @@ class ProgressCallback(Callback):
     """Prints trial starts, epochs, ends and errors, and a summary every ``summary_every_s``.
 
     ``epochs``: the experiment's ``train.epochs``; a trial's own schedule (``train.epochs``
-    searched or fixed by the space) is the ``epochs_total`` its results report.
+    searched or fixed by the space) is the ``epochs_total`` its results report (``epochs`` when
+    a result lacks it).
     """
 
     def __init__(self, metric: str, mode: str, *, epochs: int, summary_every_s: float = 60.0, quiet: bool = False):
@@ -52,13 +53,14 @@ class ProgressCallback(Callback):
             return
         record = EpochRecord.from_report(result)
         epoch = record.epoch
-        self._last_epoch[trial.trial_id] = (epoch, record.epochs_total)
+        total = int(result.get("epochs_total") or self.epochs)
+        self._last_epoch[trial.trial_id] = (epoch, total)
         value = result.get(self.metric)
         if isinstance(value, (int, float)):
             better = self._best is None or (value > self._best[0] if self.mode == "max" else value < self._best[0])
             if better:
                 self._best = (float(value), trial.trial_id)
-            self._say(f"trial {trial.trial_id} epoch {epoch}/{record.epochs_total}: {self.metric} {value:.4f} "
+            self._say(f"trial {trial.trial_id} epoch {epoch}/{total}: {self.metric} {value:.4f} "
                       f"loss {record.losses.total or float('nan'):.3f} ({record.epoch_time or 0:.0f} s)")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
