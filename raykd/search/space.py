@@ -156,7 +156,7 @@ class ConfirmSettings(_Strict):
 
 
 class SpaceSpec(_Strict):
-    """A search-space file (see ``search_spaces/``, README.md and docs/architecture.md)."""
+    """A search-space file (see ``search_spaces/``, docs/configuration.md and docs/architecture.md)."""
 
     experiment: str
     name: str | None = None
