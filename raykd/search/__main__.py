@@ -296,7 +296,7 @@ def _summary(space: Space, paths, prep_s: float, search_s: float) -> int:
     for line in found.lines() if found else []:
         print(line)
     print(f"tables: {paths.tables}")
-    print(f"next:   python -m raykd.analyze {shlex.quote(paths.root)}")
+    print(f"next:   {PROG.replace('search', 'analyze')} {shlex.quote(paths.root)}")  # raykd analyze when run as raykd search
     return int((trials["status"] == "RUNNING").sum())
 
 
