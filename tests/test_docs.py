@@ -246,3 +246,19 @@ def test_the_shapes_teacher_figure_is_dated():
         for paragraph in path.read_text().split("\n\n"):
             if "0.258" in paragraph:
                 assert "before" in paragraph and "0.341" in paragraph, path.name
+
+
+def test_every_raykd_command_in_the_docs_parses(monkeypatch):
+    """The raykd commands the user docs show (bash blocks of docs/guide.md, configuration.md and
+    results.md, the README's other sections) take the flags they are shown with."""
+    monkeypatch.chdir(ROOT)
+    project = _pyproject()
+    checked = 0
+    for name in ("README.md", "docs/guide.md", "docs/configuration.md", "docs/results.md"):
+        for block in re.findall(r"```bash\n(.*?)```", (ROOT / name).read_text(), flags=re.S):
+            for words in commands(block):
+                if words[:1] == ["raykd"] or words[:3] == ["python", "-m", "raykd"] or (
+                        words[:2] == ["python", "-m"] and words[2].startswith("raykd.")):
+                    check_command(words, project)
+                    checked += 1
+    assert checked >= 25

@@ -125,8 +125,8 @@ def test_trackers_go_to_the_search_and_a_wrong_one_is_refused_before_the_cluster
     assert "--log" not in build_job(Space(DEMO), name="demo-1", storage="/shared/raykd",
                                     staging=tmp_path / "s2").entrypoint
     # Nothing listens on port 1: had the command contacted the cluster, the error would name the address.
-    err = cli_error([str(DEMO), "--address", "http://127.0.0.1:1", "--log", "wandb"], capsys)
-    assert "--log" in err and "'wandb'" in err and "127.0.0.1" not in err
+    err = cli_error([str(DEMO), "--address", "http://127.0.0.1:1", "--log", "comet"], capsys)
+    assert "--log" in err and "'comet'" in err and "127.0.0.1" not in err
 
 
 def test_excludes_keep_the_package_and_drop_results_caches_and_checkpoints():
