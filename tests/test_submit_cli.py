@@ -163,6 +163,21 @@ def test_space_outside_the_project_is_staged_beside_it(write_experiment, tmp_pat
     assert "raykd must be installed on the cluster" in bare.notes[0]
 
 
+def test_files_with_bases_are_shipped_with_the_project_only(write_experiment, tmp_path):
+    """Staged alone (outside the project, or --no-package), a file's _base_ files would be missing
+    on the cluster: refused in one line; inside the project the whole project ships."""
+    exp = write_experiment()
+    (tmp_path / "child.yaml").write_text(yaml.safe_dump({"_base_": exp.name, "name": "child"}))
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({"experiment": "child.yaml", "space": {"train.lr": [0.001, 0.002]}}))
+    for package in (True, False):
+        with pytest.raises(UserError, match=r"child.yaml: _base_: inherits from _base_ files"):
+            build_job(Space(tmp_path / "s.yaml"), name="s1", storage=str(tmp_path / "out"),
+                      staging=tmp_path / f"staging-{package}", package=package)
+    inside = build_job(Space(ROOT / "search_spaces" / "shapes_reproduction.yaml"), name="r", storage="/shared/raykd",
+                       staging=tmp_path / "project")  # reproduction_student.yaml inherits: the project ships
+    assert inside.runtime_env["working_dir"] == str(ROOT)
+
+
 def test_storage_must_be_shared_on_a_multi_node_cluster(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert resolve_storage("results") == str(tmp_path / "results")

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 import raykd
-from raykd.config import SHARED_PATH_KEYS, get_dotted, load_with_bases, relative_path
+from raykd.config import BASE_KEY, SHARED_PATH_KEYS, get_dotted, load_with_bases, load_yaml, relative_path
 from raykd.errors import UserError
 from raykd.search.space import Space
 from raykd.uri import is_shared_uri, is_uri, resolve_storage  # noqa: F401 (resolve_storage: for raykd.submit)
@@ -132,6 +132,11 @@ def stage(space: Space, staging: Path, root: Path | None) -> tuple[Path, str]:
     space_file, exp_file = space.path.resolve(), space.experiment_path.resolve()
     if root is not None and space_file.is_relative_to(root) and exp_file.is_relative_to(root):
         return root, space_file.relative_to(root).as_posix()
+    for file in (space_file, exp_file):  # only these two files travel: their _base_ files would not
+        if BASE_KEY in load_yaml(file):
+            raise UserError(f"inherits from {BASE_KEY} files, which a job that ships only the space and experiment "
+                            "files lacks: keep both files inside the project and ship it (without --no-package)",
+                            file=file, key=BASE_KEY)
     staging.mkdir(parents=True, exist_ok=True)
     if root is not None:
         for entry in root.iterdir():
