@@ -2,7 +2,8 @@
 
 An experiment says what is trained: ``data``, ``teacher``, ``student``, ``distill`` and
 ``train``. Relative paths in a YAML file are relative to the folder of that file, so a
-file means the same thing from any working directory (Ray workers run elsewhere).
+file means the same thing from any working directory (Ray workers run elsewhere). A file may
+inherit from others with ``_base_: path.yaml`` (or a list): see :func:`load_with_bases`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hashlib
 import importlib.util
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -305,6 +307,56 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+BASE_KEY = "_base_"
+"""The key naming the files an experiment or space file inherits from (a path or a list of paths,
+relative to the file): they are merged key by key, later bases and the file itself winning."""
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` merged into a copy of ``base`` key by key: mappings merge recursively, any other
+    value (lists included) replaces the base's."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_with_bases(path: str | Path, resolve_base: Callable[[dict[str, Any], Path], None] | None = None,
+                    *, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The YAML mapping of ``path`` over its :data:`BASE_KEY` files (each loaded the same way,
+    so bases may have bases), without the key. ``resolve_base(mapping, folder)`` makes a base's
+    relative paths absolute against its own folder before the merge (the file's own are left
+    to the caller, which applies overrides first). A missing base or a cycle is a
+    :class:`~raykd.errors.UserError` naming the file that refers to it."""
+    path = Path(path)
+    raw = load_yaml(path)
+    bases = raw.pop(BASE_KEY, None)
+    if bases is None:
+        return raw
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not bases or not all(isinstance(b, str) and b for b in bases):
+        raise UserError("expected a file path or a list of file paths", file=path, key=BASE_KEY)
+    chain = (*_chain, path.resolve())
+    merged: dict[str, Any] = {}
+    for base in bases:
+        base_path = Path(base).expanduser()
+        base_path = base_path if base_path.is_absolute() else path.resolve().parent / base_path
+        if base_path.resolve() in chain:
+            cycle = " -> ".join(p.name for p in (*chain, base_path.resolve()))
+            raise UserError(f"inherits from itself ({cycle})", file=path, key=BASE_KEY)
+        if not base_path.is_file():
+            raise UserError(f"base file not found: {base_path}", file=path, key=BASE_KEY)
+        layer = load_with_bases(base_path, resolve_base, _chain=chain)
+        if resolve_base is not None:
+            resolve_base(layer, base_path.resolve().parent)
+        merged = merge(merged, layer)
+    return merge(merged, raw)
+
+
 def parse_value(text: str) -> Any:
     """Parse a ``--set`` value as YAML (``0.5`` -> float, ``[1, 2]`` -> list, ``mgd`` -> str)."""
     try:
@@ -430,8 +482,7 @@ def experiment_from_dict(raw: dict[str, Any], *, file: str | Path | None = None)
 def load_experiment_dict(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The experiment mapping with overrides applied and paths made absolute (not validated)."""
     path = Path(path)
-    raw = load_yaml(path)
-    raw = copy.deepcopy(raw)
+    raw = load_with_bases(path, _resolve_paths)
     for key, value in (overrides or {}).items():
         set_dotted(raw, key, value)
     _resolve_paths(raw, path.resolve().parent)

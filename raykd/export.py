@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from raykd.console import add_verbosity_args, quiet_libraries
 from raykd.errors import ArgumentParser, UserError, run_cli
 
 PROG = "python -m raykd.export"
@@ -34,13 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Write a trained student as a plain state dict that torchvision's builder for its arch loads "
                     "strictly, and a JSON file beside it with the class names and the builder's arguments.",
-        epilog="example: python -m raykd.export runs/shapes_student --out student.pth",
+        epilog=f"example: {PROG} runs/shapes_student --out student.pth",
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", type=Path,
                         help="a raykd.train output folder (config.yaml and model_best.pt or model_final.pt)")
     parser.add_argument("--out", type=Path, required=True, help="the state dict to write (e.g. student.pth)")
     parser.add_argument("--which", choices=("best", "final"), default="best",
                         help="model_best.pt (default; model_final.pt when there is none) or model_final.pt")
+    add_verbosity_args(parser)
     return parser
 
 
@@ -123,6 +125,7 @@ def _metrics(path: Path) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_libraries(args)
     meta = export(args.run_dir, args.out, args.which)
     target = meta["builder"] or f"raykd.models.build_detector ({meta['backbone']} has no torchvision builder)"
     print(f"wrote {args.out} ({len(meta['categories']) - 1} classes, epoch {meta['metrics'].get('epoch')}) "

@@ -256,6 +256,23 @@ def test_verdict_is_the_leaderboard_top_with_a_paired_delta():
     assert v.lines()[2].startswith("best − baseline: +6.00 [") and v.lines()[2].endswith("(95% CI, paired over 3 seeds)")
 
 
+def test_verdict_says_at_which_epoch_the_best_was_ranked():
+    """The closing "best" line names the epoch its trials were scored at (issue 28, bug 3: a
+    search's progress lines showed the same trial higher at a later epoch)."""
+    import json
+
+    from raykd.analyze.verdict import verdict
+
+    frame = GRID.assign(epoch=2)
+    frame.loc[frame[M] == "none", "epoch"] = 3
+    v = verdict(_ranking(frame), "search")
+    assert v.best_epochs == [2]
+    assert v.lines()[0] == "best (search phase): method=mgd, mask_ratio=0.65: bbox_mAP (x100) 36.00 ± 2.48 (n=3, at epoch 2)"
+    assert json.loads(json.dumps(v.to_json()))["best"]["epochs"] == [2]
+    frame.loc[(frame[M] == "mgd") & (frame["seed"] == 2), "epoch"] = 4  # fidelity "best": epochs differ
+    assert verdict(_ranking(frame), "search").lines()[0].endswith("(n=3, at epochs 2, 4)")
+
+
 def test_verdict_when_the_baseline_wins_names_the_best_distilled_configuration():
     from raykd.analyze.verdict import verdict
 

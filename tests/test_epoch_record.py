@@ -51,3 +51,21 @@ def test_distiller_returns_terms_by_level_and_term():
     flat = flat_terms(terms)
     assert list(flat)[:2] == ["fgd_fg_0", "fgd_bg_0"] and len(flat) == 8
     torch.testing.assert_close(total_loss(terms), sum(flat.values()))
+
+
+def test_metrics_jsonl_writes_cocos_minus_one_as_null():
+    """Issue 28, bug 5: ``metrics.jsonl`` kept pycocotools' -1 (no objects of that size) where the
+    tables store null; NaN (not JSON) too."""
+    import json
+
+    from raykd.train.epoch import metrics_lines
+
+    record = EpochRecord(epoch=1, epochs_total=2, losses=LossSummary(total=1.0, det=1.0, kd=0.0),
+                         scores={"bbox_mAP": 0.25, "AP_S": -1.0, "AP_M": 0.0, "AP_L": float("nan")}, lr=-1.0,
+                         step_time=0.1, epoch_time=1.0, time_total_s=1.0)
+    text = metrics_lines([record.as_report(), record.as_report()])
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert len(lines) == 2 and text.endswith("\n") and "NaN" not in text
+    assert (lines[0]["bbox_mAP"], lines[0]["AP_S"], lines[0]["AP_M"], lines[0]["AP_L"]) == (0.25, None, 0.0, None)
+    assert lines[0]["lr"] == -1.0 and lines[0]["epoch"] == 1  # only COCO metrics are touched
+

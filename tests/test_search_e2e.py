@@ -61,6 +61,8 @@ def test_search_runs_with_each_executor(ray_local, tiny_space, tmp_path, executo
     assert main([str(space), "--storage", str(tmp_path / "results"), "--name", executor]) == 0
     out = capsys.readouterr().out
     assert "best (search phase)" in out and f"python -m raykd.analyze {tmp_path / 'results' / executor}" in out
+    # Tune's banner (its experiment table, "View detailed results here") only with -v (raykd/console.py)
+    assert "Configuration for experiment" not in out and "View detailed results here" not in out
     trials = _check_tables(tmp_path / "results" / executor, 3 if executor == "inline" else 2, epochs)
     assert set(trials["executor"]) == {executor}
     assert (tmp_path / "results" / executor / "optuna.journal").is_file()

@@ -109,5 +109,5 @@ def test_progress_lines_say_stopped_early_as_the_analysis_does(capsys):
         progress.on_trial_result(0, [], trial, {"epoch": epoch, "bbox_mAP": 0.5})
         progress.on_trial_complete(0, [], trial)
     out = capsys.readouterr().out
-    assert f"trial a {stopped_early_text(2)}\n" in out and "trial b completed" in out
+    assert f"trial a {stopped_early_text(2, 4)}\n" in out and "trial b completed" in out
     assert progress._counts["stopped"] == 1 and progress._counts["done"] == 1

@@ -127,8 +127,8 @@ def test_trackers_go_to_the_search_and_a_wrong_one_is_refused_before_the_cluster
     assert "--log" not in build_job(Space(DEMO), name="demo-1", storage="/shared/raykd",
                                     staging=tmp_path / "s2").entrypoint
     # Nothing listens on port 1: had the command contacted the cluster, the error would name the address.
-    err = cli_error([str(DEMO), "--address", "http://127.0.0.1:1", "--log", "wandb"], capsys)
-    assert "--log" in err and "'wandb'" in err and "127.0.0.1" not in err
+    err = cli_error([str(DEMO), "--address", "http://127.0.0.1:1", "--log", "comet"], capsys)
+    assert "--log" in err and "'comet'" in err and "127.0.0.1" not in err
 
 
 def test_excludes_keep_the_package_and_drop_results_caches_and_checkpoints():
@@ -163,6 +163,21 @@ def test_space_outside_the_project_is_staged_beside_it(write_experiment, tmp_pat
                      package=False)
     assert sorted(p.name for p in (tmp_path / "bare").iterdir()) == [JOB_FILES]
     assert "raykd must be installed on the cluster" in bare.notes[0]
+
+
+def test_files_with_bases_are_shipped_with_the_project_only(write_experiment, tmp_path):
+    """Staged alone (outside the project, or --no-package), a file's _base_ files would be missing
+    on the cluster: refused in one line; inside the project the whole project ships."""
+    exp = write_experiment()
+    (tmp_path / "child.yaml").write_text(yaml.safe_dump({"_base_": exp.name, "name": "child"}))
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({"experiment": "child.yaml", "space": {"train.lr": [0.001, 0.002]}}))
+    for package in (True, False):
+        with pytest.raises(UserError, match=r"child.yaml: _base_: inherits from _base_ files"):
+            build_job(Space(tmp_path / "s.yaml"), name="s1", storage=str(tmp_path / "out"),
+                      staging=tmp_path / f"staging-{package}", package=package)
+    inside = build_job(Space(ROOT / "search_spaces" / "shapes_reproduction.yaml"), name="r", storage="/shared/raykd",
+                       staging=tmp_path / "project")  # reproduction_student.yaml inherits: the project ships
+    assert inside.runtime_env["working_dir"] == str(ROOT)
 
 
 def test_storage_must_be_shared_on_a_multi_node_cluster(tmp_path, monkeypatch):

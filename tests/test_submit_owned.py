@@ -54,7 +54,7 @@ def test_running_job_refused_ended_job_not(held_by_job):
     with pytest.raises(UserError) as err:
         refuse_if_running(Jobs({"raykd-demo": "RUNNING"}), str(root))
     assert str(err.value) == (f"{root}: --name: this search is being written by job raykd-demo (RUNNING); stop it "
-                              "first (python -m raykd.submit --stop raykd-demo) or use another --name")
+                              "first (python -m raykd.submit stop raykd-demo) or use another --name")
     refuse_if_running(Jobs({"raykd-demo": "STOPPED"}), str(root))  # its driver is ending: resumable
     with pytest.raises(UserError) as err:  # a job of another cluster: the process itself is judged
         refuse_if_running(Jobs({}), str(root))

@@ -21,7 +21,15 @@ from raykd.results import load
 from raykd.tracking import TrackingSetup, TrialInfo, epoch_scalars, parse_backends
 from raykd.tracking.feed import TrackerFeed
 from raykd.tracking.setup import for_search, for_train
-from tracking_tools import mlflow_history, mlflow_runs, tensorboard_hparams, tensorboard_scalars
+from tracking_tools import (
+    mlflow_history,
+    mlflow_runs,
+    tensorboard_hparams,
+    tensorboard_scalars,
+    wandb_config,
+    wandb_history,
+    wandb_summary,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TRIAL = TrialInfo("t1", "trial_t1", {"distill.method": "mgd", "distill.alpha": 1e-7, "distill.pyramid_scales": [1, 2],
@@ -39,11 +47,13 @@ def _result(epoch: int, ap: float) -> dict:
 def test_parse_backends_and_refusals(tmp_path, monkeypatch):
     assert parse_backends("mlflow, tensorboard") == ("tensorboard", "mlflow")
     assert parse_backends(None) == ()
-    for bad in ("tensorbord", "", "mlflow,wandb"):
+    assert parse_backends("wandb,tensorboard,mlflow") == ("tensorboard", "mlflow", "wandb")
+    for bad in ("tensorbord", "", "mlflow,comet"):
         with pytest.raises(UserError, match="--log: unknown tracker"):
             parse_backends(bad)
-    with pytest.raises(UserError, match="tensorboard writes local files"):
-        TrackingSetup.from_args("tensorboard", None, folder=None, experiment="s")
+    for local in ("tensorboard", "wandb"):
+        with pytest.raises(UserError, match=f"{local} writes local files"):
+            TrackingSetup.from_args(local, None, folder=None, experiment="s")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(UserError, match="--mlflow-uri: with a URI --storage"):
         TrackingSetup.from_args("mlflow", None, folder=None, experiment="s")
@@ -125,6 +135,41 @@ def test_each_backend_logs_an_epoch_once_across_drivers(tmp_path, monkeypatch):
     assert row["params.distill.method"] == "mgd" and row["params.distill.pyramid_scales"] == "[1, 2]"
     assert mlflow_history(setup.mlflow_uri, row["run_id"], "bbox_mAP") == expected
     assert [s for s, _ in mlflow_history(setup.mlflow_uri, row["run_id"], "lr")] == [1, 2, 3]
+
+
+def test_wandb_holds_each_epoch_of_each_trial_once_across_drivers(tmp_path, wandb_offline):
+    """W&B offline: a driver logs epochs 1-2 of two trials and stops (its feed pickled as in Tune's
+    state; its runs end, the trials do not); the next one is fed epochs 1-3 again: every epoch of
+    every trial is in the run folder once, each driver's run folder adding only what was missing.
+    (A driver SIGKILLed mid-trial: tests/faults/test_tracking_resume.py.)"""
+    from raykd.tracking.wandb_backend import run_id
+
+    setup = TrackingSetup.from_args("wandb", None, folder=str(tmp_path), experiment="exp")
+    other = TrialInfo("t2", "trial_t2", {"distill.method": "none"})
+    first = TrackerFeed(setup)
+    for epoch in (1, 2):
+        for trial in (TRIAL, other):
+            first.epoch(trial, _result(epoch, 0.1 * epoch))
+    second = pickle.loads(pickle.dumps(first))
+    first.close()  # one W&B run per id and process: the first driver's end before the second's start
+    for trial in (TRIAL, other):
+        for epoch in (1, 2, 3):
+            second.epoch(trial, _result(epoch, 0.1 * epoch))
+        second.finish(trial, "TERMINATED")
+    second.close()
+
+    expected = [(1, 0.1), (2, 0.2), (3, pytest.approx(0.3))]
+    for trial in (TRIAL, other):
+        rid = run_id(str(tmp_path), trial.trial_id)
+        assert len(list((tmp_path / "wandb").glob(f"offline-run-*-{rid}"))) == 2  # one per driver
+        assert wandb_history(tmp_path, rid, "bbox_mAP") == expected
+        assert [s for s, _ in wandb_history(tmp_path, rid, "loss_kd_mgd_0")] == [1, 2, 3]
+        assert wandb_history(tmp_path, rid, "AP_S") == []  # COCO's -1: no value, as the tables' null
+        summary = wandb_summary(tmp_path, rid)
+        assert (summary["status"], summary["stop_reason"], summary["phase"]) == ("TERMINATED", "completed", "search")
+    assert wandb_config(tmp_path, run_id(str(tmp_path), "t1")) == {
+        "distill.method": "mgd", "distill.alpha": pytest.approx(1e-7), "distill.pyramid_scales": [1, 2]}
+    assert run_id(str(tmp_path), "t1") != run_id(str(tmp_path / "other-search"), "t1")
 
 
 def tiny_space(experiment: Path, path: Path, num_samples: int = 2) -> Path:
@@ -250,15 +295,17 @@ def test_search_seen_by_tensorboard_mlflow_and_optuna_dashboard(ray_local, write
 
 
 @pytest.mark.slow
-def test_train_logs_each_epoch_once_across_a_resume(write_experiment, tmp_path, monkeypatch):
-    """``raykd.train --log tensorboard,mlflow``: per epoch the metrics.jsonl values; ``--resume``
+def test_train_logs_each_epoch_once_across_a_resume(write_experiment, tmp_path, monkeypatch, wandb_offline):
+    """``raykd.train --log tensorboard,mlflow,wandb``: per epoch the metrics.jsonl values; ``--resume``
     (two more epochs) logs its resumed history again, and each epoch is still there once."""
+    from raykd.tracking.wandb_backend import run_id
+
     from raykd.train.__main__ import main
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     experiment = write_experiment(train={"epochs": 1})
     out = tmp_path / "run"
-    assert main([str(experiment), "--no-progress", "--log", "tensorboard,mlflow"]) == 0
+    assert main([str(experiment), "--no-progress", "--log", "tensorboard,mlflow,wandb"]) == 0
     assert main([str(experiment), "--no-progress", "--resume", "--set", "train.epochs=2"]) == 0  # keeps its --log
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     expected = [(m["epoch"], pytest.approx(m["bbox_mAP"], rel=1e-6)) for m in history]
@@ -270,6 +317,9 @@ def test_train_logs_each_epoch_once_across_a_resume(write_experiment, tmp_path, 
     assert len(runs) == 1 and runs.iloc[0]["tags.phase"] == "train" and runs.iloc[0]["status"] == "FINISHED"
     assert mlflow_history(uri, runs.iloc[0]["run_id"], "bbox_mAP") == expected
     assert [s for s, _ in mlflow_history(uri, runs.iloc[0]["run_id"], "loss_total")] == [1, 2]
+    rid = run_id(str(out), "train")  # a raykd.train run is one trial: RunFeed.TRIAL_ID
+    assert wandb_history(out, rid, "bbox_mAP") == expected
+    assert wandb_summary(out, rid)["phase"] == "train"
 
 
 @pytest.mark.slow

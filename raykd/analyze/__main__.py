@@ -9,6 +9,7 @@ from pathlib import Path
 
 from raykd.analyze.report import FORMATS, parse_formats, write, write_summary
 from raykd.analyze.scores import FIDELITIES
+from raykd.console import add_verbosity_args, quiet_libraries
 from raykd.errors import ArgumentParser, UserError, run_cli
 from raykd.results import METRICS
 from raykd.uri import is_uri
@@ -34,9 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
                "csv/NAME.csv (the raw numbers of every table), plots/NAME.png and summary.json (best, baseline,\n"
                "delta with its paired or Welch 95% interval, fidelity: the lines raykd.search closes with)\n\n"
                "examples:\n"
-               "  python -m raykd.analyze results/demo-20250101-120000\n"
-               "  python -m raykd.analyze results/demo-*/ --metric AP50 --by distill.method,distill.fusion\n"
-               "  python -m raykd.analyze results/demo --filter distill.method=mgd,dmkd --format md,csv\n\n"
+               f"  {PROG} results/demo-20250101-120000\n"
+               f"  {PROG} results/demo-*/ --metric AP50 --by distill.method,distill.fusion\n"
+               f"  {PROG} results/demo --filter distill.method=mgd,dmkd --format md,csv\n\n"
                "fidelity (trials stopped early by ASHA ran fewer epochs):\n"
                "  auto          common-epoch if it leaves at least 3 trials, else completed if that\n"
                "                compares more (default)\n"
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", default=",".join(FORMATS), metavar="FMT[,FMT...]",
                         help=f"what to write: {', '.join(FORMATS)} (default: all; md brings png)")
     parser.add_argument("--out", help="report folder (default: RESULTS/report for one results folder, else ./report)")
+    add_verbosity_args(parser)
     return parser
 
 
@@ -73,6 +75,7 @@ def default_out(results: Sequence[str]) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_libraries(args)
     formats = parse_formats(args.format)
     by = [name.strip() for item in args.by for name in item.split(",") if name.strip()]
     from raykd.analyze.pipeline import analyze, build_report, summary

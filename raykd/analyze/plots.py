@@ -84,6 +84,21 @@ def _teacher_line(ax, value: float) -> str:
     return f"\n(teacher {value:.2f}, off scale)"
 
 
+def plural(n: int, noun: str) -> str:
+    """``1 trial``, ``3 trials``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def epoch_ticks(ax, epochs: pd.Series) -> None:
+    """Whole-epoch ticks on the x axis: each epoch plotted when there are few (one epoch, too,
+    where matplotlib's integer locator falls back to fractions), else integers chosen by matplotlib."""
+    present = sorted({int(e) for e in epochs.dropna()})
+    if 0 < len(present) <= 12:
+        ax.set_xticks(present)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def learning_curves(epochs: pd.DataFrame, trials: pd.DataFrame, metric: str, *,
                     common_epoch: int | None = None) -> bytes:
     """``metric`` per epoch of every trial, one panel per method; colour by how the trial
@@ -113,9 +128,9 @@ def learning_curves(epochs: pd.DataFrame, trials: pd.DataFrame, metric: str, *,
         seen.add("mean")
         if common_epoch is not None:
             ax.axvline(common_epoch, color="gray", linestyle=":", linewidth=1)
-        ax.set_title(f"{METHOD} = {group} ({part.groupby(['experiment', 'trial_id']).ngroups} trials)"
+        ax.set_title(f"{METHOD} = {group} ({plural(part.groupby(['experiment', 'trial_id']).ngroups, 'trial')})"
                      if group != "all" else "all trials", fontsize=9)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        epoch_ticks(ax, part["epoch"])
         ax.set_xlabel("epoch", fontsize=8)
         ax.set_ylabel(f"{metric} (x100)", fontsize=8)
         ax.tick_params(labelsize=7)

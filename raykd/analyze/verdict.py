@@ -74,6 +74,7 @@ class Verdict:
     best_label: str
     best: Estimate
     best_seeds: list[int]
+    best_epochs: list[int]  # the epochs the best configuration's trials were ranked at
     baseline: Estimate | None
     delta: Delta | None
 
@@ -83,7 +84,7 @@ class Verdict:
             "metric": self.metric,
             "fidelity": {"rule": self.fidelity, "note": self.fidelity_note},
             "best": {"config": self.best_config, "label": self.best_label, **asdict(self.best),
-                     "phase": self.phase, "seeds": self.best_seeds},
+                     "phase": self.phase, "seeds": self.best_seeds, "epochs": self.best_epochs},
             "baseline": asdict(self.baseline) if self.baseline else None,
             "delta": asdict(self.delta) if self.delta else None,
         })
@@ -91,7 +92,8 @@ class Verdict:
     def lines(self) -> list[str]:
         """The closing lines both commands print (x100, as papers do)."""
         where = "confirmation on fresh seeds" if self.phase == CONFIRM_PHASE else "search phase"
-        out = [f"best ({where}): {self.best_label}: {self.metric} (x100) {_ci(self.best)} (n={self.best.n})"]
+        out = [f"best ({where}): {self.best_label}: {self.metric} (x100) {_ci(self.best)} "
+               f"(n={self.best.n}{_at_epochs(self.best_epochs)})"]
         if self.baseline is not None:
             out.append(f"baseline ({METHOD}={BASELINE_METHOD}): {_ci(self.baseline)} (n={self.baseline.n})")
         if self.delta is not None:
@@ -139,7 +141,9 @@ def verdict(ranking: Ranking, phase: str) -> Verdict:
     best = board[board["role"] != "teacher"].iloc[0]
     base = board[board["role"] == "baseline"]
     best_id = ranking.configs.order[0]
-    seeds = sorted({int(s) for s in ranking.configs.rows(ranking.scores.frame, best_id)["seed"] if not is_null(s)})
+    best_rows = ranking.configs.rows(ranking.scores.frame, best_id)
+    seeds = sorted({int(s) for s in best_rows["seed"] if not is_null(s)})
+    epochs = sorted({int(e) for e in best_rows.get("epoch", []) if not is_null(e)})
     baseline = delta = None
     distilled = board[(board["role"] == "config")
                       & (board[METHOD] != BASELINE_METHOD if METHOD in board else True)]
@@ -154,7 +158,7 @@ def verdict(ranking: Ranking, phase: str) -> Verdict:
         metric=ranking.scores.metric, phase=phase, fidelity=ranking.scores.fidelity,
         fidelity_note=ranking.scores.note, best_config=ranking.values(best_id), best_label=str(best["config"]),
         best=Estimate(float(best["mean"]), float(best["ci_low"]), float(best["ci_high"]), int(best["n"])),
-        best_seeds=seeds, baseline=baseline, delta=delta)
+        best_seeds=seeds, best_epochs=epochs, baseline=baseline, delta=delta)
 
 
 def decide(trials: pd.DataFrame, epochs: pd.DataFrame | None, params: Sequence[str], metric: str, *,
@@ -189,6 +193,13 @@ def _ci(e: Estimate) -> str:
     if math.isnan(e.ci_low):
         return f"{e.mean * SCALE:.2f}"
     return f"{e.mean * SCALE:.2f} ± {(e.ci_high - e.ci_low) / 2 * SCALE:.2f}"
+
+
+def _at_epochs(epochs: Sequence[int]) -> str:
+    """``, at epoch 2`` (``, at epochs 2, 3``): where the trials of a configuration were ranked."""
+    if not epochs:
+        return ""
+    return f", at epoch{'s' if len(epochs) > 1 else ''} {', '.join(map(str, epochs))}"
 
 
 def _signed(value: float) -> str:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from raykd.console import add_verbosity_args, progress_bars, quiet_libraries
 from raykd.errors import ArgumentParser, UserError, run_cli
 
 PROG = "python -m raykd.data"
@@ -104,6 +105,8 @@ def _parser() -> argparse.ArgumentParser:
                           help="boxes or instance masks (default: bbox)")
     evaluate.add_argument("--evaluator", choices=("faster_coco_eval", "pycocotools"), default=None,
                           help="faster_coco_eval (default when installed; the same numbers, faster) or pycocotools")
+    for sub in commands.choices.values():
+        add_verbosity_args(sub)
     return parser
 
 
@@ -155,6 +158,7 @@ def split_from_flags(args: argparse.Namespace) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    quiet_libraries(args)
     if args.command == "synth":
         return _synth(args)
     if args.command == "convert":
@@ -211,7 +215,7 @@ def _check(args: argparse.Namespace) -> int:
         raise UserError(f"{split.format.upper()} splits have no instance masks; --masks checks COCO files",
                         key="--masks")
     if split.format == "coco":
-        report = check_coco(split.annotations, split.images, progress=sys.stderr.isatty(), masks=args.masks)
+        report = check_coco(split.annotations, split.images, progress=progress_bars(args), masks=args.masks)
     else:
         from raykd.data.cocofile import parse_coco
         from raykd.data.converted import source, to_json
@@ -219,7 +223,7 @@ def _check(args: argparse.Namespace) -> int:
         converted = source(split)
         named = Path(split.root) / "ImageSets" / "Main" / f"{split.split}.txt" if split.format == "voc" else Path(split.yaml)
         coco = parse_coco(to_json(converted.read()), named)
-        report = check_parsed(coco, converted.images, progress=sys.stderr.isatty())
+        report = check_parsed(coco, converted.images, progress=progress_bars(args))
     print(report.format())
     if not report.usable:
         raise UserError(f"{report.summary()}; first: {report.first_fatal()}", file=report.annotations_file)

@@ -1,5 +1,5 @@
 """SAMKD: spatially hierarchical feature masking (SFD) plus region-adaptive logit
-distillation (SLD) — a RECONSTRUCTION from the abstract of arXiv 2501.07101 (no public
+distillation (SLD) — a RECONSTRUCTION from the abstract of arXiv 2501.07101v2 (no public
 code), built on DMKD's masks and reconstructions; see METHODS.md.
 """
 

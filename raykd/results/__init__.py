@@ -11,7 +11,12 @@ its ``tables/`` or a storage folder holding one search.
 ``import raykd.results`` does not import Ray.
 """
 
-from raykd.results.compact import compact
+import warnings
+
+# `python -m raykd.results.compact` runs a module this package imports; runpy warns about that
+warnings.filterwarnings("ignore", message=r"'raykd\.results\.compact' found in sys\.modules", category=RuntimeWarning)
+
+from raykd.results.compact import compact  # noqa: E402
 from raykd.results.provenance import write_run, write_run_row
 from raykd.results.params import ParamSpec
 from raykd.results.read import latest_sql, latest_trials, load, load_table, param_names, param_specs

@@ -55,3 +55,12 @@ def compact(root: str | os.PathLike, *, tables: tuple[str, ...] = S.TABLES) -> d
                     pass
             merged[table] += len(group)
     return merged
+
+
+if __name__ == "__main__":  # python -m raykd.results.compact RESULTS: the same as python -m raykd.results compact
+    import sys
+
+    from raykd.errors import run_cli
+    from raykd.results.__main__ import main
+
+    run_cli(lambda argv: main(["compact", *sys.argv[1:]]), "python -m raykd.results.compact")

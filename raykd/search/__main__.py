@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from raykd.config import parse_overrides
+from raykd.console import add_verbosity_args, library_log_level, progress_bars, quiet_libraries
 from raykd.errors import ArgumentParser, UserError, run_cli
 from raykd.ownership import claim, has_content, ownership_lost, refuse_if_owned
 from raykd.ray_address import check_reachable
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(synthetic data generated, teacher trained and cached when missing); every trial is written "
                     "to Parquet tables under STORAGE/NAME/tables.",
         epilog="exit codes: 0 finished, 2 bad input (nothing started), 3 stopped with unfinished trials "
-               "(continue with --resume). example: python -m raykd.search search_spaces/demo.yaml "
+               f"(continue with --resume). example: {PROG} search_spaces/demo.yaml "
                "--num-samples 6 --set train.epochs=3",
     )
     parser.add_argument("space", help="search-space YAML file (see search_spaces/)")
@@ -52,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a dotted key of the space (search.seed=1) or experiment (train.epochs=3)")
-    parser.add_argument("--quiet", action="store_true", help="only the final summary")
     add_tracking_args(parser)
+    add_verbosity_args(parser)
     return parser
 
 
@@ -119,7 +120,7 @@ def _restorable(paths) -> bool:
                       and load_table(paths.tables).num_rows > 0)
 
 
-def _init_ray(address: str | None, num_cpus: int | None) -> None:
+def _init_ray(address: str | None, num_cpus: int | None, log_level: int) -> None:
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Every epoch checkpoints, which makes Tune warn about frequent state snapshots: expected here.
@@ -129,13 +130,15 @@ def _init_ray(address: str | None, num_cpus: int | None) -> None:
     if ray.is_initialized():
         return
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, logging_level=log_level)
     else:  # private: never Ray's record of the last cluster started here (raykd/ray_address.py)
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                 logging_level=log_level)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_libraries(args)
     space = Space(args.space, parse_overrides(args.overrides), num_samples=args.num_samples)
     storage = resolve_storage(args.storage)
     name = _pick_name(space, storage, args.name, args.resume)
@@ -178,7 +181,7 @@ def _search(args: argparse.Namespace, space: Space, storage: str, name: str, pat
     data_paths = validate_data(cfg.data, cfg.cache_dir, masks=space.trains_masks())  # before Ray: annotations, images, masks
     teacher_ckpt = None
     if cfg.teacher is not None:
-        teacher_ckpt = ensure_teacher(cfg, log=lambda line: print(line, flush=True), progress=not args.quiet)
+        teacher_ckpt = ensure_teacher(cfg, log=lambda line: print(line, flush=True), progress=progress_bars(args))
         teacher = check_teacher(cfg, teacher_ckpt)
         if teacher_ckpt is None:  # teacher.weights as they are: no checkpoint, no evaluation on this data
             print(f"teacher: {cfg.teacher.weights} (pretrained weights, not trained on this data)", flush=True)
@@ -187,7 +190,7 @@ def _search(args: argparse.Namespace, space: Space, storage: str, name: str, pat
     store_indexes(data_paths, cfg.cache_dir)  # every input accepted: the trials memory-map these
     prep_s = time.perf_counter() - started
 
-    _init_ray(address, args.num_cpus)
+    _init_ray(address, args.num_cpus, library_log_level(args))
     from raykd.results import write_run
     from raykd.search.tuner import build_tuner, restore_tuner
 
@@ -297,7 +300,7 @@ def _summary(space: Space, paths, prep_s: float, search_s: float) -> int:
     for line in found.lines() if found else []:
         print(line)
     print(f"tables: {paths.tables}")
-    print(f"next:   python -m raykd.analyze {shlex.quote(paths.root)}")
+    print(f"next:   {PROG.replace('search', 'analyze')} {shlex.quote(paths.root)}")  # raykd analyze when run as raykd search
     return int((trials["status"] == "RUNNING").sum())
 
 

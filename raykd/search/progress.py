@@ -24,7 +24,12 @@ def _short(config: dict[str, Any]) -> str:
 
 
 class ProgressCallback(Callback):
-    """Prints trial starts, epochs, ends and errors, and a summary every ``summary_every_s``."""
+    """Prints trial starts, epochs, ends and errors, and a summary every ``summary_every_s``.
+
+    ``epochs``: the experiment's ``train.epochs``; a trial's own schedule (``train.epochs``
+    searched or fixed by the space) is the ``epochs_total`` its results report (``epochs`` when
+    a result lacks it).
+    """
 
     def __init__(self, metric: str, mode: str, *, epochs: int, summary_every_s: float = 60.0, quiet: bool = False):
         self.metric, self.mode, self.epochs = metric, mode, epochs
@@ -33,7 +38,7 @@ class ProgressCallback(Callback):
         self._last_summary = time.monotonic()
         self._best: tuple[float, str] | None = None
         self._counts = {"running": 0, "done": 0, "stopped": 0, "error": 0}
-        self._last_epoch: dict[str, int] = {}
+        self._last_epoch: dict[str, tuple[int, int]] = {}  # trial id -> (last epoch, its schedule's epochs)
 
     def _say(self, text: str) -> None:
         if not self.quiet:
@@ -48,21 +53,22 @@ class ProgressCallback(Callback):
             return
         record = EpochRecord.from_report(result)
         epoch = record.epoch
-        self._last_epoch[trial.trial_id] = epoch
+        total = int(result.get("epochs_total") or self.epochs)
+        self._last_epoch[trial.trial_id] = (epoch, total)
         value = result.get(self.metric)
         if isinstance(value, (int, float)):
             better = self._best is None or (value > self._best[0] if self.mode == "max" else value < self._best[0])
             if better:
                 self._best = (float(value), trial.trial_id)
-            self._say(f"trial {trial.trial_id} epoch {epoch}/{self.epochs}: {self.metric} {value:.4f} "
+            self._say(f"trial {trial.trial_id} epoch {epoch}/{total}: {self.metric} {value:.4f} "
                       f"loss {record.losses.total or float('nan'):.3f} ({record.epoch_time or 0:.0f} s)")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._counts["running"] -= 1
-        epoch = self._last_epoch.get(trial.trial_id, 0)
-        if stopped_early(epoch, self.epochs):
+        epoch, total = self._last_epoch.get(trial.trial_id, (0, self.epochs))
+        if stopped_early(epoch, total):
             self._counts["stopped"] += 1
-            self._say(f"trial {trial.trial_id} {stopped_early_text(epoch)}")
+            self._say(f"trial {trial.trial_id} {stopped_early_text(epoch, total)}")
         else:
             self._counts["done"] += 1
             value = (trial.last_result or {}).get(self.metric)

@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from raykd.config import (
@@ -19,7 +20,9 @@ from raykd.config import (
     SEED_KEY,
     experiment_from_dict,
     get_dotted,
+    BASE_KEY,
     load_experiment_dict,
+    load_with_bases,
     load_yaml,
     set_dotted,
     touches,
@@ -153,7 +156,7 @@ class ConfirmSettings(_Strict):
 
 
 class SpaceSpec(_Strict):
-    """A search-space file (see ``search_spaces/``, README.md and docs/architecture.md)."""
+    """A search-space file (see ``search_spaces/``, docs/configuration.md and docs/architecture.md)."""
 
     experiment: str
     name: str | None = None
@@ -232,6 +235,13 @@ NAMED_POINTS: dict[str, dict[str, Any]] = {
 }
 
 
+def _resolve_experiment(raw: dict[str, Any], folder: Path) -> None:
+    """A base space file's relative ``experiment`` made absolute against its own ``folder``."""
+    value = raw.get("experiment")
+    if isinstance(value, str) and not Path(value).expanduser().is_absolute():
+        raw["experiment"] = str((folder / value).resolve())
+
+
 def _load_error(err: ValidationError, file: Path) -> UserError:
     key, msg = validation_message(err)
     return UserError(msg, file=file, key=key)
@@ -243,7 +253,9 @@ class Space:
     def __init__(self, path: str | Path, overrides: dict[str, Any] | None = None,
                  num_samples: int | None = None):
         self.path = Path(path)
-        raw = load_yaml(self.path)
+        merged = load_with_bases(self.path, _resolve_experiment)
+        inherits = BASE_KEY in load_yaml(self.path)
+        raw = copy.deepcopy(merged)
         for key, value in (overrides or {}).items():
             if key.split(".")[0] in SpaceSpec.model_fields:
                 set_dotted(raw, key, value)
@@ -274,7 +286,9 @@ class Space:
                     key = f"fixed.{err.key}" if source == "fixed" else err.key
                     raise UserError(err.message, file=file, key=key) from None
             raise
-        self.text = self.path.read_text()
+        # what the runs table keeps of the space: the file, or with bases the merged mapping
+        self.text = (f"# {self.path.name} merged with its {BASE_KEY} files\n" + yaml.safe_dump(merged, sort_keys=False)
+                     if inherits else self.path.read_text())
         self._check_keys()
         self.spec.space = {key: self.params[key] for key in self._dependency_order()}
         self.specs: dict[str, ParamSpec] = {key: param.spec(key) for key, param in self.params.items()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -11,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 from raykd.config import parse_overrides
+from raykd.console import add_verbosity_args, quiet_libraries
 from raykd.errors import ArgumentParser, UserError, run_cli
 from raykd.tracking.setup import add_tracking_args, parse_backends
 
@@ -26,11 +28,19 @@ def build_parser() -> argparse.ArgumentParser:
                     "dashboard's (http://HEAD:8265; default: $RAY_ADDRESS). Token authentication uses Ray's\n"
                     "variables: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token (RAY_AUTH_MODE=disabled\n"
                     "sends none). See docs/cluster.md.",
-        epilog="examples:\n"
-               "  python -m raykd.submit search_spaces/demo.yaml --address http://127.0.0.1:8265 --follow\n"
-               "  python -m raykd.submit search_spaces/demo.yaml --storage s3://bucket/raykd --name demo1\n"
-               "  python -m raykd.submit --stop raykd-demo1\n"
-               "  python -m raykd.submit search_spaces/demo.yaml --storage s3://bucket/raykd --resume --name demo1",
+        usage=f"{PROG} SPACE.yaml [options]\n"
+              f"       {PROG} status|logs|stop JOB_ID [--address URL] [--follow]\n"
+              f"       {PROG} list [--address URL]",
+        epilog="job commands (also as the flags --status, --logs, --stop, --list):\n"
+               "  status JOB_ID   a job's status, its search and results\n"
+               "  logs JOB_ID     a job's logs (with --follow: until it ends)\n"
+               "  stop JOB_ID     stop a job (Tune saves the search state; resume it with --resume)\n"
+               "  list            the raykd jobs of the cluster\n\n"
+               "examples:\n"
+               f"  {PROG} search_spaces/demo.yaml --address http://127.0.0.1:8265 --follow\n"
+               f"  {PROG} search_spaces/demo.yaml --storage s3://bucket/raykd --name demo1\n"
+               f"  {PROG} stop raykd-demo1\n"
+               f"  {PROG} search_spaces/demo.yaml --storage s3://bucket/raykd --resume --name demo1",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("space", nargs="?", help="search-space YAML file to submit")
@@ -54,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                         help="also leave this gitignore-style pattern out of the package (repeatable)")
     add_tracking_args(parser)
+    add_verbosity_args(parser)
     parser.add_argument("--driver-cpus", type=float, help="CPUs reserved for the search driver (default 0)")
     parser.add_argument("--driver-gpus", type=float,
                         help="GPUs reserved for the search driver, which trains a missing teacher (default 0)")
@@ -66,13 +77,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+JOB_COMMANDS = ("status", "logs", "stop", "list")
+
+
+def job_command_flags(argv: Sequence[str]) -> list[str]:
+    """``status JOB_ID ...`` (``logs``, ``stop``, ``list``) as the flags ``--status JOB_ID ...``;
+    any other command line as it is."""
+    argv = list(argv)
+    if not argv or argv[0] not in JOB_COMMANDS:
+        return argv
+    command, rest = argv[0], argv[1:]
+    if command == "list":
+        return ["--list", *rest]
+    if not rest or rest[0].startswith("-"):
+        raise UserError(f"expected a JOB_ID after {command!r} (see '{PROG} list')", key=command)
+    return [f"--{command}", *rest]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(job_command_flags(sys.argv[1:] if argv is None else argv))
+    quiet_libraries(args)
     action = next((a for a in ("status", "logs", "stop", "list") if getattr(args, a)), None)
     if action and args.space:
         raise UserError(f"give either SPACE.yaml or --{action}, not both", key="SPACE")
     if not action and not args.space:
-        raise UserError("expected SPACE.yaml to submit, or one of --status, --logs, --stop, --list", key="SPACE")
+        raise UserError("expected SPACE.yaml to submit, or one of status, logs, stop, list", key="SPACE")
     from raykd.submit.client import JobsClient, resolve_address
 
     address = resolve_address(args.address)
@@ -133,8 +162,8 @@ def submit(args: argparse.Namespace, address: str) -> int:
           f"{time.monotonic() - started:.1f} s")
     print(f"  runs:    {job.entrypoint}")
     print(f"  results: {job.results} (tables: {job.results}/tables)")
-    print(f"  logs:    {PROG} --logs {job_id} --follow{where}")
-    print(f"  stop:    {PROG} --stop {job_id}{where}")
+    print(f"  logs:    {PROG} logs {job_id} --follow{where}")
+    print(f"  stop:    {PROG} stop {job_id}{where}")
     print(f"  resume:  {PROG} {shlex.quote(args.space)}{where} --storage {shlex.quote(storage)} --resume "
           f"--name {name}", flush=True)
     if not args.follow:
@@ -165,7 +194,7 @@ def _name_and_attempt(client, space, args) -> tuple[str, int]:
     running = [j.submission_id for j in earlier if str(j.status.value) not in TERMINAL]
     if running:
         raise UserError(f"search {name!r} is still running as job {running[0]}; stop it first "
-                        f"({PROG} --stop {running[0]})", key="--resume")
+                        f"({PROG} stop {running[0]})", key="--resume")
     return name, 1 + max((int(j.metadata.get("resume", "0")) for j in earlier), default=0)
 
 
@@ -191,7 +220,7 @@ def refuse_if_running(client, root: str) -> None:
             return
         if status is not None:
             raise UserError(f"this search is being written by job {owner.job_id} ({status}); stop it first "
-                            f"({PROG} --stop {owner.job_id}) or use another --name", file=root, key="--name")
+                            f"({PROG} stop {owner.job_id}) or use another --name", file=root, key="--name")
     raise UserError(f"this search is being written by {owner.describe()}; stop that driver first or use another "
                     "--name", file=root, key="--name")
 
@@ -200,7 +229,7 @@ def _outcome(client, job_id: str, since: float, results: str | None = None) -> i
     try:
         final, _ = client.follow(job_id, since=since)
     except KeyboardInterrupt:
-        print(f"\nstopped following; job {job_id} keeps running (--stop {job_id} stops it)")
+        print(f"\nstopped following; job {job_id} keeps running ({PROG} stop {job_id} stops it)")
         return 130
     info = client.info(job_id)
     print(f"job {job_id} {final}: {info.message or ''}".rstrip(": "))

@@ -22,7 +22,8 @@ from typing import Any
 import yaml
 
 import raykd
-from raykd.config import PATH_KEYS, SHARED_PATH_KEYS, get_dotted, load_yaml, parse_overrides, relative_path
+from raykd.config import (BASE_KEY, PATH_KEYS, SHARED_PATH_KEYS, get_dotted, load_with_bases, load_yaml,
+                          parse_overrides, relative_path)
 from raykd.errors import UserError
 from raykd.search.space import Space
 from raykd.uri import is_shared_uri, is_uri, resolve_storage  # noqa: F401 (resolve_storage: for raykd.submit)
@@ -71,7 +72,7 @@ def node_local_paths(space: Space, overrides: dict[str, Any], storage: str) -> l
     (:func:`job_paths`), which other nodes have only on a shared mount. ``cache_dir`` is named
     when it is unset and ``storage`` is a URI (:func:`shared_cache` keeps it on the driver's node).
     """
-    raw = load_yaml(space.experiment_path)
+    raw = load_with_bases(space.experiment_path)  # relative as written, bases included
     overridden = set(space.spec.fixed) | set(overrides)
     found = []
     for key in SHARED_PATH_KEYS:
@@ -164,6 +165,11 @@ def stage(space: Space, staging: Path, root: Path | None) -> tuple[Path, str]:
     space_file, exp_file = space.path.resolve(), space.experiment_path.resolve()
     if root is not None and space_file.is_relative_to(root) and exp_file.is_relative_to(root):
         return root, space_file.relative_to(root).as_posix()
+    for file in (space_file, exp_file):  # only these two files travel: their _base_ files would not
+        if BASE_KEY in load_yaml(file):
+            raise UserError(f"inherits from {BASE_KEY} files, which a job that ships only the space and experiment "
+                            "files lacks: keep both files inside the project and ship it (without --no-package)",
+                            file=file, key=BASE_KEY)
     staging.mkdir(parents=True, exist_ok=True)
     if root is not None:
         for entry in root.iterdir():

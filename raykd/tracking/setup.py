@@ -18,18 +18,28 @@ from raykd.errors import UserError
 from raykd.tracking.base import Tracker
 from raykd.uri import is_uri
 
-BACKENDS = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "raykd[mlflow]")}
+BACKENDS = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "raykd[mlflow]"),
+            "wandb": ("wandb", "raykd[wandb]")}
 """``--log`` name -> (module it needs, what to pip install)."""
 SETUP_FILE = "tracking.json"
 TENSORBOARD_FOLDER = "tensorboard"
 MLFLOW_FOLDER = "mlruns"
+WANDB_FOLDER = "wandb"  # W&B's own name for the folder it writes under its dir
 
 
-def add_tracking_args(parser: argparse.ArgumentParser) -> None:
-    """``--log`` and ``--mlflow-uri`` of ``raykd.search`` and ``raykd.train``."""
+RESUME_NOTES = {
+    "search": "--resume keeps the search's",
+    "run": "--resume without --log keeps the run's; with --log it takes those, filled with the run's history",
+}
+"""What ``--resume`` does with the trackers, per kind of command (see :func:`for_search`, :func:`for_train`)."""
+
+
+def add_tracking_args(parser: argparse.ArgumentParser, kind: str = "search") -> None:
+    """``--log`` and ``--mlflow-uri`` of ``raykd.search`` (and ``raykd.submit``), ``kind="search"``,
+    and of ``raykd.train``, ``kind="run"``."""
     parser.add_argument("--log", metavar="BACKENDS",
-                        help="also log every epoch to these trackers, comma-separated: tensorboard, mlflow "
-                             "(default: none; --resume keeps the search's)")
+                        help=f"also log every epoch to these trackers, comma-separated: {', '.join(BACKENDS)} "
+                             f"(default: none; {RESUME_NOTES[kind]})")
     parser.add_argument("--mlflow-uri", metavar="URI",
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else a SQLite database in "
                              f"{MLFLOW_FOLDER}/ of the output folder)")
@@ -96,7 +106,8 @@ class TrackingSetup(BaseModel):
     """The trackers of one search (or ``raykd.train`` run) and where they write.
 
     ``folder``: the local search (or output) folder, or None for URI storage; TensorBoard
-    writes ``folder/tensorboard/``; ``experiment``: MLflow's experiment name;
+    writes ``folder/tensorboard/``, W&B ``folder/wandb/``; ``experiment``: MLflow's experiment
+    name and W&B's group;
     ``mlflow_uri``: resolved when ``mlflow`` is among ``backends``.
     """
 
@@ -113,8 +124,9 @@ class TrackingSetup(BaseModel):
         (one line and exit 2 when one is missing)."""
         backends = parse_backends(log)
         check_installed(backends)
-        if "tensorboard" in backends and folder is None:
-            raise UserError("tensorboard writes local files: use a local --storage folder", key="--log")
+        for local in ("tensorboard", "wandb"):
+            if local in backends and folder is None:
+                raise UserError(f"{local} writes local files: use a local --storage folder", key="--log")
         uri = None
         if "mlflow" in backends:
             uri = mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or (
@@ -173,6 +185,10 @@ class TrackingSetup(BaseModel):
             out.append(MlflowTracker(self.mlflow_uri, self.experiment, folder=self.folder or self.experiment,
                                      artifact_location=Path(self.folder, MLFLOW_FOLDER, "artifacts").as_uri()
                                      if default else None))
+        if "wandb" in self.backends:
+            from raykd.tracking.wandb_backend import WandbTracker
+
+            out.append(WandbTracker(self.folder, self.experiment))
         return out
 
     def tune_callbacks(self, phase: str = "search") -> list:
@@ -197,4 +213,11 @@ class TrackingSetup(BaseModel):
             parts.append(f"TensorBoard in {Path(self.folder, TENSORBOARD_FOLDER)}")
         if "mlflow" in self.backends:
             parts.append(f"MLflow experiment {self.experiment!r} at {self.mlflow_uri}")
+        if "wandb" in self.backends:
+            from raykd.tracking.wandb_backend import wandb_mode
+
+            mode = wandb_mode()
+            parts.append(f"W&B ({mode}) group {self.experiment!r}, run files in {Path(self.folder, WANDB_FOLDER)}"
+                         + (f" (upload: wandb sync {Path(self.folder, WANDB_FOLDER)}/offline-run-*)"
+                            if mode == "offline" else ""))
         return "tracking: " + "; ".join(parts)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,11 +12,13 @@ from pathlib import Path
 import yaml
 
 from raykd.config import load_experiment, parse_overrides
+from raykd.console import add_verbosity_args, library_log_level, progress_bars, quiet_libraries
 from raykd.errors import ArgumentParser, UserError, run_cli
 from raykd.ownership import claim
 from raykd.ray_address import check_reachable
 from raykd.tracking import add_tracking_args
 from raykd.tracking.feed import RunFeed
+from raykd.train.epoch import metrics_lines
 
 PROG = "python -m raykd.train"
 OWNED_TODO = "another run is writing there: wait for it to end or stop it, or set another train.output_dir"
@@ -28,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "'none'), with COCO evaluation every epoch. Checkpoints and metrics go to train.output_dir: "
                     "checkpoints/state.pt (exact resume), metrics.jsonl (one line per epoch), model_final.pt (last epoch) "
                     "and model_best.pt (best bbox_mAP).",
-        epilog="example: python -m raykd.train experiments/shapes_student.yaml --set distill.method=mgd --set train.seed=1",
+        epilog=f"example: {PROG} experiments/shapes_student.yaml --set distill.method=mgd --set train.seed=1",
     )
     parser.add_argument("experiment", help="experiment YAML file (see experiments/)")
     parser.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", default=[],
@@ -40,13 +43,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--address", help="with --workers: join a running Ray cluster, HOST:PORT or auto ($RAY_ADDRESS, "
                                            "else the cluster last started on this machine) (default: a private local Ray)")
     parser.add_argument("--resume", action="store_true", help="continue from train.output_dir/checkpoints/state.pt")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch only)")
-    add_tracking_args(parser)
+    # kept for scripts written before -q (bars are drawn only on a terminal, -q hides them)
+    parser.add_argument("--no-progress", action="store_true", help=argparse.SUPPRESS)
+    add_tracking_args(parser, kind="run")
+    add_verbosity_args(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_libraries(args)
+    args.progress = progress_bars(args) and not args.no_progress
     if args.workers < 1:
         raise UserError(f"expected a positive number of workers, got {args.workers}", key="--workers")
     overrides = parse_overrides(args.overrides)
@@ -87,7 +94,7 @@ def _train(args: argparse.Namespace, cfg, out: Path, resume_path: Path | None, a
     if cfg.teacher is not None and (cfg.distill.method != "none" or cfg.student.inherit):
         from raykd.train.teacher import check_teacher, ensure_teacher
 
-        teacher_ckpt = ensure_teacher(cfg, progress=not args.no_progress)
+        teacher_ckpt = ensure_teacher(cfg, progress=args.progress)
         check_teacher(cfg, teacher_ckpt)
     store_indexes(data_paths, cfg.cache_dir)  # every input accepted: the workers memory-map these
     out.mkdir(parents=True, exist_ok=True)
@@ -99,11 +106,11 @@ def _train(args: argparse.Namespace, cfg, out: Path, resume_path: Path | None, a
     args.tracking.save()
     with args.tracking.run_feed(cfg.model_dump(mode="json")) as feed:
         if args.workers == 1:
-            final = _train_local(cfg, out, teacher_ckpt, resume_path=resume_path, progress=not args.no_progress,
-                                 feed=feed)
+            final = _train_local(cfg, out, teacher_ckpt, resume_path=resume_path, progress=args.progress,
+                                 feed=feed, log=(lambda line: None) if args.quiet else print)
         else:
             final = _train_ray(cfg, out, teacher_ckpt, workers=args.workers, gpus=args.gpus_per_worker, feed=feed,
-                               resume_path=resume_path, address=address)
+                               resume_path=resume_path, address=address, log_level=library_log_level(args))
     from raykd.metric_names import METRICS
 
     print(json.dumps({k: final[k] for k in METRICS if k in final}))
@@ -118,7 +125,8 @@ def latest_state(out: Path) -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
 
 
-def _train_local(cfg, out: Path, teacher_ckpt, *, resume_path: Path | None, progress: bool, feed: RunFeed) -> dict:
+def _train_local(cfg, out: Path, teacher_ckpt, *, resume_path: Path | None, progress: bool, feed: RunFeed,
+                 log=print) -> dict:
     from raykd.train.checkpoint import load_state, save_state
     from raykd.train.loop import fit
     from raykd.train.teacher import BEST_METRIC, BestModel
@@ -131,7 +139,7 @@ def _train_local(cfg, out: Path, teacher_ckpt, *, resume_path: Path | None, prog
     if resume_state is None:
         metrics_path.unlink(missing_ok=True)
     else:  # the history in the state is the truth (a Ray Train run wrote none of this file)
-        metrics_path.write_text("".join(json.dumps(m) + "\n" for m in resume_state.get("history", [])))
+        metrics_path.write_text(metrics_lines(resume_state.get("history", [])))
 
     best = BestModel(out)
     if resume_state is not None:  # the best epoch so far is the one model_best.pt holds
@@ -142,17 +150,17 @@ def _train_local(cfg, out: Path, teacher_ckpt, *, resume_path: Path | None, prog
         state = make_state()
         save_state(state, state_path)
         with metrics_path.open("a") as fh:
-            fh.write(json.dumps(metrics) + "\n")
+            fh.write(metrics_lines([metrics]))
         feed.epoch(metrics)
         best.update(metrics, lambda: state)
 
     final = fit(cfg, teacher_checkpoint=teacher_ckpt, resume_state=resume_state, on_epoch_end=on_epoch_end,
-                progress=progress)
+                progress=progress, log=log)
     return final.as_report() if final is not None else {}
 
 
 def _train_ray(cfg, out: Path, teacher_ckpt, *, workers: int, gpus: int | None, feed: RunFeed, resume_path: Path | None,
-               address: str | None = None) -> dict:
+               address: str | None = None, log_level: int = logging.WARNING) -> dict:
     """Run the loop on ``workers`` DDP ranks through Ray Train; metrics and model land in ``out``.
     ``address``: a cluster to join (checked by :func:`raykd.ray_address.check_reachable`); None
     starts a private local Ray, never the one Ray's record of the last cluster names."""
@@ -167,9 +175,9 @@ def _train_ray(cfg, out: Path, teacher_ckpt, *, workers: int, gpus: int | None, 
 
     use_gpu = bool(torch.cuda.is_available()) if gpus is None else bool(gpus)
     if not ray.is_initialized() and address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, logging_level=log_level)
     elif not ray.is_initialized():
-        ray.init(address="local", include_dashboard=False, log_to_driver=True)
+        ray.init(address="local", include_dashboard=False, log_to_driver=True, logging_level=log_level)
     trainer = make_trainer(cfg.model_dump(mode="json"), workers=workers, use_gpu=use_gpu,
                            storage_path=str(out / "ray"), name=f"train-{cfg.name}",
                            teacher_checkpoint=teacher_ckpt, resume_path=str(resume_path) if resume_path else None,
@@ -182,7 +190,7 @@ def _train_ray(cfg, out: Path, teacher_ckpt, *, workers: int, gpus: int | None, 
         with result.checkpoint.as_directory() as folder:
             state = load_state(Path(folder) / STATE_FILE)
             best = load_state(Path(folder) / BEST_FILE)
-        (out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in state["history"]))
+        (out / "metrics.jsonl").write_text(metrics_lines(state["history"]))
         feed.history(state["history"])
         save_model(state["model"], out / "model_final.pt", metrics=state["history"][-1],
                    categories=state.get("categories"))

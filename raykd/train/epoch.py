@@ -11,6 +11,7 @@ flattened to ``loss_<name>`` keys here and nowhere else. No torch: ``raykd.resul
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -154,3 +155,17 @@ def _number(value: object) -> float | None:
     except (TypeError, ValueError):
         return None
     return None if number is not None and math.isnan(number) else number
+
+
+def metrics_lines(reports: list[Mapping[str, Any]]) -> str:
+    """``metrics.jsonl`` text of :meth:`EpochRecord.as_report` mappings, one JSON line each: a COCO
+    metric of pycocotools' -1 (no objects of that size) or NaN is written as null, as the
+    results tables store it (and NaN is not JSON)."""
+    def clean(report: Mapping[str, Any]) -> dict[str, Any]:
+        return {key: None if key in METRICS and _unmeasured(value) else value for key, value in report.items()}
+
+    return "".join(json.dumps(clean(report)) + "\n" for report in reports)
+
+
+def _unmeasured(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and (math.isnan(value) or value < 0)

@@ -19,6 +19,7 @@ import torch
 from raykd.config import ExperimentConfig, ModelConfig, StudentConfig, config_hash
 from raykd.data.annindex import annotation_digest
 from raykd.errors import UserError
+from raykd.train.epoch import metrics_lines
 
 
 def data_fingerprint(cfg: ExperimentConfig) -> str:
@@ -100,7 +101,7 @@ def ensure_teacher(cfg: ExperimentConfig, *, log: Callable[[str], None] = print,
             best.update(history[-1], make_state)
 
         fit(exp, on_epoch_end=keep, progress=progress, log=lambda line: log(f"teacher: {line}"))
-        (target.parent / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in history))
+        (target.parent / "metrics.jsonl").write_text(metrics_lines(history))
         if target.name != "model_best.pt":  # a configured teacher.checkpoint holds the best epoch too
             shutil.copyfile(target.parent / "model_best.pt", target)
         log(f"teacher: best epoch {best.metrics.get('epoch')} of {len(history)} "

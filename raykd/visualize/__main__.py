@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from raykd.config import load_experiment, parse_overrides
+from raykd.console import add_verbosity_args, quiet_libraries
 from raykd.errors import ArgumentParser, UserError, run_cli
 
 PROG = "python -m raykd.visualize"
@@ -24,8 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "training code's own forward pass (masks drawn with seed train.seed + image index). "
                     "Needs the teacher's checkpoint; nothing is trained.",
         epilog="examples:\n"
-               "  python -m raykd.visualize experiments/shapes_student.yaml --out pictures --set distill.method=samkd\n"
-               "  python -m raykd.visualize experiments/shapes_student.yaml --out pictures --set distill.method=mgd "
+               f"  {PROG} experiments/shapes_student.yaml --out pictures --set distill.method=samkd\n"
+               f"  {PROG} experiments/shapes_student.yaml --out pictures --set distill.method=mgd "
                "--student runs/shapes_student",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -38,11 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--student", metavar="RUN_DIR_OR_CHECKPOINT",
                         help="a trained student: a run folder (its newest training state, else model_best.pt or "
                              "model_final.pt) or a checkpoint file (default: the untrained student of train.seed)")
+    add_verbosity_args(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_libraries(args)
     if args.images < 1:
         raise UserError(f"expected a positive number of images, got {args.images}", key="--images")
     out = Path(args.out)

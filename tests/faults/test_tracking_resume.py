@@ -1,5 +1,6 @@
-"""A search with ``--log tensorboard,mlflow`` whose driver is SIGKILLed twice mid-trial and resumed:
-TensorBoard and MLflow hold every epoch of every trial exactly once, with the tables' values.
+"""A search with ``--log tensorboard,mlflow,wandb`` whose driver is SIGKILLed twice mid-trial and
+resumed: TensorBoard, MLflow and W&B (offline) hold every epoch of every trial exactly once, with
+the tables' values.
 
 Killed right after an epoch is reported, the restarted trials report again the epochs Tune's
 saved state had not recorded (see raykd/search/trainable.py); the trackers must skip those.
@@ -13,7 +14,8 @@ import pytest
 
 from fault_tools import check_search, intact_trials
 from raykd.results import load
-from tracking_tools import mlflow_history, mlflow_runs, tensorboard_scalars
+from raykd.tracking.wandb_backend import run_id
+from tracking_tools import mlflow_history, mlflow_runs, tensorboard_scalars, wandb_history, wandb_summary
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -22,10 +24,10 @@ KILLS = [(r"epoch 1/3", 0.3), (r"epoch 2/3", 0.0)]  # (what the driver printed l
 
 @pytest.mark.fault("driver SIGKILL with trackers", injected=len(KILLS), trials=2)
 def test_trackers_hold_each_epoch_once_after_driver_kills(fault_space, search_driver, tmp_path, fault_ledger,
-                                                          monkeypatch):
+                                                          monkeypatch, wandb_offline):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the search folder's own mlruns/
     space = fault_space(num_samples=2, epochs=3)
-    driver = search_driver(space, name="tracked", extra=["--log", "tensorboard,mlflow"])  # --resume repeats it
+    driver = search_driver(space, name="tracked", extra=["--log", "tensorboard,mlflow,wandb"])  # --resume repeats it
     root = tmp_path / "results" / "tracked"
     try:
         for i, (pattern, delay) in enumerate(KILLS):
@@ -52,3 +54,7 @@ def test_trackers_hold_each_epoch_once_after_driver_kills(fault_space, search_dr
         assert (run["status"], run["tags.status"]) == ("FINISHED", "TERMINATED")
         assert mlflow_history(uri, run["run_id"], "bbox_mAP") == expected, trial_id
         assert [s for s, _ in mlflow_history(uri, run["run_id"], "loss_total")] == [1, 2, 3]
+        rid = run_id(str(root), trial_id)
+        assert wandb_history(root, rid, "bbox_mAP") == expected, trial_id
+        assert [s for s, _ in wandb_history(root, rid, "loss_total")] == [1, 2, 3]
+        assert wandb_summary(root, rid)["status"] == "TERMINATED"
