@@ -74,7 +74,7 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], teacher_checkpoin
     from raykd.train.worker import make_trainer
 
     trial_id = tune.get_context().get_trial_id()
-    trainer = make_trainer(exp, workers=workers, use_gpu=gpus_per_worker > 0, cpus_per_worker=cpus_per_worker,
+    trainer = make_trainer(exp, workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
                            storage_path=storage_path, name=f"train-{trial_id}", teacher_checkpoint=teacher_checkpoint,
                            callbacks=[TuneReportCallback()], extra_metrics=extra)
     result = trainer.fit()

@@ -160,13 +160,14 @@ class _Run:
     scheduler: Any
 
 
-def _setup(cfg: ExperimentConfig, teacher_checkpoint: str | None, log: Callable[[str], None]) -> _Run:
+def _setup(cfg: ExperimentConfig, teacher_checkpoint: str | None, log: Callable[[str], None],
+           device: torch.device | str | None = None) -> _Run:
     """Data, teacher and student, distiller, DDP wrapper, loaders, optimiser and schedule."""
     rank, world = _rank_info()
     tcfg = cfg.train
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
-    device = choose_device(tcfg, local_rank=rank)
+    device = choose_device(tcfg, device)
     seed_everything(tcfg.seed + rank)
     amp = tcfg.amp and device.type == "cuda"
 
@@ -289,6 +290,7 @@ def fit(
     on_epoch_end: EpochCallback | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    device: torch.device | str | None = None,
 ) -> EpochRecord | None:
     """Train ``cfg.student`` (distilled from the teacher when ``cfg.distill.method != 'none'``).
 
@@ -298,9 +300,10 @@ def fit(
         returns the checkpoint dict (model, distiller, optimiser, scheduler, epoch, RNG, and
         ``history``: every epoch's :meth:`EpochRecord.as_report`).
     Returns the last epoch's record (None when there was no epoch left to run). Raises
-    :class:`NonFiniteLoss` on NaN/inf losses.
+    :class:`NonFiniteLoss` on NaN/inf losses. ``device``: the launcher's (Ray Train's) device
+    for this rank (:func:`~raykd.train.setup.choose_device`).
     """
-    run = _setup(cfg, teacher_checkpoint, log)
+    run = _setup(cfg, teacher_checkpoint, log, device)
     history = _restore(run, resume_state, log) if resume_state is not None else []
     start_epoch = int(resume_state["epoch"]) + 1 if resume_state is not None else 1
 

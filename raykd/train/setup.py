@@ -94,12 +94,25 @@ def validate_data(cfg: DataConfig, cache_dir: str | Path, masks: bool = False) -
     return paths
 
 
-def choose_device(cfg: ScheduleConfig, local_rank: int = 0) -> torch.device:
-    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise UserError("CUDA requested but no GPU is visible", key="train.device")
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device("cpu")
+def choose_device(cfg: ScheduleConfig, assigned: torch.device | str | None = None) -> torch.device:
+    """The training device, made current on CUDA (``torch.cuda.set_device``) so the NCCL
+    communicator, autocast and pinned-memory copies all use it.
+
+    ``assigned``: the launcher's device (Ray Train's ``ray.train.torch.get_device()``, the GPU
+    Ray gave this worker); without it ``LOCAL_RANK`` (torchrun's) picks among the visible GPUs,
+    else the first. ``train.device: cpu`` ignores a GPU.
+    """
+    if cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UserError("CUDA requested but no GPU is visible", key="train.device")
+    device = torch.device(assigned) if assigned is not None else None
+    if device is None or device.type != "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+    if device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    torch.cuda.set_device(device)
+    return device
 
 
 def seed_everything(seed: int) -> None:
