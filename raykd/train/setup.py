@@ -15,6 +15,7 @@ from raykd.config import DataConfig, ExperimentConfig, ScheduleConfig
 from raykd.data import CocoDetection, ensure_synthetic
 from raykd.data.cocofile import read_coco
 from raykd.data.converted import coco_paths
+from raykd.data.transforms import detection_transforms
 from raykd.errors import UserError
 from raykd.models import build_detector, inherit_neck_and_head, load_weights
 from raykd.models.builders import build_pretrained
@@ -67,7 +68,17 @@ def build_datasets(cfg: DataConfig, cache_dir: str | Path, masks: bool = False) 
     val = CocoDetection(paths.val_annotations, paths.val_images, image_size=cfg.image_size, train=False,
                         min_size=cfg.min_size, masks=masks)
     _same_categories(train.cat_ids, val.cat_ids, paths.val_annotations)
+    # Training images leave the loader workers as uint8 and become floats on the device
+    # (raykd.data.transforms.device_image).
+    train.transforms = detection_transforms(cfg.image_size, True, cfg.min_size, uint8=True)
     return train, val
+
+
+def loader_workers(cpus_per_worker: float) -> int:
+    """``data.num_workers``' default in a search trial: one loader process per CPU the trial's
+    worker holds beyond the one that trains, at most 8 (``min(floor(cpus_per_worker) − 1, 8)``,
+    at least 0). Outside a search the default is 0 (loading in the training process)."""
+    return min(max(int(cpus_per_worker) - 1, 0), 8)
 
 
 def validate_data(cfg: DataConfig, cache_dir: str | Path, masks: bool = False) -> DataPaths:
