@@ -22,7 +22,7 @@ from raykd.config import experiment_from_dict
 from raykd.train.checkpoint import STATE_FILE, load_state, save_state
 from raykd.train.epoch import EpochRecord
 from raykd.train.loop import fit
-from raykd.train.teacher import improves
+from raykd.train.teacher import improves, save_model
 
 BEST_FILE = "best.pt"
 """Beside ``state.pt`` in a checkpoint (``keep_best``): ``{"model", "metrics", "categories"}`` of the best epoch."""
@@ -114,3 +114,25 @@ def make_trainer(
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )
+
+
+def train_through_ray(exp, folder: Path, log, *, workers: int, cpus_per_worker: float,
+                      gpus_per_worker: float) -> list[dict[str, Any]]:
+    """A :data:`raykd.train.teacher.TeacherTrainer` that trains on Ray Train workers with a
+    search's resources (Ray already initialised): ``model_best.pt`` and ``model_final.pt`` in
+    ``folder``; returns every epoch's report."""
+    trainer = make_trainer(exp.model_dump(mode="json"), workers=workers, gpus_per_worker=gpus_per_worker,
+                           cpus_per_worker=cpus_per_worker, storage_path=str(Path(folder).resolve() / "ray"),
+                           name="teacher", keep_best=True)
+    log(f"training through Ray Train: {workers} worker(s) × {cpus_per_worker:g} CPU, {gpus_per_worker:g} GPU")
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    with result.checkpoint.as_directory() as checkpoint:
+        state = load_state(Path(checkpoint) / STATE_FILE)
+        best = load_state(Path(checkpoint) / BEST_FILE)
+    history = state["history"]
+    save_model(best["model"], Path(folder) / "model_best.pt", metrics=best["metrics"], categories=best.get("categories"))
+    save_model(state["model"], Path(folder) / "model_final.pt", metrics=history[-1],
+               categories=state.get("categories"))
+    return history
