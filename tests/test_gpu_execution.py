@@ -202,3 +202,13 @@ def test_distiller_passes_its_generator_to_the_losses():
     distiller(feats, feats, None, None, [torch.zeros(0, 4)], [(16, 16)])
     assert seen == [distiller.generator]
     assert LevelInputs.__dataclass_fields__["generator"].default is None
+
+
+def test_teacher_cache_keys_written_before_the_gpu_keys_stay_valid():
+    from raykd.train.teacher import _schedule_key
+
+    new_keys = {"log_every", "lr_scaling", "reference_batch", "compile", "channels_last"}
+    before = {k: v for k, v in ScheduleConfig(amp="bf16").model_dump().items()
+              if k not in new_keys | {"output_dir", "device", "threads"}} | {"amp": True}
+    assert _schedule_key(ScheduleConfig(amp=True, log_every=5, compile=True)) == before
+    assert _schedule_key(ScheduleConfig(reference_batch=16))["reference_batch"] == 16

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from raykd.config import ExperimentConfig, ModelConfig, StudentConfig, config_hash
+from raykd.config import ExperimentConfig, ModelConfig, ScheduleConfig, StudentConfig, config_hash
 from raykd.errors import UserError
 
 
@@ -55,11 +55,21 @@ def teacher_experiment(cfg: ExperimentConfig, output_dir: Path) -> ExperimentCon
                             cache_dir=cfg.cache_dir)
 
 
+def _schedule_key(schedule: ScheduleConfig) -> dict:
+    """What of a teacher's schedule decides its weights, as keys written before the GPU keys
+    existed spelt it: how it runs (device, threads, host reads, compile, memory format) is left
+    out, the learning-rate rule only when it can act, ``amp`` as the boolean it was for off/bf16."""
+    key = schedule.model_dump(exclude={"output_dir", "device", "threads", "log_every", "compile", "channels_last"})
+    if schedule.reference_batch is None:
+        key.pop("lr_scaling"), key.pop("reference_batch")
+    key["amp"] = {"off": False, "bf16": True}.get(schedule.amp, schedule.amp)
+    return key
+
+
 def teacher_cache_path(cfg: ExperimentConfig) -> Path:
     teacher = cfg.teacher
     key = config_hash(teacher.model_dump(exclude={"checkpoint"}, exclude_none=False) | {
-        "train": teacher.train.model_dump(exclude={"output_dir", "device", "threads"}) if teacher.train else None},
-        data_fingerprint(cfg))
+        "train": _schedule_key(teacher.train) if teacher.train else None}, data_fingerprint(cfg))
     return Path(cfg.cache_dir) / "teachers" / key / "model_best.pt"
 
 
