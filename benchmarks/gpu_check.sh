@@ -61,7 +61,7 @@ step() {  # step NAME SECONDS COMMAND...: JSON lines of stdout to NAME.jsonl, th
 step distill_bf16 150 python3 benchmarks/distill_overhead.py --device "$DEVICE" "${SIZE[@]}" "${AMP[@]}" \
     "${REPEATS[@]}" --jsonl --out "$OUT/distill_bf16.json"
 step syncs 45 python3 benchmarks/gpu_paths.py syncs --device "$DEVICE" "${TINY[@]}"
-step packing 90 python3 benchmarks/ray_gpu.py --device "$DEVICE" --parts packing --steps 5 --epochs 1 \
+step packing 120 python3 benchmarks/ray_gpu.py --device "$DEVICE" --parts packing --steps 5 --epochs 1 \
     --packing 1:inline 0.25:inline 0.25:train --out "$OUT/ray_gpu.json"
 step distill_fp32 80 python3 benchmarks/distill_overhead.py --device "$DEVICE" "${SIZE[@]}" \
     "${REPEATS[@]}" --methods none mgd dmkd samkd dfmsd --jsonl --out "$OUT/distill_fp32.json"

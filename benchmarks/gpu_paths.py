@@ -12,7 +12,8 @@ PART:
   short epoch each, ``train.amp: bf16`` on CUDA; step time, peak memory, box (and segm) mAP.
 - ``amp_ap``: one checkpoint (an FCOS trained for the epoch) evaluated with ``amp`` off and
   bf16: box mAP of each, and their difference.
-- ``ddp``: two DDP ranks (gloo) on one device, one short epoch; their loss sums must agree.
+- ``ddp``: two DDP ranks (gloo) on one device, one short epoch: each rank's loss sums (its own
+  shard of the data) and the metrics (scored on rank 0, broadcast: the same on both).
 
 ``--tiny``: 64 px synthetic images, 3 steps (a CPU check that the script runs). Default:
 320 px images, ``--steps`` steps (default 30). Nothing in the project depends on this script.
@@ -23,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 import warnings
@@ -34,12 +34,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from host_syncs import count_host_reads  # benchmarks/host_syncs.py, beside this script
 from raykd.config import experiment_from_dict
 from raykd.data import generate_synthetic
 from raykd.train import loop
-
-RAYKD = str(Path(loop.__file__).parents[1])
-SYNC_CALLS = ("item", "__float__", "__bool__", "__int__", "nonzero", "tolist")
 
 
 def emit(row: dict[str, Any]) -> None:
@@ -73,34 +71,17 @@ def experiment(root: Path, args: argparse.Namespace, *, student: str = "fcos", t
 
 def count_syncs(run, epoch: int) -> int:
     """Syncs in one epoch of ``run``: CUDA's sync debug warnings, or raykd's host reads on the CPU."""
-    if run.device.type == "cuda":
-        torch.cuda.synchronize()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")
-            try:
-                loop.train_one_epoch(run, epoch, progress=False)
-            finally:
-                torch.cuda.set_sync_debug_mode(0)
-        return sum("synchroniz" in str(w.message) for w in caught)
-    calls = []
-    originals = {name: getattr(torch.Tensor, name) for name in SYNC_CALLS}
-
-    def counted(name):
-        def call(tensor, *a, **k):
-            if sys._getframe(1).f_code.co_filename.startswith(RAYKD):
-                calls.append(name)
-            return originals[name](tensor, *a, **k)
-        return call
-
-    for name in SYNC_CALLS:
-        setattr(torch.Tensor, name, counted(name))
-    try:
-        loop.train_one_epoch(run, epoch, progress=False)
-    finally:
-        for name, original in originals.items():
-            setattr(torch.Tensor, name, original)
-    return len(calls)
+    if run.device.type != "cuda":
+        return count_host_reads(run, epoch)
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            loop.train_one_epoch(run, epoch, progress=False)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    return sum("synchroniz" in str(w.message) for w in caught)
 
 
 def part_syncs(root: Path, args: argparse.Namespace) -> None:

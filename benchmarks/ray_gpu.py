@@ -30,7 +30,9 @@ import json
 import math
 import os
 import platform
+import signal
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -166,6 +168,7 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
     use_gpu = args.device == "cuda"
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(124))  # a time-out still shuts Ray down below
     rows: list[dict[str, Any]] = []
     cpus = max(os.cpu_count() or 2, 5, *(math.ceil(c) for c in args.cpus_per_worker))
     ray.init(num_cpus=cpus, num_gpus=1 if use_gpu else 0, include_dashboard=False, log_to_driver=False)
