@@ -144,7 +144,8 @@ class _DeviceSums:
                              + [v.detach() for ts in losses.kd.values() for v in ts.values()])
         ok = torch.isfinite(total)
         if self.sums is None:
-            self.sums, self.finite = torch.zeros_like(values), torch.ones_like(ok)
+            # float64 like the host's sums were (a loss mean over thousands of steps keeps its digits)
+            self.sums, self.finite = torch.zeros_like(values, dtype=torch.float64), torch.ones_like(ok)
             self.first_bad, self.bad_step = torch.zeros_like(values), torch.full_like(values[0], -1.0)
         newly_bad = self.finite & ~ok
         self.first_bad = torch.where(newly_bad, values, self.first_bad)

@@ -60,7 +60,8 @@ def _same_categories(train_ids: list[int], val_ids: list[int], val_file: str) ->
 
 
 def build_datasets(cfg: DataConfig, cache_dir: str | Path, masks: bool = False) -> tuple[CocoDetection, CocoDetection]:
-    """Train and val datasets; ``masks``: with instance masks (a Mask R-CNN is trained)."""
+    """Train and val datasets; ``masks``: with instance masks (a Mask R-CNN is trained). Training
+    images come as uint8 (:func:`~raykd.data.transforms.device_image` converts them on the device)."""
     paths = resolve_data(cfg, cache_dir)
     _check_paths(paths)
     train = CocoDetection(paths.train_annotations, paths.train_images, image_size=cfg.image_size, train=True,
