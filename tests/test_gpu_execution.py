@@ -212,3 +212,20 @@ def test_teacher_cache_keys_written_before_the_gpu_keys_stay_valid():
               if k not in new_keys | {"output_dir", "device", "threads"}} | {"amp": True}
     assert _schedule_key(ScheduleConfig(amp=True, log_every=5, compile=True)) == before
     assert _schedule_key(ScheduleConfig(reference_batch=16))["reference_batch"] == 16
+
+
+def test_channels_last_trains(experiment_dict):
+    run = _run(experiment_dict, channels_last=True)
+    conv = run.student.backbone.body.conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    assert loop.train_one_epoch(run, 1, progress=False).steps == 3
+
+
+def test_compile_covers_the_student_convolutions_and_each_loss(monkeypatch):
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(self))
+    module = _tiny_step("mgd")
+    loop.compile_parts(module.student, module.distiller)
+    expected = conv_parts(module.student) + list(module.distiller.losses.values())
+    assert len(compiled) == len(expected) and all(a is b for a, b in zip(compiled, expected))
+    assert set(module.student.state_dict()) == set(_tiny_step("mgd").student.state_dict())
