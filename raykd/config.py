@@ -111,8 +111,8 @@ class DataConfig(_Strict):
                                  "longer side would pass max_size (torchvision's detection resize; COCO: 800)")
     max_size: int | None = Field(None, ge=32, description="the longer side's cap, px (COCO: 1333); "
                                  "the same as image_size, which it sets")
-    num_workers: int | None = Field(None, ge=0, description="DataLoader worker processes (default: a search "
-                                    "trial's cpus_per_worker − 1, at most 8; 0 outside a search)")
+    num_workers: int | None = Field(None, ge=0, description="DataLoader worker processes (default: a GPU "
+                                    "search trial's cpus_per_worker − 1, at most 8; else 0)")
     val_max_images: int | None = Field(None, ge=1, description="evaluate on the first N val images")
 
     @model_validator(mode="before")

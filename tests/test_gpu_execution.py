@@ -229,3 +229,42 @@ def test_compile_covers_the_student_convolutions_and_each_loss(monkeypatch):
     expected = conv_parts(module.student) + list(module.distiller.losses.values())
     assert len(compiled) == len(expected) and all(a is b for a, b in zip(compiled, expected))
     assert set(module.student.state_dict()) == set(_tiny_step("mgd").student.state_dict())
+
+
+@pytest.mark.parametrize("cpus, gpus, workers", [(4, 1, 3), (4, 0.25, 3), (1, 1, 0), (16, 1, 8), (4, 0, 0)])
+def test_loader_workers_default_from_the_trial_resources(cpus, gpus, workers):
+    from raykd.search.trainable import trial_experiment
+
+    exp = trial_experiment({}, {"data": {}}, threads=None, cpus_per_worker=cpus, gpus_per_worker=gpus)
+    assert exp["data"]["num_workers"] == workers
+    kept = trial_experiment({}, {"data": {"num_workers": 2}}, threads=None, cpus_per_worker=cpus, gpus_per_worker=gpus)
+    assert kept["data"]["num_workers"] == 2
+
+
+def test_training_images_reach_the_device_as_uint8_and_become_the_same_floats(tiny_data):
+    from raykd.config import DataConfig
+    from raykd.data import CocoDetection
+    from raykd.data.transforms import device_image
+    from raykd.train.setup import build_datasets
+
+    cfg = DataConfig(train={"annotations": str(tiny_data / "annotations/train.json"),
+                            "images": str(tiny_data / "images/train")},
+                     val={"annotations": str(tiny_data / "annotations/val.json"), "images": str(tiny_data / "images/val")},
+                     image_size=64)
+    train, _ = build_datasets(cfg, tiny_data / "cache")
+    floats = CocoDetection(tiny_data / "annotations/train.json", tiny_data / "images/train", 64, train=False)
+    train.transforms = floats.transforms.__class__([t for t in floats.transforms.transforms[:-1]])  # no flip
+    image, _ = train[0]
+    assert image.dtype == torch.uint8
+    assert torch.equal(device_image(image, torch.device("cpu")), floats[0][0])
+
+
+def test_loader_workers_flip_differently_per_rank_in_the_same_order():
+    from raykd.data.loader import build_loader
+
+    data = list(range(8))
+    loaders = [build_loader(data, 2, shuffle=True, num_workers=0, seed=3, rank=r) for r in (0, 1)]
+    assert loaders[0].generator.initial_seed() != loaders[1].generator.initial_seed()  # the workers' flips
+    assert loaders[0].sampler.generator.initial_seed() == loaders[1].sampler.generator.initial_seed()  # the order
+    assert build_loader(data, 2, shuffle=True, num_workers=0, seed=3).generator.initial_seed() == \
+        loaders[0].generator.initial_seed()  # rank 0 as before

@@ -24,10 +24,10 @@ from raykd.train.setup import loader_workers
 
 
 def trial_experiment(config: dict[str, Any], base: dict[str, Any], threads: int | None,
-                     cpus_per_worker: float | None = None) -> dict[str, Any]:
+                     cpus_per_worker: float | None = None, gpus_per_worker: float = 0) -> dict[str, Any]:
     """The experiment mapping of one trial: ``base`` with the trial's dotted keys applied
     (keys whose value is ``None`` are undefined for this trial); ``data.num_workers``, when
-    unset, from ``cpus_per_worker`` (:func:`~raykd.train.setup.loader_workers`).
+    unset, from ``cpus_per_worker`` and ``gpus_per_worker`` (:func:`~raykd.train.setup.loader_workers`).
 
     With ``search.repeats`` Tune's Repeater sets ``__trial_index__``; it shifts the seed.
     """
@@ -40,7 +40,7 @@ def trial_experiment(config: dict[str, Any], base: dict[str, Any], threads: int 
     if threads:
         set_dotted(exp, "train.threads", threads)
     if cpus_per_worker is not None and get_dotted(exp, "data.num_workers") is None:
-        set_dotted(exp, "data.num_workers", loader_workers(cpus_per_worker))
+        set_dotted(exp, "data.num_workers", loader_workers(cpus_per_worker, gpus_per_worker))
     return exp
 
 
@@ -48,7 +48,7 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], teacher_checkpoin
               workers: int, cpus_per_worker: float, gpus_per_worker: float, storage_path: str) -> None:
     """Tune function trainable; ``tune.with_parameters`` binds everything but ``config``."""
     exp = trial_experiment(config, base, threads=max(int(cpus_per_worker), 1) if gpus_per_worker == 0 else None,
-                           cpus_per_worker=cpus_per_worker)
+                           cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker)
     cfg = experiment_from_dict(exp)
     extra = {"executor": executor, "seed": cfg.train.seed}
     if executor == "inline":

@@ -75,10 +75,13 @@ def build_datasets(cfg: DataConfig, cache_dir: str | Path, masks: bool = False) 
     return train, val
 
 
-def loader_workers(cpus_per_worker: float) -> int:
-    """``data.num_workers``' default in a search trial: one loader process per CPU the trial's
-    worker holds beyond the one that trains, at most 8 (``min(floor(cpus_per_worker) − 1, 8)``,
-    at least 0). Outside a search the default is 0 (loading in the training process)."""
+def loader_workers(cpus_per_worker: float, gpus_per_worker: float) -> int:
+    """``data.num_workers``' default in a search trial: on a GPU, one loader process per CPU the
+    trial's worker holds beyond the one that drives the GPU, at most 8
+    (``min(floor(cpus_per_worker) − 1, 8)``, at least 0); on the CPU 0, since the worker's torch
+    threads already use its CPUs (``train.threads``). Outside a search the default is 0."""
+    if gpus_per_worker <= 0:
+        return 0
     return min(max(int(cpus_per_worker) - 1, 0), 8)
 
 
