@@ -11,16 +11,18 @@ a GPU). Every method runs in a fresh spawned process so that peak memory is its 
 
 Per method, medians over ``--repeats`` iterations (after ``--warmup``), the three kinds
 interleaved so that they see the same machine load:
-- ``student step``: the student's FCOS losses on the transformed batch, backward, SGD step;
-- ``distill step``: the same student step plus the teacher's backbone (and head, when the
-  method reads logits) under ``no_grad`` on the same batch tensor plus the distillation loss
-  (row ``none``: the teacher forward only);
+- ``student step``: the trainer's own step (``raykd.train.loop.train_step`` on a
+  ``DistillStep``) of the student alone: FCOS losses, backward, SGD step;
+- ``distill step``: the same call with the teacher and the distiller: the teacher's backbone
+  (and head, when the method reads logits) under ``no_grad`` on the same batch tensor plus
+  the distillation loss (row ``none``: the teacher forward only);
 - ``loss``: the distillation loss alone, forward + backward, on one step's features and
   logits (detached copies that require grad) — the number the issue's goal is about:
   loss ≤ 10 % of the student step at COCO-like sizes.
 With row ``none`` measured, ``vs floor`` divides each method's distillation step by the floor
 (row ``none``'s: teacher forward + student forward/backward, no loss). ``--amp`` (CUDA only):
-every forward (student, teacher, loss) under bf16 autocast, as ``train.amp`` does in the loop.
+``train.amp: bf16`` as the loop runs it: the detectors' convolutions and the generation blocks
+under bf16 autocast, box coding and every loss in fp32 (``raykd.models.precision``).
 Memory, taken during the warm-up: CUDA ``max_memory_allocated`` over the student steps and
 over the distillation steps (reset in between). On CPU: peak RSS
 (``resource.getrusage(...).ru_maxrss``) of the method's own process above its RSS once the
@@ -57,6 +59,10 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from raykd.distill import METHODS, DistillConfig, build_distiller, total_loss
+from raykd.distill.connectors import GenerationBlock
+from raykd.models.precision import autocast_parts, conv_parts
+from raykd.models.taps import forward_taps
+from raykd.train.loop import DistillStep, train_step
 
 DEFAULT_OUT = Path("benchmarks/out/distill_overhead.json")
 
@@ -75,13 +81,6 @@ def build_fcos(backbone: str, fpn_channels: int, num_classes: int, min_size: int
     return FCOS(fpn, num_classes=num_classes, min_size=min_size, max_size=max_size)
 
 
-def _per_level_logits(flat: Tensor, feats: list[Tensor]) -> list[Tensor]:
-    """``[N, Σ H·W, K]`` FCOS logits -> per level ``[N, K, H, W]``."""
-    n, _, k = flat.shape
-    sizes = [f.shape[-2] * f.shape[-1] for f in feats]
-    return [c.reshape(n, f.shape[-2], f.shape[-1], k).permute(0, 3, 1, 2) for c, f in zip(flat.split(sizes, 1), feats)]
-
-
 def _synthetic_batch(args: dict[str, Any], device: torch.device) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
     gen = torch.Generator().manual_seed(0)
     h, w = args["height"], args["width"]
@@ -97,45 +96,15 @@ def _synthetic_batch(args: dict[str, Any], device: torch.device) -> tuple[list[T
     return images, targets
 
 
-def _step(student: FCOS, teacher: FCOS | None, distiller: nn.Module | None, optimiser: torch.optim.Optimizer,
-          images: list[Tensor], targets: list[dict[str, Tensor]], need_logits: bool,
-          amp: bool = False) -> dict[str, Any]:
-    """One training step (forwards under bf16 autocast when ``amp``); returns the tapped
-    inputs of the distillation loss."""
-    optimiser.zero_grad(set_to_none=True)
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-        total, taps = _forward(student, teacher, distiller, images, targets, need_logits)
-    total.backward()
-    optimiser.step()
-    return taps
-
-
-def _forward(student: FCOS, teacher: FCOS | None, distiller: nn.Module | None, images: list[Tensor],
-             targets: list[dict[str, Tensor]], need_logits: bool) -> tuple[Tensor, dict[str, Any]]:
-    batch, tgts = student.transform(images, targets)
-    feats = student.backbone(batch.tensors)
-    levels = list(feats.values())
-    head = student.head(levels)
-    anchors = student.anchor_generator(batch, levels)
-    losses = student.compute_loss(tgts, head, anchors, [f.shape[-2] * f.shape[-1] for f in levels])
-    total = sum(losses.values())
-    taps: dict[str, Any] = {}
-    if teacher is not None:
-        with torch.no_grad():
-            t_feats = teacher.backbone(batch.tensors)
-            t_logits = teacher.head(list(t_feats.values()))["cls_logits"] if need_logits else None
-        taps = {
-            "student_feats": dict(feats),
-            "teacher_feats": dict(t_feats),
-            "student_logits": dict(zip(feats, _per_level_logits(head["cls_logits"], levels))) if need_logits else None,
-            "teacher_logits": dict(zip(t_feats, _per_level_logits(t_logits, list(t_feats.values()))))
-            if need_logits else None,
-            "boxes": [t["boxes"] for t in tgts],
-            "image_sizes": [(int(h), int(w)) for h, w in batch.image_sizes],
-        }
-        if distiller is not None:
-            total = total + total_loss(distiller(**taps))
-    return total, taps
+def _taps(student: FCOS, teacher: FCOS, distiller: nn.Module, images: list[Tensor],
+          targets: list[dict[str, Tensor]], amp: torch.dtype | None) -> dict[str, Any]:
+    """The distillation loss's inputs of one step, as the loop's :class:`DistillStep` makes them."""
+    parts = conv_parts(student) + conv_parts(teacher)
+    with autocast_parts(parts, images[0].device.type, amp):
+        taps = forward_taps(student, teacher, images, targets, with_logits=distiller.needs_logits)
+    return {"student_feats": taps.student_feats, "teacher_feats": taps.teacher_feats,
+            "student_logits": taps.student_logits, "teacher_logits": taps.teacher_logits,
+            "boxes": taps.boxes, "image_sizes": taps.image_sizes}
 
 
 def _detached(taps: dict[str, Any]) -> dict[str, Any]:
@@ -175,18 +144,21 @@ def measure(args: dict[str, Any], method: str) -> dict[str, Any]:
                                 ["0", "1", "2", "p6", "p7"], args["num_classes"])
     if distiller is not None:
         distiller.to(device)
-    need_logits = distiller is not None and distiller.needs_logits
     params = list(student.parameters()) + (list(distiller.parameters()) if distiller is not None else [])
     optimiser = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
     images, targets = _synthetic_batch(args, device)
 
-    amp = args["amp"]
+    amp = torch.bfloat16 if args["amp"] else None
+    # the trainer's own step (raykd.train.loop): the student alone, and student + teacher + loss
+    # (row none: teacher + student, the floor)
+    student_only = DistillStep(student, None, None, amp=amp)
+    with_teacher = DistillStep(student, distiller, teacher, amp=amp, distill_amp=amp)
 
     def student_step() -> None:
-        _step(student, None, None, optimiser, images, targets, False, amp)
+        train_step(student_only, optimiser, images, targets, params=params, clip_grad=None)
 
-    def distill_step() -> dict[str, Any]:
-        return _step(student, teacher, distiller, optimiser, images, targets, need_logits, amp)
+    def distill_step() -> None:
+        train_step(with_teacher, optimiser, images, targets, params=params, clip_grad=None)
 
     # warm-up, which also gives the peak memory of each kind of step
     rss_base_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -198,13 +170,17 @@ def measure(args: dict[str, Any], method: str) -> dict[str, Any]:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for _ in range(args["warmup"]):
-        taps = distill_step()
+        distill_step()
     distill_peak = _peak_mb(device, rss_base_kb)
+    if distiller is not None:
+        taps = _taps(student, teacher, distiller, images, targets, amp)
+        blocks = [m for m in distiller.modules() if isinstance(m, GenerationBlock)]
 
     def loss_only() -> None:
         distiller.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            loss = total_loss(distiller(**_detached(taps)))
+        with autocast_parts(blocks, device.type, amp):
+            loss = total_loss({lv: {t: v.float() for t, v in terms.items()}
+                               for lv, terms in distiller(**_detached(taps)).items()})
         loss.backward()
 
     # interleaved, so that both kinds of step see the same machine load
@@ -298,6 +274,8 @@ def main() -> None:
     parser.add_argument("--flops-only", action="store_true",
                         help="count FLOPs on meta tensors only (seconds, any machine; e.g. with --coco)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON output (default: {DEFAULT_OUT})")
+    parser.add_argument("--jsonl", action="store_true",
+                        help="also print each method's row as one JSON line as soon as it is measured")
     args = parser.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
@@ -342,6 +320,8 @@ def main() -> None:
                      f"{row['student_peak_mb']:>17.0f}{row['distill_peak_mb']:>17.0f}")
         rows.append(row)
         print(line, flush=True)
+        if args.jsonl:
+            print(json.dumps({k: v for k, v in row.items() if k != "times_s"}), flush=True)
     print(f"student: {rows[0]['student_gflop']:.1f} GFLOP per step (backbone + head, forward + backward); "
           f"teacher forward {rows[0]['teacher_gflop']:.1f} GFLOP (+ head for methods that read logits)")
     memory = ("torch.cuda.max_memory_allocated (MB)" if args.device.startswith("cuda")

@@ -12,8 +12,9 @@ FCOS teacher saved as a raykd checkpoint, distilled into a random-weight FCOS st
   reported every epoch). Compares the loop's own ``step_time``
   (data + forward + backward + optimiser; median over the epochs after the first) and the wall
   time of the whole run (start-up, evaluation and checkpoints included).
-- ``packing``: a search of 4 trials (Ray Tune, inline executor) with ``gpus_per_worker: 1``
-  (one trial at a time) and with ``0.25`` (four trials share the GPU); the search's wall time.
+- ``packing``: a search of 4 trials (Ray Tune) per ``--packing GPUS:EXECUTOR`` item, by
+  default ``gpus_per_worker: 1`` inline (one trial at a time) and ``0.25`` (four trials share
+  the GPU) inline and through Ray Train; the search's wall time.
   On CPU both searches use no GPU (the trials share the CPUs): the part only checks that it runs.
 
 ``--coco``: 800×1333-sized inputs (synthetic 512 px images resized by ``data.min_size 800`` /
@@ -29,7 +30,9 @@ import json
 import math
 import os
 import platform
+import signal
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -109,7 +112,7 @@ def run_inline(exp: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_ray_train(exp: dict[str, Any], root: Path, use_gpu: bool, cpus: float) -> dict[str, Any]:
-    trainer = make_trainer(exp, workers=1, use_gpu=use_gpu, cpus_per_worker=cpus, storage_path=str(root / "ray"),
+    trainer = make_trainer(exp, workers=1, gpus_per_worker=1 if use_gpu else 0, cpus_per_worker=cpus, storage_path=str(root / "ray"),
                            name=f"ray-gpu-{time.time_ns()}", teacher_checkpoint=exp["teacher"]["checkpoint"])
     start = time.perf_counter()
     result = trainer.fit()
@@ -123,7 +126,7 @@ def run_ray_train(exp: dict[str, Any], root: Path, use_gpu: bool, cpus: float) -
             "epochs": len(history), "device": history[-1].get("device")}
 
 
-def run_packing(exp: dict[str, Any], root: Path, gpus: float, use_gpu: bool) -> dict[str, Any]:
+def run_packing(exp: dict[str, Any], root: Path, gpus: float, use_gpu: bool, executor: str = "inline") -> dict[str, Any]:
     from raykd.search.space import Space
     from raykd.search.tuner import SearchPaths, build_tuner
 
@@ -131,10 +134,10 @@ def run_packing(exp: dict[str, Any], root: Path, gpus: float, use_gpu: bool) -> 
     space = {"experiment": str(root / "exp.yaml"), "metric": "bbox_mAP", "mode": "max",
              "search": {"sampler": "random", "num_samples": 4, "max_concurrent": 4, "seed": 0},
              "scheduler": {"type": "none"},
-             "resources": {"workers_per_trial": 1, "cpus_per_worker": 1, "executor": "inline",
+             "resources": {"workers_per_trial": 1, "cpus_per_worker": 1, "executor": executor,
                            "gpus_per_worker": gpus if use_gpu else 0},
              "space": {"train.seed": {"choice": [0, 1, 2, 3]}}}
-    path = root / f"space_{gpus}.yaml"
+    path = root / f"space_{gpus}_{executor}.yaml"
     path.write_text(yaml.safe_dump(space, sort_keys=False))
     paths = SearchPaths(str(root / "results"), f"packing-{gpus}-{time.time_ns()}")
     tuner = build_tuner(Space(path), paths, None, quiet=True)
@@ -142,7 +145,8 @@ def run_packing(exp: dict[str, Any], root: Path, gpus: float, use_gpu: bool) -> 
     grid = tuner.fit()
     wall = time.perf_counter() - start
     errors = [str(r.error) for r in grid if r.error]
-    return {"how": f"search_4_trials_gpu_{gpus}", "gpus_per_trial": gpus, "wall_s": wall,
+    return {"how": f"search_4_trials_gpu_{gpus}_{executor}", "gpus_per_trial": gpus, "executor": executor,
+            "wall_s": wall,
             "trials": len(grid), "errors": errors}
 
 
@@ -150,6 +154,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--parts", nargs="+", choices=("train", "packing"), default=["train", "packing"])
+    parser.add_argument("--packing", nargs="+", default=["1:inline", "0.25:inline", "0.25:train"],
+                        help="searches of the packing part, GPUS:EXECUTOR each (default: 1:inline 0.25:inline 0.25:train)")
     parser.add_argument("--coco", action="store_true", help="800x1333 inputs, R50 student / R101 teacher")
     parser.add_argument("--amp", action="store_true", help="train.amp: bf16 autocast (CUDA)")
     parser.add_argument("--method", default="mgd", help="distill.method (default: mgd)")
@@ -162,6 +168,7 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
     use_gpu = args.device == "cuda"
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(124))  # a time-out still shuts Ray down below
     rows: list[dict[str, Any]] = []
     cpus = max(os.cpu_count() or 2, 5, *(math.ceil(c) for c in args.cpus_per_worker))
     ray.init(num_cpus=cpus, num_gpus=1 if use_gpu else 0, include_dashboard=False, log_to_driver=False)
@@ -177,8 +184,9 @@ def main() -> None:
                     print(json.dumps(rows[-1]), flush=True)
             if "packing" in args.parts:
                 packed = {**exp, "train": {**exp["train"], "epochs": 1}}
-                for gpus in (1.0, 0.25):
-                    rows.append(run_packing(packed, root, gpus, use_gpu))
+                for item in args.packing:
+                    gpus, executor = item.split(":")
+                    rows.append(run_packing(packed, root, float(gpus), use_gpu, executor))
                     print(json.dumps(rows[-1]), flush=True)
     finally:
         ray.shutdown()

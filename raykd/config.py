@@ -114,7 +114,8 @@ class DataConfig(_Strict):
                                  "longer side would pass max_size (torchvision's detection resize; COCO: 800)")
     max_size: int | None = Field(None, ge=32, description="the longer side's cap, px (COCO: 1333); "
                                  "the same as image_size, which it sets")
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    num_workers: int | None = Field(None, ge=0, description="DataLoader worker processes (default: a GPU "
+                                    "search trial's cpus_per_worker − 1, at most 8; else 0)")
     val_max_images: int | None = Field(None, ge=1, description="evaluate on the first N val images")
 
     @model_validator(mode="before")
@@ -212,7 +213,13 @@ class ScheduleConfig(_Strict):
     milestones: list[int] = Field(default_factory=lambda: [16, 22], description="epochs where lr *= gamma")
     gamma: float = Field(0.1, gt=0, le=1)
     clip_grad: float | None = Field(35.0, gt=0)
-    amp: bool = Field(False, description="bf16 autocast on CUDA (ignored on CPU)")
+    amp: Literal["bf16", "fp16", "off"] = Field("off", description="autocast of the detectors' convolutions on "
+                                                "CUDA (fp16 adds a GradScaler; ignored on CPU); true = bf16, false = off")
+    log_every: int = Field(20, ge=1, description="steps between the host reading losses (the only sync of a step)")
+    lr_scaling: Literal["linear", "none"] = Field("linear", description="lr × effective batch / reference_batch")
+    reference_batch: int | None = Field(None, ge=1, description="the recipe's batch over all workers that lr is for")
+    compile: bool = Field(False, description="torch.compile the student's backbone and heads and the KD losses")
+    channels_last: bool = Field(False, description="channels_last memory format for the models")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1, description="torch CPU threads per worker")
@@ -231,6 +238,12 @@ class ScheduleConfig(_Strict):
             raise ValueError(f"evaluator {value} is not installed: pip install {package}, or set "
                              "train.evaluator: pycocotools")
         return value
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _amp_boolean(cls, value: Any) -> Any:
+        # the key was a boolean (bf16 on CUDA); YAML also reads a bare `off` as false
+        return {True: "bf16", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 class TeacherConfig(ModelConfig):

@@ -84,3 +84,29 @@ def test_ray_train_run_keeps_the_best_epoch_too(tiny_data, experiment_dict, tmp_
     for name, value in states[1]["model"].items():
         torch.testing.assert_close(best["model"][name], value, rtol=0, atol=0, msg=name)
     assert any(not torch.equal(best["model"][k], final["model"][k]) for k in final["model"])
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.timeout(600)
+def test_a_search_teacher_is_trained_on_ray_train_workers(ray_local, write_experiment, tiny_teacher, tmp_path):
+    """As a search trains it (raykd/search/__main__.py): the same trainer as a trial's, its best epoch kept."""
+    import functools
+
+    from raykd.train.teacher import needs_training
+    from raykd.train.worker import train_through_ray
+
+    tiny_teacher["train"]["epochs"] = 2
+    cfg = load_experiment(write_experiment(teacher=tiny_teacher, distill={"method": "mgd"}))
+    assert needs_training(cfg)
+    lines: list[str] = []
+    path = ensure_teacher(cfg, log=lines.append, trainer=functools.partial(
+        train_through_ray, workers=1, cpus_per_worker=1, gpus_per_worker=0))
+    assert not needs_training(cfg)
+    assert any("training through Ray Train: 1 worker(s) × 1 CPU, 0 GPU" in line for line in lines)
+    history = [json.loads(line) for line in (Path(path).parent / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in history] == [1, 2]
+    assert (Path(path).parent / "ray" / "teacher").is_dir()  # Ray Train's run folder
+    best_epoch = max(history, key=lambda m: m["bbox_mAP"])["epoch"]
+    assert torch.load(path, weights_only=True)["metrics"]["epoch"] == best_epoch
+    assert torch.load(Path(path).parent / "model_final.pt", weights_only=True)["metrics"]["epoch"] == 2

@@ -48,6 +48,8 @@ def build_loader(
     seed: int,
     drop_last: bool = False,
     distributed: bool = False,
+    rank: int = 0,
+    pin_memory: bool = False,
 ) -> DataLoader:
     """A detection DataLoader whose order and random flips are fixed by ``seed``.
 
@@ -57,11 +59,15 @@ def build_loader(
     ``persistent_workers`` when ``num_workers > 0``. With ``distributed=True`` a
     ``DistributedSampler`` (rank and world size from the initialised ``torch.distributed``
     process group, shuffled by ``seed``) splits the data: call ``loader.sampler.set_epoch(e)``
-    at each epoch.
+    at each epoch. ``rank``: the loader workers' seeds (their flips) differ per rank, the
+    order does not. ``pin_memory``: page-locked batches for asynchronous copies to a GPU (set
+    it when the training device is one).
     """
     # Two independent streams from one seed: the shuffled order (the same whatever num_workers)
     # and the workers' seeds (their random flips).
     order_seed, worker_seed = (int(v) for v in np.random.SeedSequence(seed).generate_state(2))
+    if rank:
+        worker_seed = int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
     generator = torch.Generator().manual_seed(worker_seed)
     sampler: Sampler | None = None
     if distributed:
@@ -86,5 +92,5 @@ def build_loader(
         drop_last=drop_last,
         generator=generator,
         persistent_workers=num_workers > 0,
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=pin_memory,
     )

@@ -34,6 +34,6 @@ class AMDLoss(nn.Module):
 
     def forward(self, inputs: LevelInputs) -> dict[str, Tensor]:
         student = inputs.student if self.adapter is None else self.adapter(inputs.student)
-        keep_s, _ = dual_masks(student, inputs.teacher, self.masks, 1, True, False)
+        keep_s, _ = dual_masks(student, inputs.teacher, self.masks, 1, True, False, generator=inputs.generator)
         note_masks(keep_s, None)
         return {"amd": self.alpha * self.reconstruction(student, inputs.teacher, keep_s, None)}

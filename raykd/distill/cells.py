@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -15,7 +17,8 @@ class CellGrid:
     half to even). Cells can be empty when g > H or g > W.
 
     ``cell_of``: ``[H·W]`` int64, the cell of every position in row-major order.
-    ``counts``: ``[g·g]`` int64, the number of positions per cell.
+    ``counts``: ``[g·g]`` int64, the number of positions per cell; ``nonempty``: how many
+    cells have at least one position (a Python int: reading it needs no device sync).
     """
 
     g: int
@@ -23,6 +26,7 @@ class CellGrid:
     width: int
     cell_of: Tensor
     counts: Tensor
+    nonempty: int
 
     @property
     def num_cells(self) -> int:
@@ -36,13 +40,21 @@ def _split(size: int, g: int, device: torch.device) -> tuple[Tensor, Tensor]:
     return torch.bucketize(index, bounds[1:-1], right=True), (bounds[1:] - bounds[:-1]).long()
 
 
-def cell_grid(height: int, width: int, g: int, device: torch.device) -> CellGrid:
-    """The g×g partition of an ``height × width`` map, built on ``device``."""
-    rows, row_sizes = _split(height, g, device)
-    cols, col_sizes = _split(width, g, device)
+def cell_grid(height: int, width: int, g: int, device: torch.device | str) -> CellGrid:
+    """The g×g partition of an ``height × width`` map on ``device``; built once per shape and
+    device (on the CPU, then copied) and shared: treat its tensors as read-only."""
+    return _cached_grid(height, width, g, torch.device(device))
+
+
+@lru_cache(maxsize=512)
+def _cached_grid(height: int, width: int, g: int, device: torch.device) -> CellGrid:
+    cpu = torch.device("cpu")
+    rows, row_sizes = _split(height, g, cpu)
+    cols, col_sizes = _split(width, g, cpu)
     cell_of = (rows[:, None] * g + cols[None, :]).reshape(-1)
     counts = (row_sizes[:, None] * col_sizes[None, :]).reshape(-1)
-    return CellGrid(g=g, height=height, width=width, cell_of=cell_of, counts=counts)
+    return CellGrid(g=g, height=height, width=width, cell_of=cell_of.to(device), counts=counts.to(device),
+                    nonempty=int(np.count_nonzero(counts.numpy())))  # built on the CPU: no device sync
 
 
 def cell_mean(values: Tensor, grid: CellGrid) -> Tensor:

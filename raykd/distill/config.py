@@ -70,13 +70,18 @@ class DistillConfig(BaseModel):
     initialisation), ``freekd_prompt_lr`` (Adam), ``freekd_prompt_dice`` (weight of the Dice
     diversity loss). DFMSD (reconstruction; DMKD's mask switches apply):
     ``dfmsd_alignment``, ``dfmsd_enhancement`` with its ``dfmsd_boost`` κ, ``dfmsd_adaptation``.
-    See METHODS.md for the equations.
+    See METHODS.md for the equations. ``amp``: with ``train.amp`` on, the generation blocks run
+    under its autocast (each loss is still reduced in fp32); no effect when ``train.amp`` is off.
+    ``draw``: random masks drawn on the training device from a per-rank generator (``device``)
+    or, as the reference code, from the global CPU generator and copied (``reference``).
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     method: Method = "none"
     levels: list[str] | None = Field(default=None, min_length=1)
+    amp: bool = Field(default=True, description="generation blocks under train.amp's autocast (losses stay fp32)")
+    draw: Literal["device", "reference"] = "device"
 
     alpha: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
     beta: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)

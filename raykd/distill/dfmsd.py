@@ -72,6 +72,7 @@ class DFMSDLoss(nn.Module):
                 boost = 1.0 + self.boost * (fg > 0).to(teacher.dtype)
         recon = self.reconstruction
         keep_s, keep_c = dual_masks(
-            student, teacher, self.masks, 1, recon.spatial is not None, recon.channel is not None, boost
+            student, teacher, self.masks, 1, recon.spatial is not None, recon.channel is not None, boost,
+            generator=inputs.generator,
         )
         return {"dfmsd": self.alpha * recon(student, teacher, keep_s, keep_c)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
+import torch
 from torch import Tensor, nn
 
 from raykd.distill.amd import AMDLoss
@@ -46,7 +47,9 @@ class Distiller(nn.Module):
     ``losses[level]`` takes a :class:`~raykd.distill.inputs.LevelInputs` and returns named
     scalar terms. Teacher tensors are detached here, so the teacher never gets a gradient.
     ``needs_logits``: whether any loss reads dense-head logits (the trainer may skip tapping
-    them otherwise; without logits such losses drop their logit terms).
+    them otherwise; without logits such losses drop their logit terms). ``generator``: where
+    the losses draw random masks (the trainer sets a per-rank one for ``distill.draw: device``;
+    None: the reference code's global CPU generator).
     """
 
     def __init__(
@@ -58,6 +61,7 @@ class Distiller(nn.Module):
     ):
         super().__init__()
         self.needs_logits = needs_logits
+        self.generator: torch.Generator | None = None
         bad = [level for level in levels if not LEVEL_NAME.match(level)]
         if bad:
             raise ValueError(f"level names must use letters, digits and '_' only, got {bad}")
@@ -97,6 +101,7 @@ class Distiller(nn.Module):
                 teacher_logits=teacher_logits[level].detach() if teacher_logits is not None else None,
                 boxes=boxes,
                 image_sizes=image_sizes,
+                generator=self.generator,
             )
             out[level] = dict(self.losses[level](inputs))
         return out

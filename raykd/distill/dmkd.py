@@ -69,7 +69,8 @@ class DMKDLoss(nn.Module):
     def forward(self, inputs: LevelInputs) -> dict[str, Tensor]:
         recon = self.reconstruction
         keep_s, keep_c = dual_masks(
-            inputs.student, inputs.teacher, self.masks, 1, recon.spatial is not None, recon.channel is not None
+            inputs.student, inputs.teacher, self.masks, 1, recon.spatial is not None, recon.channel is not None,
+            generator=inputs.generator,
         )
         note_masks(keep_s, keep_c)
         return {"dmkd": self.alpha * recon(inputs.student, inputs.teacher, keep_s, keep_c)}

@@ -1,8 +1,10 @@
 """Keep-masks (1 = kept, 0 = masked) for feature-masking distillation.
 
-Random draws are the reference code's call, ``torch.rand(shape).to(feature.device)``: the
-global CPU generator in the default dtype (float32), moved to the feature's device, so a seeded
-run draws the same numbers on CPU and GPU. Both the spatial and the per-channel draw mask where
+Random draws without a ``generator`` are the reference code's call,
+``torch.rand(shape).to(feature.device)``: the global CPU generator in the default dtype
+(float32), moved to the feature's device, so a seeded run draws the same numbers on CPU and GPU
+(``distill.draw: reference``). With a ``generator`` (the trainer's per-rank one on the training
+device, ``distill.draw: device``) the same call draws on that device: no host work, no copy. Both the spatial and the per-channel draw mask where
 ``u > 1 − ratio`` (probability ``ratio``), as yzd-v/MGD ``det/mmdet/distillation/losses/mgd.py``
 (commit 2c9da0b) and mmrazor's ``MGDConnector`` (``mgd_connector.py``, commit 90c7af1, which
 draws ``[N, 1, H, W]`` or ``[N, C, 1, 1]``). Two methods that draw the same shapes in the same order after
@@ -21,18 +23,20 @@ from raykd.distill.cells import CellGrid, cell_broadcast, cell_grid, cell_mean
 from raykd.distill.config import AttentionSource, MaskRule, Polarity
 
 
-def _uniform(shape: tuple[int, ...], device: torch.device) -> Tensor:
-    return torch.rand(shape).to(device)
+def _uniform(shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None = None) -> Tensor:
+    if generator is None:
+        return torch.rand(shape).to(device)
+    return torch.rand(shape, device=generator.device, generator=generator).to(device)
 
 
-def random_spatial_mask(feat: Tensor, ratio: float) -> Tensor:
+def random_spatial_mask(feat: Tensor, ratio: float, generator: torch.Generator | None = None) -> Tensor:
     """MGD's mask: ``[N, C, H, W]`` -> ``[N, 1, H, W]``, masked (0) where ``u > 1 − ratio``."""
     n, _, h, w = feat.shape
-    return (_uniform((n, 1, h, w), feat.device) <= 1 - ratio).to(feat.dtype)
+    return (_uniform((n, 1, h, w), feat.device, generator) <= 1 - ratio).to(feat.dtype)
 
 
-def _gumbel(shape: tuple[int, ...], device: torch.device) -> Tensor:
-    u = _uniform(shape, device).clamp(min=1e-12, max=1.0 - 1e-7)
+def _gumbel(shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None) -> Tensor:
+    u = _uniform(shape, device, generator).clamp(min=1e-12, max=1.0 - 1e-7)
     return -torch.log(-torch.log(u))
 
 
@@ -102,6 +106,7 @@ def dual_masks(
     spatial: bool,
     channel: bool,
     spatial_boost: Tensor | None = None,
+    generator: torch.Generator | None = None,
 ) -> tuple[Tensor | None, Tensor | None]:
     """Keep-masks of the spatial and channel branches on a g×g cell grid (g = 1: whole map).
 
@@ -111,7 +116,7 @@ def dual_masks(
     (``G_s = mean_c |F|`` per position, ``G_c = mean |F|`` over each cell's positions) is
     computed per cell. Random draws: spatial ``[N, 1, H, W]`` first, then channel ``[N, C, g·g]``.
     ``spatial_boost`` ``[N, 1, H, W]`` (DFMSD's masking enhancement) multiplies ``G_s`` before
-    the spatial top-k or sampling; the random rule ignores it.
+    the spatial top-k or sampling; the random rule ignores it. ``generator``: see the module's doc.
     """
     n, c, h, w = teacher.shape
     with torch.no_grad():
@@ -121,22 +126,22 @@ def dual_masks(
         keep_s = keep_c = None
         if spatial:
             if settings.rule == "random":
-                keep_s = random_spatial_mask(teacher, settings.spatial_ratio)
+                keep_s = random_spatial_mask(teacher, settings.spatial_ratio, generator)
             else:
                 attention = source.mean(dim=1, keepdim=True)
                 if spatial_boost is not None:
                     attention = attention * spatial_boost
                 scores = sign * attention.reshape(n, h * w) / settings.tau
                 if settings.rule == "attention_sampled":
-                    scores = scores + _gumbel((n, h * w), teacher.device).to(scores.dtype)
+                    scores = scores + _gumbel((n, h * w), teacher.device, generator).to(scores.dtype)
                 keep_s = topk_cell_mask(scores, grid, settings.spatial_ratio).reshape(n, 1, h, w)
         if channel:
             if settings.rule == "random":
-                per_cell = (_uniform((n, c, g * g), teacher.device) <= 1 - settings.channel_ratio).to(teacher.dtype)
+                per_cell = (_uniform((n, c, g * g), teacher.device, generator) <= 1 - settings.channel_ratio).to(teacher.dtype)
             else:
                 scores = sign * cell_mean(source.reshape(n, c, h * w), grid) / settings.tau
                 if settings.rule == "attention_sampled":
-                    scores = scores + _gumbel((n, c, g * g), teacher.device).to(scores.dtype)
+                    scores = scores + _gumbel((n, c, g * g), teacher.device, generator).to(scores.dtype)
                 per_cell = topk_channel_mask(scores, grid, settings.channel_ratio)
             keep_c = per_cell.reshape(n, c, 1, 1) if g == 1 else cell_broadcast(per_cell, grid)
     return keep_s, keep_c

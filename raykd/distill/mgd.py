@@ -24,7 +24,7 @@ class MGDLoss(nn.Module):
 
     def forward(self, inputs: LevelInputs) -> dict[str, Tensor]:
         student, teacher = inputs.student, inputs.teacher
-        keep = random_spatial_mask(student, self.mask_ratio)
+        keep = random_spatial_mask(student, self.mask_ratio, inputs.generator)
         generated = self.generation(student * keep)
         note("mask_spatial", keep)
         note("reconstruction", generated)

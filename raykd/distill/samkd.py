@@ -70,7 +70,8 @@ class SAMKDLoss(nn.Module):
         self.temperature = temperature
 
     def forward(self, inputs: LevelInputs) -> dict[str, Tensor]:
-        per_grid = [self._grid_loss(i, g, inputs.student, inputs.teacher) for i, g in enumerate(self.scales)]
+        per_grid = [self._grid_loss(i, g, inputs.student, inputs.teacher, inputs.generator)
+                    for i, g in enumerate(self.scales)]
         losses = {"sfd": self.alpha * torch.stack(per_grid).mean()}
         if self.sld_weight is not None and inputs.student_logits is not None:
             if inputs.teacher_logits is None:
@@ -78,7 +79,8 @@ class SAMKDLoss(nn.Module):
             losses["sld"] = self._sld(inputs)
         return losses
 
-    def _grid_loss(self, index: int, g: int, student: Tensor, teacher: Tensor) -> Tensor:
+    def _grid_loss(self, index: int, g: int, student: Tensor, teacher: Tensor,
+                   generator: torch.Generator | None) -> Tensor:
         recon = self.reconstructions[index % len(self.reconstructions)]
         cells = g
         if self.pyramid_mode == "pooled":
@@ -86,7 +88,8 @@ class SAMKDLoss(nn.Module):
             teacher = F.max_pool2d(teacher, g, g, ceil_mode=True)
             cells = 1
         keep_s, keep_c = dual_masks(
-            student, teacher, self.masks, cells, recon.spatial is not None, recon.channel is not None
+            student, teacher, self.masks, cells, recon.spatial is not None, recon.channel is not None,
+            generator=generator,
         )
         with scope(f"g{g}"):
             note_masks(keep_s, keep_c)

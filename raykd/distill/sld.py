@@ -37,7 +37,7 @@ def region_weights(per_cell: Tensor, grid: CellGrid, weighting: SLDWeighting, ta
         d = cell_broadcast(per_cell[:, None], grid).reshape(n, h * w)
         return (h * w * torch.softmax(d / tau, dim=1)).reshape(n, h, w)
     nonempty = grid.counts > 0
-    k = max(1, round(ratio * int(nonempty.sum())))
+    k = max(1, round(ratio * grid.nonempty))
     scores = per_cell.masked_fill(~nonempty, float("-inf"))
     top = scores.argsort(dim=1, descending=True, stable=True)[:, :k]
     chosen = torch.zeros_like(per_cell).scatter_(1, top, 1.0)

@@ -9,6 +9,7 @@ predictions back to the data set's category ids; classes the data set lacks are 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 from torch import Tensor
@@ -40,7 +41,7 @@ class LabelSpace:
         """Data set labels ``[N]`` int64 -> the model's labels ``[N]``."""
         if self.identity:
             return labels
-        return torch.tensor(self.to_model, dtype=labels.dtype, device=labels.device)[labels]
+        return _table(self.to_model, labels.device).to(labels.dtype)[labels]
 
     def label_to_cat_id(self, label: int) -> int | None:
         """The data set's category id of a model label; None for a class the data set lacks."""
@@ -48,6 +49,12 @@ class LabelSpace:
             return self.cat_ids[self.to_model.index(label, 1) - 1]
         except ValueError:
             return None
+
+
+@lru_cache(maxsize=64)
+def _table(to_model: tuple[int, ...], device: torch.device) -> Tensor:
+    """``to_model`` as an int64 tensor on ``device``, built once (no host-to-device copy per step)."""
+    return torch.tensor(to_model, dtype=torch.int64, device=device)
 
 
 def data_space(names: list[str], cat_ids: list[int]) -> LabelSpace:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import json
 import os
 import shlex
@@ -174,14 +175,22 @@ def _search(args: argparse.Namespace, space: Space, storage: str, name: str, pat
           f"{len(space.params)} searched keys", flush=True)
 
     from raykd.train.setup import store_indexes, validate_data
-    from raykd.train.teacher import check_teacher, data_fingerprint, ensure_teacher
+    from raykd.train.teacher import check_teacher, data_fingerprint, ensure_teacher, needs_training
 
     cfg = space.base_config
     started = time.perf_counter()
     data_paths = validate_data(cfg.data, cfg.cache_dir, masks=space.trains_masks())  # before Ray: annotations, images, masks
-    teacher_ckpt = None
+    teacher_ckpt = trainer = None
+    if needs_training(cfg):  # trained as a trial is, on Ray Train workers with the search's resources
+        from raykd.train.worker import train_through_ray
+
+        _init_ray(address, args.num_cpus)
+        res = spec.resources
+        trainer = functools.partial(train_through_ray, workers=res.workers_per_trial,
+                                    cpus_per_worker=res.cpus_per_worker, gpus_per_worker=res.gpus_per_worker)
     if cfg.teacher is not None:
-        teacher_ckpt = ensure_teacher(cfg, log=lambda line: print(line, flush=True), progress=progress_bars(args))
+        teacher_ckpt = ensure_teacher(cfg, log=lambda line: print(line, flush=True), progress=progress_bars(args),
+                                      trainer=trainer)
         teacher = check_teacher(cfg, teacher_ckpt)
         if teacher_ckpt is None:  # teacher.weights as they are: no checkpoint, no evaluation on this data
             print(f"teacher: {cfg.teacher.weights} (pretrained weights, not trained on this data)", flush=True)

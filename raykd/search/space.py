@@ -63,6 +63,9 @@ class ResourceSettings(_Strict):
     def _fractional_gpus(self) -> ResourceSettings:
         if self.workers_per_trial > 1 and 0 < self.gpus_per_worker < 1:
             raise ValueError("fractional gpus_per_worker only for single-worker trials (NCCL refuses two ranks on one GPU)")
+        if self.gpus_per_worker > 1 and not float(self.gpus_per_worker).is_integer():
+            raise ValueError(f"gpus_per_worker {self.gpus_per_worker:g}: Ray gives a worker a fraction of one GPU "
+                             "or whole GPUs, not both")
         if self.workers_per_trial > 1 and self.executor == "inline":
             raise ValueError("executor 'inline' runs one worker; use 'train' or 'auto' for workers_per_trial > 1")
         return self

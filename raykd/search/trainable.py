@@ -20,11 +20,14 @@ from raykd.config import SEED_KEY, experiment_from_dict, get_dotted, set_dotted
 from raykd.search.tune_state import EPOCH_FILE, FINISHED, reported_epoch, resume_state_of
 from raykd.train.checkpoint import STATE_FILE, save_state
 from raykd.train.epoch import EpochRecord
+from raykd.train.setup import loader_workers
 
 
-def trial_experiment(config: dict[str, Any], base: dict[str, Any], threads: int | None) -> dict[str, Any]:
+def trial_experiment(config: dict[str, Any], base: dict[str, Any], threads: int | None,
+                     cpus_per_worker: float | None = None, gpus_per_worker: float = 0) -> dict[str, Any]:
     """The experiment mapping of one trial: ``base`` with the trial's dotted keys applied
-    (keys whose value is ``None`` are undefined for this trial).
+    (keys whose value is ``None`` are undefined for this trial); ``data.num_workers``, when
+    unset, from ``cpus_per_worker`` and ``gpus_per_worker`` (:func:`~raykd.train.setup.loader_workers`).
 
     With ``search.repeats`` Tune's Repeater sets ``__trial_index__``; it shifts the seed.
     """
@@ -36,13 +39,16 @@ def trial_experiment(config: dict[str, Any], base: dict[str, Any], threads: int 
         set_dotted(exp, SEED_KEY, int(get_dotted(exp, SEED_KEY, 0)) + int(config["__trial_index__"]))
     if threads:
         set_dotted(exp, "train.threads", threads)
+    if cpus_per_worker is not None and get_dotted(exp, "data.num_workers") is None:
+        set_dotted(exp, "data.num_workers", loader_workers(cpus_per_worker, gpus_per_worker))
     return exp
 
 
 def run_trial(config: dict[str, Any], *, base: dict[str, Any], teacher_checkpoint: str | None, executor: str,
               workers: int, cpus_per_worker: float, gpus_per_worker: float, storage_path: str) -> None:
     """Tune function trainable; ``tune.with_parameters`` binds everything but ``config``."""
-    exp = trial_experiment(config, base, threads=max(int(cpus_per_worker), 1) if gpus_per_worker == 0 else None)
+    exp = trial_experiment(config, base, threads=max(int(cpus_per_worker), 1) if gpus_per_worker == 0 else None,
+                           cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker)
     cfg = experiment_from_dict(exp)
     extra = {"executor": executor, "seed": cfg.train.seed}
     if executor == "inline":
@@ -74,7 +80,7 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], teacher_checkpoin
     from raykd.train.worker import make_trainer
 
     trial_id = tune.get_context().get_trial_id()
-    trainer = make_trainer(exp, workers=workers, use_gpu=gpus_per_worker > 0, cpus_per_worker=cpus_per_worker,
+    trainer = make_trainer(exp, workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
                            storage_path=storage_path, name=f"train-{trial_id}", teacher_checkpoint=teacher_checkpoint,
                            callbacks=[TuneReportCallback()], extra_metrics=extra)
     result = trainer.fit()

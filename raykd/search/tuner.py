@@ -122,6 +122,15 @@ def max_concurrent(space: Space, *, autoscaling: bool = False) -> int:
     return max(1, min(space.spec.search.max_concurrent, limit))
 
 
+def trial_resources(res) -> dict[str, float]:
+    """What Tune reserves for one trial: the worker's CPUs and GPUs when it runs inline; only
+    :data:`TRAIN_DRIVER_CPU` for a Ray Train trial, whose workers ask for the real resources
+    (:func:`raykd.train.worker.scaling_config`)."""
+    if res.resolved_executor() == "inline":
+        return {"CPU": res.cpus_per_worker, "GPU": res.gpus_per_worker}
+    return {"CPU": TRAIN_DRIVER_CPU}
+
+
 def make_trainable(space: Space, paths: SearchPaths, teacher_checkpoint: str | None):
     res = space.spec.resources
     executor = res.resolved_executor()
@@ -130,12 +139,7 @@ def make_trainable(space: Space, paths: SearchPaths, teacher_checkpoint: str | N
         workers=res.workers_per_trial, cpus_per_worker=res.cpus_per_worker, gpus_per_worker=res.gpus_per_worker,
         storage_path=paths.folder.ray_train,
     )
-    if executor == "inline":
-        request = {"CPU": res.cpus_per_worker, "GPU": res.gpus_per_worker}
-    else:
-        # The trial driver only waits on its TorchTrainer, whose workers ask for the real resources.
-        request = {"CPU": TRAIN_DRIVER_CPU}
-    return tune.with_resources(fn, request)
+    return tune.with_resources(fn, trial_resources(res))
 
 
 def trial_dirname(trial) -> str:

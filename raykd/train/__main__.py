@@ -173,12 +173,12 @@ def _train_ray(cfg, out: Path, teacher_ckpt, *, workers: int, gpus: int | None, 
     from raykd.train.teacher import improves, save_model, teacher_metrics
     from raykd.train.worker import BEST_FILE, make_trainer
 
-    use_gpu = bool(torch.cuda.is_available()) if gpus is None else bool(gpus)
+    gpus_per_worker = (1 if torch.cuda.is_available() else 0) if gpus is None else gpus
     if not ray.is_initialized() and address:
         ray.init(address=address, log_to_driver=True, logging_level=log_level)
     elif not ray.is_initialized():
         ray.init(address="local", include_dashboard=False, log_to_driver=True, logging_level=log_level)
-    trainer = make_trainer(cfg.model_dump(mode="json"), workers=workers, use_gpu=use_gpu,
+    trainer = make_trainer(cfg.model_dump(mode="json"), workers=workers, gpus_per_worker=gpus_per_worker,
                            storage_path=str(out / "ray"), name=f"train-{cfg.name}",
                            teacher_checkpoint=teacher_ckpt, resume_path=str(resume_path) if resume_path else None,
                            callbacks=feed.ray_train_callbacks(), keep_best=True)

@@ -13,6 +13,8 @@ from pycocotools import mask as mask_utils
 from torch import Tensor, nn
 
 from raykd.data.cocoeval import coco_metrics
+from raykd.data.transforms import device_image
+from raykd.models.precision import autocast_parts, conv_parts
 
 __all__ = ["MASK_THRESHOLD", "coco_metrics", "predict", "rle_encode", "to_coco_results"]
 
@@ -103,14 +105,17 @@ def rle_encode(masks: Tensor) -> list[dict]:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader, device: torch.device, label_to_cat_id, *, amp: bool = False) -> list[dict]:
-    """Run ``model`` in eval mode over ``loader``; return COCO result dicts."""
+def predict(model: nn.Module, loader, device: torch.device, label_to_cat_id, *,
+            amp: torch.dtype | None = None) -> list[dict]:
+    """Run ``model`` in eval mode over ``loader``; return COCO result dicts. ``amp``: autocast
+    dtype of its convolutions only (box decoding and post-processing stay fp32,
+    :mod:`raykd.models.precision`)."""
     was_training = model.training
     model.eval()
     results: list[dict] = []
     for images, targets in loader:
-        images = [img.to(device, non_blocking=True) for img in images]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+        images = [device_image(img, device) for img in images]
+        with autocast_parts(conv_parts(model), device.type, amp):
             outputs = model(images)
         sizes = [tuple(img.shape[-2:]) for img in images]
         results.extend(to_coco_results(outputs, targets, sizes, label_to_cat_id))

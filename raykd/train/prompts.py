@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 
 from raykd.config import ExperimentConfig, config_hash
 from raykd.data import build_loader
+from raykd.data.transforms import device_image
 from raykd.distill.freekd import initial_tokens, prompt_reconstruction
 from raykd.errors import UserError
 from raykd.models.taps import _student_losses, is_dense
@@ -77,7 +78,7 @@ def train_prompts(teacher: nn.Module, loader, steps: int, num_tokens: int, lr: f
     tokens: dict[str, Tensor] = {}
     optimizer = None
     for step, (images, targets) in enumerate(_batches(loader, steps), start=1):
-        images = [image.to(device) for image in images]
+        images = [device_image(image, device) for image in images]
         targets = [{"boxes": t["boxes"].to(device), "labels": relabel(t["labels"]).to(device)} for t in targets]
         batch, tgts = teacher.transform(images, targets)
         with torch.no_grad():

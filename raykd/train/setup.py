@@ -15,6 +15,7 @@ from raykd.config import DataConfig, ExperimentConfig, ScheduleConfig
 from raykd.data import CocoDetection, ensure_synthetic
 from raykd.data.annindex import AnnotationIndex, cached_index, load_index, stat_key, store_index
 from raykd.data.converted import coco_paths
+from raykd.data.transforms import detection_transforms
 from raykd.errors import UserError
 from raykd.models import build_detector, inherit_neck_and_head, load_weights
 from raykd.models.builders import build_pretrained
@@ -67,7 +68,8 @@ def index_dir(cache_dir: str | Path) -> Path:
 
 def build_datasets(cfg: DataConfig, cache_dir: str | Path, masks: bool = False) -> tuple[CocoDetection, CocoDetection]:
     """Train and val datasets; ``masks``: with instance masks (a Mask R-CNN is trained). Their
-    annotation indexes are read from (or written to) :func:`index_dir`."""
+    annotation indexes are read from (or written to) :func:`index_dir`. Training images come as
+    uint8 (:func:`~raykd.data.transforms.device_image` converts them on the device)."""
     paths = resolve_data(cfg, cache_dir)
     _check_paths(paths)
     train = CocoDetection(paths.train_annotations, paths.train_images, image_size=cfg.image_size, train=True,
@@ -75,7 +77,20 @@ def build_datasets(cfg: DataConfig, cache_dir: str | Path, masks: bool = False) 
     val = CocoDetection(paths.val_annotations, paths.val_images, image_size=cfg.image_size, train=False,
                         min_size=cfg.min_size, masks=masks, index_dir=index_dir(cache_dir))
     _same_categories(train.cat_ids, val.cat_ids, paths.val_annotations)
+    # Training images leave the loader workers as uint8 and become floats on the device
+    # (raykd.data.transforms.device_image).
+    train.transforms = detection_transforms(cfg.image_size, True, cfg.min_size, uint8=True)
     return train, val
+
+
+def loader_workers(cpus_per_worker: float, gpus_per_worker: float) -> int:
+    """``data.num_workers``' default in a search trial: on a GPU, one loader process per CPU the
+    trial's worker holds beyond the one that drives the GPU, at most 8
+    (``min(floor(cpus_per_worker) − 1, 8)``, at least 0); on the CPU 0, since the worker's torch
+    threads already use its CPUs (``train.threads``). Outside a search the default is 0."""
+    if gpus_per_worker <= 0:
+        return 0
+    return min(max(int(cpus_per_worker) - 1, 0), 8)
 
 
 def validate_data(cfg: DataConfig, cache_dir: str | Path, masks: bool = False) -> DataPaths:
@@ -139,12 +154,25 @@ def missing_images(index: AnnotationIndex, images: str | Path) -> list[int]:
     return missing
 
 
-def choose_device(cfg: ScheduleConfig, local_rank: int = 0) -> torch.device:
-    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise UserError("CUDA requested but no GPU is visible", key="train.device")
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device("cpu")
+def choose_device(cfg: ScheduleConfig, assigned: torch.device | str | None = None) -> torch.device:
+    """The training device, made current on CUDA (``torch.cuda.set_device``) so the NCCL
+    communicator, autocast and pinned-memory copies all use it.
+
+    ``assigned``: the launcher's device (Ray Train's ``ray.train.torch.get_device()``, the GPU
+    Ray gave this worker); without it ``LOCAL_RANK`` (torchrun's) picks among the visible GPUs,
+    else the first. ``train.device: cpu`` ignores a GPU.
+    """
+    if cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UserError("CUDA requested but no GPU is visible", key="train.device")
+    device = torch.device(assigned) if assigned is not None else None
+    if device is None or device.type != "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+    if device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    torch.cuda.set_device(device)
+    return device
 
 
 def seed_everything(seed: int) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from raykd.config import ExperimentConfig, ModelConfig, StudentConfig, config_hash
+from raykd.config import ExperimentConfig, ModelConfig, ScheduleConfig, StudentConfig, config_hash
 from raykd.data.annindex import annotation_digest
 from raykd.errors import UserError
 from raykd.train.epoch import metrics_lines
@@ -55,18 +55,60 @@ def teacher_experiment(cfg: ExperimentConfig, output_dir: Path) -> ExperimentCon
                             cache_dir=cfg.cache_dir)
 
 
+def _schedule_key(schedule: ScheduleConfig) -> dict:
+    """What of a teacher's schedule decides its weights, as keys written before the GPU keys
+    existed spelt it: how it runs (device, threads, host reads, compile, memory format, evaluator) is left
+    out, the learning-rate rule only when it can act, ``amp`` as the boolean it was for off/bf16."""
+    key = schedule.model_dump(exclude={"output_dir", "device", "threads", "log_every", "compile", "channels_last",
+                                       "evaluator"})
+    if schedule.reference_batch is None:
+        key.pop("lr_scaling"), key.pop("reference_batch")
+    key["amp"] = {"off": False, "bf16": True}.get(schedule.amp, schedule.amp)
+    return key
+
+
 def teacher_cache_path(cfg: ExperimentConfig) -> Path:
     teacher = cfg.teacher
     key = config_hash(teacher.model_dump(exclude={"checkpoint"}, exclude_none=False) | {
-        "train": teacher.train.model_dump(exclude={"output_dir", "device", "threads", "evaluator"}) if teacher.train else None},
-        data_fingerprint(cfg))
+        "train": _schedule_key(teacher.train) if teacher.train else None}, data_fingerprint(cfg))
     return Path(cfg.cache_dir) / "teachers" / key / "model_best.pt"
 
 
-def ensure_teacher(cfg: ExperimentConfig, *, log: Callable[[str], None] = print, progress: bool = True) -> str | None:
+TeacherTrainer = Callable[[ExperimentConfig, Path, Callable[[str], None]], list[dict]]
+"""Trains a teacher experiment into a folder (``model_best.pt``, ``model_final.pt``) and returns
+every epoch's report: :func:`train_here` (this process) or
+:func:`raykd.train.worker.train_through_ray` (Ray Train workers, as a search's trials run)."""
+
+
+def needs_training(cfg: ExperimentConfig) -> bool:
+    """Whether :func:`ensure_teacher` would train the teacher (no checkpoint file, none cached)."""
+    teacher = cfg.teacher
+    if teacher is None or teacher.train is None or (teacher.checkpoint and Path(teacher.checkpoint).is_file()):
+        return False
+    return not (Path(teacher.checkpoint) if teacher.checkpoint else teacher_cache_path(cfg)).is_file()
+
+
+def train_here(exp: ExperimentConfig, folder: Path, log: Callable[[str], None], progress: bool = True) -> list[dict]:
+    """:data:`TeacherTrainer` in this process (:func:`raykd.train.loop.fit`)."""
+    from raykd.train.loop import fit
+
+    history: list[dict] = []
+    best = BestModel(folder)
+
+    def keep(record, make_state):
+        history.append(record.as_report())
+        best.update(history[-1], make_state)
+
+    fit(exp, on_epoch_end=keep, progress=progress, log=log)
+    return history
+
+
+def ensure_teacher(cfg: ExperimentConfig, *, log: Callable[[str], None] = print, progress: bool = True,
+                   trainer: TeacherTrainer | None = None) -> str | None:
     """Path of a usable teacher checkpoint, training (and caching) it when it is missing; None
     when the teacher is ``teacher.weights`` as they are (no checkpoint, no ``train`` block).
-    A trained teacher is its best epoch by bbox_mAP (``model_best.pt``), not its last."""
+    A trained teacher is its best epoch by bbox_mAP (``model_best.pt``), not its last.
+    ``trainer``: how it is trained (default :func:`train_here`)."""
     teacher = cfg.teacher
     if teacher is None:
         raise UserError("no teacher block", key="teacher")
@@ -90,22 +132,17 @@ def ensure_teacher(cfg: ExperimentConfig, *, log: Callable[[str], None] = print,
             return str(target)
         log(f"teacher: not found, training {teacher.arch} {teacher.backbone}/FPN{teacher.fpn_channels} "
             f"for {teacher.train.epochs} epochs into {target.parent}")
-        from raykd.train.loop import fit
-
         exp = teacher_experiment(cfg, target.parent)
-        history: list[dict] = []
-        best = BestModel(target.parent)
-
-        def keep(record, make_state):
-            history.append(record.as_report())
-            best.update(history[-1], make_state)
-
-        fit(exp, on_epoch_end=keep, progress=progress, log=lambda line: log(f"teacher: {line}"))
+        if trainer is None:
+            history = train_here(exp, target.parent, lambda line: log(f"teacher: {line}"), progress)
+        else:
+            history = trainer(exp, target.parent, lambda line: log(f"teacher: {line}"))
         (target.parent / "metrics.jsonl").write_text(metrics_lines(history))
         if target.name != "model_best.pt":  # a configured teacher.checkpoint holds the best epoch too
             shutil.copyfile(target.parent / "model_best.pt", target)
-        log(f"teacher: best epoch {best.metrics.get('epoch')} of {len(history)} "
-            f"(bbox_mAP {best.metrics.get(BEST_METRIC, float('nan')):.4f}) kept as {target.name}")
+        best = teacher_metrics(target.parent / "model_best.pt")
+        log(f"teacher: best epoch {best.get('epoch')} of {len(history)} "
+            f"(bbox_mAP {best.get(BEST_METRIC, float('nan')):.4f}) kept as {target.name}")
     return str(target)
 
 

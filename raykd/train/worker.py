@@ -16,13 +16,13 @@ from typing import Any
 
 import ray.train
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train.torch import TorchConfig, TorchTrainer, get_device
 
 from raykd.config import experiment_from_dict
 from raykd.train.checkpoint import STATE_FILE, load_state, save_state
 from raykd.train.epoch import EpochRecord
 from raykd.train.loop import fit
-from raykd.train.teacher import improves
+from raykd.train.teacher import improves, save_model
 
 BEST_FILE = "best.pt"
 """Beside ``state.pt`` in a checkpoint (``keep_best``): ``{"model", "metrics", "categories"}`` of the best epoch."""
@@ -64,15 +64,24 @@ def train_worker(config: dict[str, Any]) -> None:
                 ckpt = Checkpoint.from_directory(folder)
             ray.train.report({**metrics, **config.get("extra_metrics", {})}, checkpoint=ckpt)
 
+    # Ray Train's device: the GPU Ray assigned to this worker (CUDA_VISIBLE_DEVICES holds every
+    # worker's on the node), or the CPU.
     fit(cfg, teacher_checkpoint=config.get("teacher_checkpoint"), resume_state=resume_state,
-        on_epoch_end=report, progress=False)
+        on_epoch_end=report, progress=False, device=get_device())
+
+
+def scaling_config(workers: int, cpus_per_worker: float, gpus_per_worker: float) -> ScalingConfig:
+    """``workers`` Ray Train workers, each asking for exactly ``cpus_per_worker`` CPUs and
+    ``gpus_per_worker`` GPUs (a fraction such as 0.25 packs four single-worker trials on one GPU)."""
+    resources = {"CPU": cpus_per_worker} | ({"GPU": gpus_per_worker} if gpus_per_worker > 0 else {})
+    return ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0, resources_per_worker=resources)
 
 
 def make_trainer(
     experiment: dict[str, Any],
     *,
     workers: int,
-    use_gpu: bool,
+    gpus_per_worker: float = 0,
     cpus_per_worker: float = 1,
     storage_path: str,
     name: str,
@@ -84,24 +93,46 @@ def make_trainer(
     resume_path: str | None = None,
     keep_best: bool = False,
 ) -> TorchTrainer:
-    """A TorchTrainer running :func:`train_worker` on ``workers`` DDP ranks (gloo on CPU, NCCL on GPU).
+    """A TorchTrainer running :func:`train_worker` on ``workers`` DDP ranks (gloo on CPU, NCCL on GPU),
+    each with the resources of :func:`scaling_config`.
 
     ``name`` must be stable for a trial so a retried run resumes from its own checkpoints;
     ``extra_metrics`` are added to every report (e.g. the executor's name); ``resume_path``: a
     ``state.pt`` of an earlier run to continue from (the run's own checkpoints come first);
     ``keep_best``: rank 0 adds the best epoch's model to every checkpoint (:data:`BEST_FILE`).
     """
-    resources = {"CPU": cpus_per_worker} | ({"GPU": 1} if use_gpu else {})
     return TorchTrainer(
         train_worker,
         train_loop_config={"experiment": experiment, "teacher_checkpoint": teacher_checkpoint, "pid_dir": pid_dir,
                            "extra_metrics": {"executor": "train", **(extra_metrics or {})},
                            "resume_path": resume_path, "keep_best": keep_best},
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
+        torch_config=TorchConfig(backend="nccl" if gpus_per_worker > 0 else "gloo"),
+        scaling_config=scaling_config(workers, cpus_per_worker, gpus_per_worker),
         run_config=RunConfig(
             name=name, storage_path=storage_path, callbacks=callbacks,
             failure_config=FailureConfig(max_failures=max_failures, controller_failure_limit=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )
+
+
+def train_through_ray(exp, folder: Path, log, *, workers: int, cpus_per_worker: float,
+                      gpus_per_worker: float) -> list[dict[str, Any]]:
+    """A :data:`raykd.train.teacher.TeacherTrainer` that trains on Ray Train workers with a
+    search's resources (Ray already initialised): ``model_best.pt`` and ``model_final.pt`` in
+    ``folder``; returns every epoch's report."""
+    trainer = make_trainer(exp.model_dump(mode="json"), workers=workers, gpus_per_worker=gpus_per_worker,
+                           cpus_per_worker=cpus_per_worker, storage_path=str(Path(folder).resolve() / "ray"),
+                           name="teacher", keep_best=True)
+    log(f"training through Ray Train: {workers} worker(s) × {cpus_per_worker:g} CPU, {gpus_per_worker:g} GPU")
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    with result.checkpoint.as_directory() as checkpoint:
+        state = load_state(Path(checkpoint) / STATE_FILE)
+        best = load_state(Path(checkpoint) / BEST_FILE)
+    history = state["history"]
+    save_model(best["model"], Path(folder) / "model_best.pt", metrics=best["metrics"], categories=best.get("categories"))
+    save_model(state["model"], Path(folder) / "model_final.pt", metrics=history[-1],
+               categories=state.get("categories"))
+    return history

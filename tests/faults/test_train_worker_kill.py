@@ -47,7 +47,7 @@ def test_two_workers_report_like_one_and_resume_after_a_kill(ray_local, write_ex
 
     storage, pid_dir = tmp_path / "ray_train", tmp_path / "pids"
     pid_dir.mkdir()
-    trainer = make_trainer(cfg.model_dump(mode="json"), workers=2, use_gpu=False, storage_path=str(storage),
+    trainer = make_trainer(cfg.model_dump(mode="json"), workers=2, storage_path=str(storage),
                            name="ddp", max_failures=2, pid_dir=str(pid_dir))
     record: dict = {}
     killer = threading.Thread(target=_kill_rank_after_first_checkpoint, args=(storage, pid_dir, record))
