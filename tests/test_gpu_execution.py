@@ -207,7 +207,7 @@ def test_distiller_passes_its_generator_to_the_losses():
 def test_teacher_cache_keys_written_before_the_gpu_keys_stay_valid():
     from raykd.train.teacher import _schedule_key
 
-    new_keys = {"log_every", "lr_scaling", "reference_batch", "compile", "channels_last"}
+    new_keys = {"log_every", "lr_scaling", "reference_batch", "compile", "channels_last", "evaluator"}
     before = {k: v for k, v in ScheduleConfig(amp="bf16").model_dump().items()
               if k not in new_keys | {"output_dir", "device", "threads"}} | {"amp": True}
     assert _schedule_key(ScheduleConfig(amp=True, log_every=5, compile=True)) == before
