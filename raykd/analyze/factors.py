@@ -35,7 +35,9 @@ def log_scale(spec: ParamSpec | None, low: float, high: float) -> bool:
         return spec.log
     return low > 0 and high / low >= LOG_SPAN
 
-SEED_COLUMNS = ("train.seed",)
+TEACHER_SEED = "teacher.train.seed"
+"""The teacher's seed of a confirmation trial (``confirm.teacher_seeds``; null: the one teacher)."""
+SEED_COLUMNS = ("train.seed", TEACHER_SEED)
 """Parameter columns that are seeds: aggregated over, never a factor."""
 
 SCALE = 100.0

@@ -19,6 +19,7 @@ from raykd.analyze.importance import ALL, Importances, importances
 from raykd.analyze.inputs import Inputs, read_inputs
 from raykd.analyze.report import Bullets, Plot, Report, Section, Table, Text
 from raykd.analyze.scores import Scores, score_trials
+from raykd.analyze.teachers import across_table, teacher_scores
 from raykd.analyze.verdict import Ranking, Verdict, factor_names, phase_of, rank, verdict
 from raykd.errors import UserError
 from raykd.results import METRICS
@@ -117,7 +118,9 @@ def analyze(paths: Sequence[str], *, metric: str = "bbox_mAP", by: Sequence[str]
                     for a, b in tables.pick_pairs(ablations, levels)]
     imp = importances(frame, names, conditions={f.name: f.condition for f in factors if f.condition},
                       specs=inputs.specs)
-    chosen = verdict(confirmation, CONFIRM_PHASE) if confirmation is not None else verdict(ranking, SEARCH_PHASE)
+    chosen = (verdict(confirmation, CONFIRM_PHASE, teacher_scores=teacher_scores(inputs.teacher_seeds, metric),
+                      proxy=ranking if inputs.rank_check else None, searched=list(inputs.specs))
+              if confirmation is not None else verdict(ranking, SEARCH_PHASE))
     return Analysis(
         inputs=inputs, metric=metric, scores=scores, factors=factors, levels=levels,
         configs=configs, leaderboard=ranking.leaderboard,
@@ -188,6 +191,34 @@ def leaderboard_table(lb: pd.DataFrame, metric: str, note: str, *, name: str = "
     })
     return Table(name, title or f"Best configurations by {m}, seeds pooled", display, lb,
                  f"mean ± 95% t-interval half-width over seeds (x100); {DIFF_NOTE}; {note}")
+
+
+def teachers_tables(a: Analysis) -> list[Table]:
+    """The confirmation across teacher seeds (:func:`raykd.analyze.teachers.across_table`), when it ran so."""
+    c = a.confirmation
+    shown = tables.varying(c.scores.frame, c.names) or c.names
+    labels = {i: tables.config_label(dict(zip(c.names, key)), shown) for i, key in enumerate(c.configs.keys)}
+    raw = across_table(c.scores.frame, c.configs, labels, teacher_scores(a.inputs.teacher_seeds, a.metric))
+    if raw.empty:
+        return []
+    seeds = sorted({int(k.split("_")[1]) for k in raw.columns if k.startswith("teacher_") and k.count("_") == 1})
+    display = pd.DataFrame({
+        "configuration": raw["config"],
+        "pairs": [_count(n) for n in raw["pairs"]],
+        "Δ pooled (95% CI)": [fmt_diff(*v) for v in zip(raw["diff"], raw["diff_low"], raw["diff_high"])],
+        **{f"Δ teacher seed {t}" + ("" if pd.isna(raw[f"teacher_{t}_score"]).all() else
+                                    f" (teacher {_num(raw[f'teacher_{t}_score'].dropna().iloc[0])})"):
+           [fmt_diff(*v) for v in zip(raw[f"teacher_{t}"], raw[f"teacher_{t}_low"], raw[f"teacher_{t}_high"])]
+           for t in seeds},
+        "Δ between teachers (95% CI)": [fmt_diff(*v) for v in zip(raw["between"], raw["between_low"],
+                                                                    raw["between_high"])],
+        "teachers separating": [f"{int(s)} of {int(t)}" for s, t in zip(raw["separated"], raw["teachers"])],
+    })
+    return [Table("confirmation_teachers", f"Confirmation across teacher seeds: {a.metric}", display, raw,
+                  "Δ vs the baseline (x100). pooled: paired t-interval over every (teacher seed, seed) pair; "
+                  "per teacher: paired over that teacher's seeds; between teachers: cluster-robust (CR1) interval "
+                  "with the teacher as the cluster, t on teachers − 1 dof (docs/statistics.md); separating: "
+                  "teachers whose interval excludes zero")]
 
 
 def ablation_table(a: Analysis, ab: tables.Ablation) -> Table:
@@ -322,7 +353,8 @@ def build_report(a: Analysis, *, with_plots: bool = True) -> Report:
             Text("The top configurations of the search and the baseline, re-run at the full budget on fresh seeds "
                  "(no early stopping). The search's best trial won a maximum over noise; these numbers do not."),
             leaderboard_table(c.leaderboard, m, c.scores.note, name="confirmation",
-                              title=f"Confirmation on fresh seeds: {m}")]))
+                              title=f"Confirmation on fresh seeds: {m}"),
+            *teachers_tables(a)]))
     sections.append(Section("Leaderboard" if a.confirmation is None else "Leaderboard of the search phase",
                             [leaderboard_table(a.leaderboard, m, s.note)]))
     blocks = [ablation_table(a, ab) for ab in a.ablations]

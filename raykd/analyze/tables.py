@@ -19,11 +19,11 @@ import numpy as np
 import pandas as pd
 
 from raykd.analyze import stats
-from raykd.analyze.factors import BASELINE_METHOD, METHOD, Factor, display, is_null
+from raykd.analyze.factors import BASELINE_METHOD, METHOD, TEACHER_SEED, Factor, display, is_null
 
 SIZE_METRICS = ("AP_S", "AP_M", "AP_L")
 STAT_COLUMNS = ["n", "mean", "std", "ci_low", "ci_high"]
-DIFF_COLUMNS = ["diff", "diff_low", "diff_high", "diff_test", "diff_n"]
+DIFF_COLUMNS = ["diff", "diff_low", "diff_high", "diff_test", "diff_n", "diff_p"]
 
 
 def exact_value(value: object) -> object:
@@ -62,10 +62,37 @@ def _interval_row(values: pd.Series) -> dict[str, float]:
     return {"n": ci.n, "mean": ci.mean, "std": ci.std, "ci_low": ci.low, "ci_high": ci.high}
 
 
+def pair_keys(part: pd.DataFrame, reference: pd.DataFrame) -> tuple[pd.Series, pd.DataFrame, pd.Series]:
+    """What pairs a trial of ``part`` with one of ``reference``: its seed, or with
+    ``confirm.teacher_seeds`` its (teacher seed, seed) as ``"t/s"``.
+
+    Returns ``part``'s keys, the reference rows and their keys. A reference that ran without
+    the teacher (null teacher seed: the baseline) stands for every teacher ``part`` ran with
+    (the same seed gives it the same numbers), so its rows are repeated once per teacher.
+    """
+    if TEACHER_SEED not in part or part[TEACHER_SEED].isna().all():
+        return part["seed"], reference, reference["seed"]
+    def keys(frame: pd.DataFrame) -> pd.Series:
+        return pd.Series([None if is_null(t) or is_null(s) else f"{int(t)}/{int(s)}"
+                          for t, s in zip(frame[TEACHER_SEED], frame["seed"])], index=frame.index, dtype=object)
+
+    part_keys = keys(part)
+    if TEACHER_SEED not in reference or reference[TEACHER_SEED].isna().all():
+        teachers = sorted({int(t) for t in part[TEACHER_SEED].dropna()})
+        reference = pd.concat([reference.assign(**{TEACHER_SEED: t}) for t in teachers], ignore_index=True)
+        ref_keys = keys(reference)
+        kept = ref_keys.isin(set(part_keys.dropna())).to_numpy()  # the stand-in only where part ran
+        return part_keys, reference[kept], ref_keys[kept]
+    return part_keys, reference, keys(reference)
+
+
 def _diff_row(part: pd.DataFrame, reference: pd.DataFrame) -> dict[str, object]:
-    """Difference of ``part``'s values to ``reference``'s: paired over seeds where possible."""
-    d = stats.compare(part["value"], reference["value"], part["seed"], reference["seed"])
-    return {"diff": d.diff, "diff_low": d.low, "diff_high": d.high, "diff_test": d.test, "diff_n": d.n}
+    """Difference of ``part``'s values to ``reference``'s: paired over seeds (or teacher and
+    seed pairs, :func:`pair_keys`) where possible."""
+    keys, reference, ref_keys = pair_keys(part, reference)
+    d = stats.compare(part["value"], reference["value"], keys, ref_keys)
+    return {"diff": d.diff, "diff_low": d.low, "diff_high": d.high, "diff_test": d.test, "diff_n": d.n,
+            "diff_p": d.p}
 
 
 def _no_diff() -> dict[str, object]:
