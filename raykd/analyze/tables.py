@@ -19,11 +19,12 @@ import numpy as np
 import pandas as pd
 
 from raykd.analyze import stats
+from raykd.analyze.correction import correct
 from raykd.analyze.factors import BASELINE_METHOD, METHOD, TEACHER_SEED, Factor, display, is_null
 
 SIZE_METRICS = ("AP_S", "AP_M", "AP_L")
 STAT_COLUMNS = ["n", "mean", "std", "ci_low", "ci_high"]
-DIFF_COLUMNS = ["diff", "diff_low", "diff_high", "diff_test", "diff_n", "diff_p"]
+DIFF_COLUMNS = ["diff", "diff_low", "diff_high", "diff_test", "diff_n", "diff_p", "diff_dof"]
 
 
 def exact_value(value: object) -> object:
@@ -92,7 +93,7 @@ def _diff_row(part: pd.DataFrame, reference: pd.DataFrame) -> dict[str, object]:
     keys, reference, ref_keys = pair_keys(part, reference)
     d = stats.compare(part["value"], reference["value"], keys, ref_keys)
     return {"diff": d.diff, "diff_low": d.low, "diff_high": d.high, "diff_test": d.test, "diff_n": d.n,
-            "diff_p": d.p}
+            "diff_p": d.p, "diff_dof": d.dof}
 
 
 def _no_diff() -> dict[str, object]:
@@ -137,13 +138,16 @@ def group_configs(frame: pd.DataFrame, names: Sequence[str]) -> Configs:
 
 
 def leaderboard(frame: pd.DataFrame, configs: Configs, *, top: int = 10,
-                teacher: Mapping[str, float] | None = None, metric: str = "bbox_mAP") -> pd.DataFrame:
+                teacher: Mapping[str, float] | None = None, metric: str = "bbox_mAP",
+                correction: str = "auto") -> pd.DataFrame:
     """The ``top`` configurations, the no-distillation baseline and the teacher, one row each.
 
     Columns: ``rank`` (among all configurations), ``role`` (config / baseline / teacher),
     ``config`` (label of the factors that vary, or of all when none does), the raw value of each factor, the
     :data:`STAT_COLUMNS` of the metric, the difference to the baseline with its Welch
-    interval, mean AP_S/M/L, mean device-hours ``cost_h``, and the ``seeds`` pooled.
+    interval, mean AP_S/M/L, mean device-hours ``cost_h``, and the ``seeds`` pooled; with the
+    differences' p-values and intervals adjusted for the table's comparisons under ``correction``
+    (:func:`raykd.analyze.correction.correct`; the method in ``attrs["correction"]``).
     """
     shown = varying(frame, configs.names) or configs.names
     base_rows = configs.rows(frame, configs.baseline) if configs.baseline is not None else None
@@ -172,7 +176,8 @@ def leaderboard(frame: pd.DataFrame, configs: Configs, *, top: int = 10,
                      "n": 1, "mean": teacher[metric], "std": math.nan, "ci_low": math.nan, "ci_high": math.nan,
                      **_no_diff(), "diff": teacher[metric] - base_mean,
                      **{m: teacher.get(m, math.nan) for m in SIZE_METRICS}, "cost_h": math.nan, "seeds": ""})
-    return pd.DataFrame(rows).astype({"rank": "Int64", "n": "Int64"})
+    board, _ = correct(pd.DataFrame(rows).astype({"rank": "Int64", "n": "Int64"}), correction)
+    return board
 
 
 # --- one-factor tables ------------------------------------------------------------------
@@ -198,7 +203,7 @@ def reference_level(factor: Factor, counts: Mapping[str, int]) -> str:
 
 
 def ablation(frame: pd.DataFrame, levels: pd.DataFrame, factor: Factor,
-             failed_levels: pd.Series | None = None) -> Ablation:
+             failed_levels: pd.Series | None = None, correction: str = "auto") -> Ablation:
     """Mean metric per level of ``factor`` with its t-interval, the difference to the
     reference level (paired over seeds where possible, else Welch), n, mean AP_S/M/L, and the number of failed trials at that level.
 
@@ -222,7 +227,8 @@ def ablation(frame: pd.DataFrame, levels: pd.DataFrame, factor: Factor,
         row["failed"] = int(failed.get(lv, 0))
         row["reference"] = lv == reference
         rows.append(row)
-    return Ablation(factor, reference, pd.DataFrame(rows), int(defined.sum()))
+    table, _ = correct(pd.DataFrame(rows), correction)
+    return Ablation(factor, reference, table, int(defined.sum()))
 
 
 def spread(ab: Ablation) -> float:

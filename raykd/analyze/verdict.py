@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from raykd.analyze import tables
+from raykd.analyze.correction import NAMES
 from raykd.analyze.factors import BASELINE_METHOD, METHOD, SCALE, SEED_COLUMNS, is_null
 from raykd.analyze.rank_check import RankCheck, rank_check
 from raykd.analyze.scores import Scores, score_trials
@@ -62,6 +63,11 @@ class Delta:
     ci_high: float
     paired: bool
     n: int
+    p: float = math.nan
+    correction: str = "none"  # of the table's comparisons with the baseline (raykd.analyze.correction)
+    p_adj: float = math.nan
+    ci_low_adj: float = math.nan  # the interval at the corrected level
+    ci_high_adj: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -120,6 +126,10 @@ class Verdict:
                 how = f"paired over all {self.delta.n} (teacher seed, seed) pairs"
             out.append(f"{which} − baseline: {_signed(self.delta.mean)} [{_signed(self.delta.ci_low)}, "
                        f"{_signed(self.delta.ci_high)}] (95% CI, {how})")
+            if self.delta.correction != "none":
+                out.append(f"  {NAMES[self.delta.correction]} over the comparisons with the baseline: "
+                           f"[{_signed(self.delta.ci_low_adj)}, {_signed(self.delta.ci_high_adj)}], "
+                           f"adjusted p {self.delta.p_adj:.3g}")
         if self.teachers is not None:
             t = self.teachers
             for p in t.per_teacher:
@@ -153,16 +163,17 @@ def phase_of(trials: pd.DataFrame) -> pd.Series:
 
 
 def rank(trials: pd.DataFrame, epochs: pd.DataFrame | None, params: Sequence[str], metric: str, *,
-         fidelity: str = "auto", teacher: Mapping[str, float] | None = None, top: int = 10) -> Ranking | None:
+         fidelity: str = "auto", teacher: Mapping[str, float] | None = None, top: int = 10,
+         correction: str = "auto") -> Ranking | None:
     """Score ``trials`` under ``fidelity`` and rank their configurations; None when no trial
-    has a value to compare yet."""
+    has a value to compare yet. ``correction``: of the leaderboard's comparisons with the baseline."""
     scores = score_trials(trials, epochs, metric, fidelity)
     frame = scores.frame
     if frame.empty:
         return None
     names = [n for n in factor_names(trials, params) if frame[n].map(lambda v: not is_null(v)).any()]
     configs = tables.group_configs(frame, names)
-    board = tables.leaderboard(frame, configs, top=top, teacher=teacher, metric=metric)
+    board = tables.leaderboard(frame, configs, top=top, teacher=teacher, metric=metric, correction=correction)
     return Ranking(scores, names, configs, board)
 
 
@@ -190,7 +201,9 @@ def verdict(ranking: Ranking, phase: str, *, teacher_scores: Mapping[int, float]
         if len(distilled):
             d = distilled.iloc[0]
             delta = Delta(str(d["config"]), float(d["diff"]), float(d["diff_low"]), float(d["diff_high"]),
-                          d["diff_test"] == "paired", int(d["diff_n"]))
+                          d["diff_test"] == "paired", int(d["diff_n"]), float(d["diff_p"]),
+                          board.attrs.get("correction", "none"), float(d.get("diff_p_adj", math.nan)),
+                          float(d.get("diff_low_adj", math.nan)), float(d.get("diff_high_adj", math.nan)))
             spread = across_teachers(configs.rows(frame, configs.order[int(d["rank"]) - 1]),
                                      configs.rows(frame, configs.baseline), teacher_scores)
     teacher_row = board[board["role"] == "teacher"]
@@ -229,7 +242,7 @@ def _weak_teachers(teacher_metric: float, teacher_scores: Mapping[int, float] | 
 def decide(trials: pd.DataFrame, epochs: pd.DataFrame | None, params: Sequence[str], metric: str, *,
            fidelity: str = "auto", teacher: Mapping[str, float] | None = None,
            teacher_scores: Mapping[int, float] | None = None, rank_check: bool = False,
-           searched: Sequence[str] | None = None) -> Verdict | None:
+           searched: Sequence[str] | None = None, correction: str = "auto") -> Verdict | None:
     """The verdict of a search's tables: its confirmation trials when there are any (compared
     at their full budget), else its search phase under ``fidelity``.
 
@@ -238,12 +251,14 @@ def decide(trials: pd.DataFrame, epochs: pd.DataFrame | None, params: Sequence[s
     confirmed configurations (on the ``searched`` keys) with theirs."""
     confirm = phase_of(trials) == CONFIRM_PHASE
     if confirm.any():
-        ranking = rank(trials[confirm], epochs, params, metric, fidelity="completed", teacher=teacher)
+        ranking = rank(trials[confirm], epochs, params, metric, fidelity="completed", teacher=teacher,
+                       correction=correction)
         if ranking is not None:
             proxy = rank(trials[~confirm], epochs, params, metric, fidelity=fidelity) \
                 if rank_check and (~confirm).any() else None
             return verdict(ranking, CONFIRM_PHASE, teacher_scores=teacher_scores, proxy=proxy, searched=searched)
-    ranking = rank(trials[~confirm], epochs, params, metric, fidelity=fidelity, teacher=teacher)
+    ranking = rank(trials[~confirm], epochs, params, metric, fidelity=fidelity, teacher=teacher,
+                   correction=correction)
     return verdict(ranking, SEARCH_PHASE) if ranking is not None else None
 
 
