@@ -329,6 +329,8 @@ def _summary(space: Space, paths, prep_s: float, search_s: float) -> int:
                    searched=list(inputs.specs)) if metric in METRICS else None
     for line in found.lines() if found else []:
         print(line)
+    if space.spec.closing_note:
+        print(space.spec.closing_note.strip())
     print(f"tables: {paths.tables}")
     print(f"next:   python -m raykd.analyze {shlex.quote(paths.root)}")
     return int((trials["status"] == "RUNNING").sum())

@@ -194,6 +194,8 @@ class SpaceSpec(_Strict):
     fixed: dict[str, Any] = Field(default_factory=dict)
     points_to_evaluate: list[dict[str, Any] | str] = Field(default_factory=list)
     confirm: ConfirmSettings | None = None
+    closing_note: str | None = Field(None, description="lines the search prints after its verdict (what the "
+                                                       "verdict of this space can and cannot show)")
 
     @field_validator("fixed", mode="before")
     @classmethod
