@@ -111,3 +111,15 @@ def test_every_rank_of_a_two_worker_run_holds_the_same_weight(mgd_cfg, tmp_path)
     assert scales[0] > 0 and scales[0] == scales[1]
     alone, _ = _fit(cfg, checkpoint)  # one worker sees other batches: the pooled sums differ
     assert alone[-1][calibrate.STATE_KEY] != scales[0]
+
+
+def test_tables_show_the_resolved_weights_beside_the_ratio():
+    import pandas as pd
+
+    from raykd.analyze.pipeline import _resolved_weights
+
+    board = pd.DataFrame({"distill.method": ["fgd", "none"], "kd_scale": [0.5, float("nan")]})
+    assert _resolved_weights(board) == {
+        "resolved weights (loss_ratio)": ["alpha 0.0005, beta 0.00025, gamma 0.00025, lambda_gl 2.5e-06", "—"]}
+    assert calibrate.resolved_weights(calibrate.DistillConfig(method="mgd"), 0.1) == {"alpha": pytest.approx(2e-6)}
+    assert _resolved_weights(board.assign(kd_scale=float("nan"))) == {}

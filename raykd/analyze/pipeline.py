@@ -197,6 +197,24 @@ def _status_counts(trials: pd.DataFrame) -> str:
     return ", ".join(f"{int(counts[k])} {v}" for k, v in labels.items() if counts.get(k, 0))
 
 
+def _resolved_weights(lb: pd.DataFrame) -> dict[str, list[str]]:
+    """``distill.loss_ratio``'s resolved weights (the calibrated scale × the method's defaults,
+    mean over the configuration's trials), when some row calibrated one."""
+    if "kd_scale" not in lb or lb["kd_scale"].isna().all():
+        return {}
+    from raykd.distill.config import DistillConfig
+    from raykd.train.calibrate import resolved_weights
+
+    text = []
+    for method, scale in zip(lb[METHOD] if METHOD in lb else [None] * len(lb), lb["kd_scale"]):
+        if pd.isna(scale) or method is None:
+            text.append("—")
+            continue
+        weights = resolved_weights(DistillConfig(method=method), float(scale))
+        text.append(", ".join(f"{k} {v:.3g}" for k, v in weights.items()))
+    return {"resolved weights (loss_ratio)": text}
+
+
 def leaderboard_table(lb: pd.DataFrame, metric: str, note: str, *, name: str = "leaderboard",
                       title: str = "") -> Table:
     """The leaderboard ``lb`` (:func:`raykd.analyze.tables.leaderboard`) as a report table."""
@@ -210,6 +228,7 @@ def leaderboard_table(lb: pd.DataFrame, metric: str, note: str, *, name: str = "
         "Δ vs baseline (95% CI)": _diffs(lb),
         **_p_column(lb),
         **{s: [_num(v) for v in lb[s]] for s in tables.SIZE_METRICS},
+        **_resolved_weights(lb),
         "device-h": ["—" if pd.isna(v) else f"{v:.3g}" for v in lb["cost_h"]],
         "seeds": lb["seeds"],
     })

@@ -167,6 +167,8 @@ def leaderboard(frame: pd.DataFrame, configs: Configs, *, top: int = 10,
                    else _no_diff())
         row.update(_size_means(part))
         row["cost_h"] = float(part["cost_h"].mean())
+        row["kd_scale"] = float(part["kd_scale"].mean()) if "kd_scale" in part and part["kd_scale"].notna().any() \
+            else math.nan
         row["seeds"] = ", ".join(str(s) for s in sorted({int(s) for s in part["seed"] if not is_null(s)}))
         rows.append(row)
     if teacher and metric in teacher:

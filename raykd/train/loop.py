@@ -341,7 +341,7 @@ def fit(
             epoch=epoch, epochs_total=cfg.train.epochs, losses=losses.summary(), scores=scores,
             lr=run.optimizer.param_groups[0]["lr"], step_time=train_time / max(losses.steps, 1),
             epoch_time=time.perf_counter() - epoch_start, time_total_s=time.perf_counter() - run_start,
-            num_workers=run.world, device=_device_name(run.device), timestamp=time.time())
+            num_workers=run.world, device=_device_name(run.device), timestamp=time.time(), kd_scale=scale)
         history.append(record.as_report())
         if run.rank == 0:
             log(record.line())
