@@ -102,7 +102,8 @@ def test_verdict_reports_pooled_per_teacher_and_between_teachers_and_flags_a_wea
     assert (v.delta.ci_low, v.delta.ci_high) == (pytest.approx(pooled.low), pytest.approx(pooled.high))
     lines = v.lines()
     assert lines[2].endswith("(95% CI, paired over all 11 (teacher seed, seed) pairs)")
-    assert lines[3].startswith("  teacher seed 1, teacher 45.00: +0.80 [")
+    assert lines[3].startswith("  Holm (Bonferroni intervals) over the comparisons with the baseline: ")  # two
+    assert lines[4].startswith("  teacher seed 1, teacher 45.00: +0.80 [")
     assert any(line.startswith("between teachers: ") and "2 of 3 teachers' intervals exclude zero" in line
                for line in lines)
     assert any("teacher of seed 2 scores 28.00, below the baseline student's 30.00" in line for line in lines)
