@@ -123,3 +123,23 @@ def test_tables_show_the_resolved_weights_beside_the_ratio():
         "resolved weights (loss_ratio)": ["alpha 0.0005, beta 0.00025, gamma 0.00025, lambda_gl 2.5e-06", "—"]}
     assert calibrate.resolved_weights(calibrate.DistillConfig(method="mgd"), 0.1) == {"alpha": pytest.approx(2e-6)}
     assert _resolved_weights(board.assign(kd_scale=float("nan"))) == {}
+
+
+def test_a_pretrained_teacher_used_as_it_is_is_scored_once_and_cached(write_experiment, tiny_teacher, monkeypatch):
+    """Its own trained checkpoint, given as teacher.weights: the score equals the one stored at training."""
+    from raykd.train import setup, teacher_eval
+    from raykd.train.teacher import ensure_teacher, teacher_metrics
+
+    teacher = {**tiny_teacher, "train": {**tiny_teacher["train"], "epochs": 8, "lr": 5e-3}}  # AP above zero
+    trained = load_experiment(write_experiment(teacher=teacher))
+    checkpoint = ensure_teacher(trained, log=lambda line: None, progress=False)
+    as_is = {k: v for k, v in teacher.items() if k != "train"} | {"weights": checkpoint}
+    cfg = load_experiment(write_experiment("as_is.yaml", teacher=as_is))
+    lines = []
+    metrics = teacher_eval.pretrained_teacher_metrics(cfg, log=lines.append)
+    stored = teacher_metrics(checkpoint)
+    assert metrics["AP50"] == pytest.approx(stored["AP50"], abs=1e-4) and metrics["AP50"] > 0, (metrics, stored)
+    assert metrics["bbox_mAP"] == pytest.approx(stored["bbox_mAP"], abs=1e-4)
+    assert any("scores bbox_mAP" in line for line in lines)
+    monkeypatch.setattr(setup, "build_datasets", lambda *a, **k: pytest.fail("evaluated twice"))
+    assert teacher_eval.pretrained_teacher_metrics(cfg, log=lines.append) == metrics

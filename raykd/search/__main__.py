@@ -174,11 +174,16 @@ def _search(args: argparse.Namespace, space: Space, storage: str, name: str, pat
     started = time.perf_counter()
     validate_data(cfg.data, cfg.cache_dir, masks=space.trains_masks())  # before Ray: annotations, images, masks
     teacher_ckpt = None
+    teacher: dict = {}
     if cfg.teacher is not None:
         teacher_ckpt = ensure_teacher(cfg, log=lambda line: print(line, flush=True), progress=not args.quiet)
         teacher = check_teacher(cfg, teacher_ckpt)
-        if teacher_ckpt is None:  # teacher.weights as they are: no checkpoint, no evaluation on this data
-            print(f"teacher: {cfg.teacher.weights} (pretrained weights, not trained on this data)", flush=True)
+        if teacher_ckpt is None:  # teacher.weights as they are: scored once on this data when its head fits
+            from raykd.train.teacher_eval import pretrained_teacher_metrics
+
+            teacher = pretrained_teacher_metrics(cfg, log=lambda line: print(line, flush=True)) or {}
+            print(f"teacher: {cfg.teacher.weights} (pretrained weights, not trained on this data"
+                  + (f"; bbox_mAP {teacher['bbox_mAP']:.4f}" if "bbox_mAP" in teacher else "") + ")", flush=True)
         else:
             print(f"teacher: {teacher_ckpt} (bbox_mAP {teacher.get('bbox_mAP', float('nan')):.4f})", flush=True)
     prep_s = time.perf_counter() - started
@@ -189,7 +194,7 @@ def _search(args: argparse.Namespace, space: Space, storage: str, name: str, pat
 
     if not is_uri(storage):
         Path(paths.root).mkdir(parents=True, exist_ok=True)
-        if teacher_ckpt:
+        if teacher_ckpt or teacher:
             Path(paths.teacher).write_text(json.dumps(
                 {"checkpoint": teacher_ckpt, **teacher}, default=str))
     write_run(paths.tables, name, dataset_fingerprint=data_fingerprint(cfg), space_path=str(space.path),
