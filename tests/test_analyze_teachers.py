@@ -144,3 +144,18 @@ def test_rank_check_equals_scipy_on_fixed_means():
     assert not check.held and (check.search_best, check.confirmed_best) == ("alpha=4", "alpha=2")
     assert "did NOT hold" in check.line() and "over 5 configurations" in check.line()
     assert rank_check(search, confirm[confirm[A].isin([1.0, 2.0])], [M, A]) is None  # fewer than 3 in common
+
+
+def test_verdict_and_summary_report_the_rank_check_of_a_proxy_search():
+    search = _frame([("mgd", a, None, s, v) for a, v in ((1.0, 0.30), (2.0, 0.31), (3.0, 0.29)) for s in (0, 1)]
+                    + [("none", None, None, s, 0.25) for s in (0, 1)])
+    confirm = _frame([("mgd", a, None, s, v + 0.001 * (s - 100)) for a, v in ((1.0, 0.40), (2.0, 0.42), (3.0, 0.38))
+                      for s in (100, 101)] + [("none", None, None, s, 0.36 + 0.002 * (s - 100)) for s in (100, 101)])
+    v = verdict(_ranking(confirm), "confirm", proxy=_ranking(search), searched=[M, A])
+    proxy, full = [0.30, 0.31, 0.29, 0.25], [0.4005, 0.4205, 0.3805, 0.361]
+    assert v.rank_check.n == 4 and v.rank_check.held
+    assert v.rank_check.spearman == pytest.approx(sps.spearmanr(proxy, full).statistic)
+    assert any(line.startswith("rank check over 4 configurations: Spearman +1.00, Kendall +1.00: the search's "
+                               "ranking held") for line in v.lines())
+    data = json.loads(json.dumps(v.to_json()))
+    assert data["rank_check"]["kendall"] == pytest.approx(1.0) and data["rank_check"]["n"] == 4
