@@ -10,7 +10,6 @@ import socket
 from pathlib import Path
 
 import pytest
-import torch
 import torch.distributed as torch_dist
 import torch.multiprocessing as mp
 

@@ -126,7 +126,7 @@ def test_confirmation_over_teacher_seeds_with_overrides(ray_local, tiny_space, t
 
     space = tiny_space(num_samples=2, epochs=1, confirm={
         "top": 1, "seeds": [100, 101], "baseline": True, "teacher_seeds": [7, 8],
-        "set": {"train.epochs": 2, "data.val_max_images": 4}})
+        "set": {"train.epochs": 2, "data.val_max_images": 4}}, closing_note="note: a smoke test\n")
     root = tmp_path / "results" / "teachers"
     assert search([str(space), "--storage", str(root.parent), "--name", root.name]) == 0
     out = capsys.readouterr().out
@@ -151,6 +151,7 @@ def test_confirmation_over_teacher_seeds_with_overrides(ray_local, tiny_space, t
     assert any(line.endswith("(95% CI, paired over all 4 (teacher seed, seed) pairs)") for line in lines)
     assert any(line.startswith("  teacher seed 7, teacher ") for line in lines)
     assert any(line.startswith("between teachers: ") for line in lines)
+    assert lines[lines.index("note: a smoke test") + 1].startswith("tables: ")  # after the verdict
     assert analyze([str(root), "--format", "md"]) == 0
     capsys.readouterr()
     summary = json.loads((root / "report" / "summary.json").read_text())

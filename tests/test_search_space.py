@@ -284,3 +284,12 @@ def test_confirmation_searcher_suggests_each_point_once_and_resumes_from_json(tm
     restored.restore(str(tmp_path / "state.json"))
     assert [restored.suggest("t2"), restored.suggest("t3")] == points[1:]  # the first is not suggested again
     assert restored.suggest("t4") == Searcher.FINISHED
+
+
+def test_the_demo_says_it_is_a_smoke_test_and_the_reproduction_confirms_over_three_teachers():
+    root = Path(__file__).resolve().parents[1] / "search_spaces"
+    demo = Space(root / "demo.yaml")
+    assert "smoke test" in demo.spec.closing_note and "its interval may include zero" in demo.spec.closing_note
+    assert "python -m raykd.search search_spaces/shapes_reproduction.yaml" in demo.spec.closing_note
+    reproduction = Space(root / "shapes_reproduction.yaml")
+    assert len(reproduction.spec.confirm.teacher_seeds) == 3 and reproduction.spec.confirm.per == "distill.method"
