@@ -128,7 +128,7 @@ def analyze(paths: Sequence[str], *, metric: str = "bbox_mAP", by: Sequence[str]
     return Analysis(
         inputs=inputs, metric=metric, scores=scores, factors=factors, levels=levels,
         configs=configs, leaderboard=ranking.leaderboard,
-        ablations=ablations, interactions=interactions, ofat=tables.ofat(frame, configs),
+        ablations=ablations, interactions=interactions, ofat=tables.ofat(frame, configs, correction),
         path=tables.ablation_path(frame, levels, factors, configs), importance=imp, verdict=chosen,
         confirmation=confirmation, notes=notes, results=[str(p) for p in paths])
 
@@ -305,10 +305,11 @@ def ofat_table(a: Analysis) -> Table:
         "n": [_count(n) for n in t["n"]],
         f"{a.metric} (95% CI)": [fmt_ci(*v) for v in zip(t["mean"], t["ci_low"], t["ci_high"])],
         "Δ vs best (95% CI)": _diffs(t),
+        **_p_column(t),
     })
     return Table("ofat", "One factor at a time around the best configuration", display, t,
                  "configurations that differ from the best one in exactly one factor (the conditional "
-                 f"factors it switches on or off aside); {DIFF_NOTE}")
+                 f"factors it switches on or off aside); {DIFF_NOTE}; {_correction_note(t)}")
 
 
 def path_table(a: Analysis) -> Table:

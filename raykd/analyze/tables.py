@@ -268,14 +268,15 @@ def pick_pairs(ablations: Sequence[Ablation], levels: pd.DataFrame, *, factors_m
 # --- one factor at a time around the best configuration ---------------------------------
 
 
-def ofat(frame: pd.DataFrame, configs: Configs) -> pd.DataFrame:
+def ofat(frame: pd.DataFrame, configs: Configs, correction: str = "auto") -> pd.DataFrame:
     """Configurations that differ from the best one in exactly one factor.
 
     Two configurations differ in exactly one factor F when F is defined in both with
     different values and every other factor is equal or undefined in one of them (the
     conditional factors that F switches on or off). Columns: ``factor``, ``best`` and
     ``value`` (its value in the best and in the other configuration), the stats of the
-    other configuration and its difference to the best one (paired over seeds where possible). Empty when the search
+    other configuration and its difference to the best one (paired over seeds where possible; adjusted for the
+    table's comparisons under ``correction``, :func:`raykd.analyze.correction.correct`). Empty when the search
     holds no such neighbours.
     """
     if not configs.order:
@@ -297,7 +298,7 @@ def ofat(frame: pd.DataFrame, configs: Configs) -> pd.DataFrame:
         rows.append({"factor": configs.names[i], "best": display(best_raw), "value": display(raw),
                      **_interval_row(part["value"]), **_diff_row(part, best_rows)})
     table = pd.DataFrame(rows)
-    return table if len(table) > 1 else table.iloc[0:0]
+    return correct(table, correction)[0] if len(table) > 1 else table.iloc[0:0]
 
 
 # --- ablation path ----------------------------------------------------------------------
