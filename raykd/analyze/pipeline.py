@@ -360,6 +360,9 @@ def _method_text(a: Analysis) -> Bullets:
         "order and initialisation), the paired t-interval of the per-seed differences, d̄ ± t(0.975, n−1)·s_d/√n "
         "over n pairs; otherwise Welch's interval (unequal variances, Welch–Satterthwaite degrees of freedom) "
         "of the difference of the two means; none when a side has n = 1. Each Δ says which (paired n=… / Welch).",
+        "Multiple comparisons: each table's differences to its reference are one family; unless `--correction` "
+        "says otherwise, Holm's adjusted p-values with Bonferroni intervals when a table has more than one "
+        "comparison (every caption names its correction; docs/statistics.md).",
         "Ablation tables tabulate every level of a categorical parameter (a `choice`) and of a numeric one "
         "whose every value ran in two or more trials; otherwise the numeric parameter is cut into quantile "
         "bins (`--bins`, default 4, at most one per two trials); the reference level is "
