@@ -18,7 +18,7 @@ from scipy import stats as sps
 
 from raykd.analyze.__main__ import PROG, main
 from raykd.errors import run_cli
-from raykd.results import TableWriter, write_run_row
+from raykd.results import ParamSpec, TableWriter, write_run_row
 from raykd.train.epoch import EpochRecord, LossSummary
 
 PARAMS = {
@@ -56,7 +56,9 @@ AT_EPOCH_2 = {"none": [0.10, 0.105, 0.11], "mgd": [0.12, 0.125, 0.13, 0.105], "s
 def search(tmp_path_factory):
     """A search folder: tables/ (trials, epochs, runs) and teacher.json."""
     root = tmp_path_factory.mktemp("search") / "demo"
-    writer = TableWriter(root / "tables", "demo", PARAMS, flush_every_s=3600)
+    # distill.beta is a choice: categorical, tabulated per level even where a level has one trial
+    writer = TableWriter(root / "tables", "demo", PARAMS, flush_every_s=3600,
+                         specs={"distill.beta": ParamSpec("distill.beta", "choice", choices=(0.1, 1.0))})
     for trial, (config, level, run, end) in TRIALS.items():
         for epoch in range(1, run + 1):
             value = level * epoch / EPOCHS
@@ -155,11 +157,11 @@ def test_failed_and_left_out_trials_are_listed_with_their_error(report):
 
 def test_report_files_plots_and_self_contained_html(report):
     out, _ = report
-    for name in ("effects", "learning_curves", "cost", "importance", "parallel", "objectives"):
+    for name in ("effects", "effect_curves", "learning_curves", "cost", "importance", "parallel", "objectives"):
         assert (out / "plots" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     html = (out / "report.html").read_text()
     images = re.findall(r"src='data:image/png;base64,([^']+)'", html)
-    assert len(images) == 6 and all(base64.b64decode(i)[:4] == b"\x89PNG" for i in images)
+    assert len(images) == 7 and all(base64.b64decode(i)[:4] == b"\x89PNG" for i in images)
     assert not re.search(r"(src|href)=['\"](?!data:|#)", html)  # nothing outside the page
     assert "FloatingPointError" in html
     md = (out / "report.md").read_text()

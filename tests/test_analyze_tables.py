@@ -56,13 +56,15 @@ def test_factors_levels_bins_and_conditions():
     assert f[M].levels == ("none", "mgd", "samkd") and not f[M].conditional
     ratio = f[R]
     assert ratio.kind == "bins" and not ratio.log and ratio.conditional
-    defined = frame[R].dropna().tolist()
-    assert ratio.edges == pytest.approx(np.linspace(min(defined), max(defined), 3 + 1))
+    defined = frame[R].dropna().tolist()  # 16 values seen once each: 4 quantile bins of 4 trials
+    assert ratio.edges == pytest.approx(np.quantile(defined, np.linspace(0, 1, 4 + 1)))
+    assert level_frame(frame, [ratio])[R].value_counts().tolist() == [4, 4, 4, 4]
     assert ratio.condition == "distill.method ∈ {mgd, samkd}"
     assert [ratio.level(v) for v in (min(defined), max(defined))] == [ratio.levels[0], ratio.levels[-1]]
     assert ratio.level(None) is None
     alpha = f["distill.alpha"]
-    assert alpha.log and alpha.edges[1] / alpha.edges[0] == pytest.approx(alpha.edges[3] / alpha.edges[2])
+    alpha_values = frame["distill.alpha"].dropna()
+    assert alpha.log and alpha.edges == pytest.approx(np.quantile(alpha_values, np.linspace(0, 1, 5)))
     assert f["distill.beta"].condition == "distill.method ∈ {samkd}"
     assert f["distill.pyramid_scales"].levels == ("[1]", "[1, 2]", "[1, 2, 4]")
     assert f["distill.sld"].levels == ("off", "on")

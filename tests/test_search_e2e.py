@@ -117,3 +117,46 @@ def test_confirmation_trials_run_on_fresh_seeds_and_lead_the_verdict(ray_local, 
     assert summary["best"]["mean"] == pytest.approx(best_rows["final_bbox_mAP"].mean())
     report = (root / "report" / "report.md").read_text()
     assert report.index("Confirmation on fresh seeds") < report.index("Leaderboard of the search phase")
+
+
+def test_confirmation_over_teacher_seeds_with_overrides(ray_local, tiny_space, tmp_path, capsys):
+    """confirm.teacher_seeds trains one teacher per seed and runs the distilled configuration with
+    each on every seed (the baseline, which builds no teacher, once per seed); confirm.set reaches
+    the confirmation trials only."""
+    from raykd.analyze.__main__ import main as analyze
+    from raykd.search.__main__ import main as search
+
+    space = tiny_space(num_samples=2, epochs=1, confirm={
+        "top": 1, "seeds": [100, 101], "baseline": True, "teacher_seeds": [7, 8],
+        "set": {"train.epochs": 2, "data.val_max_images": 4}}, closing_note="note: a smoke test\n")
+    root = tmp_path / "results" / "teachers"
+    assert search([str(space), "--storage", str(root.parent), "--name", root.name]) == 0
+    out = capsys.readouterr().out
+    assert "× 2 teachers (seeds [7, 8]" in out and "(2 epochs, with train.epochs=2, data.val_max_images=4)" in out
+    assert "[teacher seed 7] teacher: not found, training" in out and "[teacher seed 8] teacher: not found" in out
+
+    trials = load(root / "tables")
+    searched, confirmed = trials[trials["phase"] == "search"], trials[trials["phase"] == "confirm"]
+    assert set(searched["epochs_run"]) == {1} and searched["data.val_max_images"].isna().all()
+    assert searched["teacher.train.seed"].isna().all()
+    assert set(confirmed["epochs_run"]) == {2} and set(confirmed["data.val_max_images"]) == {4}
+    distilled = confirmed[confirmed["distill.method"] != "none"]
+    assert sorted(zip(distilled["teacher.train.seed"], distilled["seed"])) == [(7, 100), (7, 101), (8, 100), (8, 101)]
+    base = confirmed[confirmed["distill.method"] == "none"]
+    assert sorted(base["seed"]) == [100, 101] and base["teacher.train.seed"].isna().all()
+
+    record = json.loads((root / "teacher.json").read_text())["teacher_seeds"]
+    assert sorted(record) == ["7", "8"] and record["7"]["checkpoint"] != record["8"]["checkpoint"]
+    assert all(Path(r["checkpoint"]).is_file() and "bbox_mAP" in r for r in record.values())
+
+    lines = out.splitlines()
+    assert any(line.endswith("(95% CI, paired over all 4 (teacher seed, seed) pairs)") for line in lines)
+    assert any(line.startswith("  teacher seed 7, teacher ") for line in lines)
+    assert any(line.startswith("between teachers: ") for line in lines)
+    assert lines[lines.index("note: a smoke test") + 1].startswith("tables: ")  # after the verdict
+    assert analyze([str(root), "--format", "md"]) == 0
+    capsys.readouterr()
+    summary = json.loads((root / "report" / "summary.json").read_text())
+    assert [t["teacher_seed"] for t in summary["teachers"]["per_teacher"]] == [7, 8]
+    assert summary["teachers"]["pooled"]["n"] == 4 and summary["teachers"]["between_teachers"]["teachers"] == 2
+    assert "Confirmation across teacher seeds" in (root / "report" / "report.md").read_text()

@@ -179,6 +179,13 @@ def test_named_points_fill_active_keys(space_file):
     ({"top": 1, "seeds": [7, 7]}, 1, "confirm.seeds", "expected distinct seeds"),
     ({"top": 1, "seeds": [7]}, 1, "confirm.seeds", "at least 2"),
     ({"top": 0, "seeds": [7, 8]}, 1, "confirm.top", "greater than or equal to 1"),
+    ({"top": 2, "seeds": [7, 8], "rank_check": True}, 1, "confirm", "rank_check needs top >= 3"),
+    ({"top": 1, "seeds": [7, 8], "teacher_seeds": [1, 1]}, 1, "confirm.teacher_seeds", "expected distinct seeds"),
+    ({"top": 1, "seeds": [7, 8], "set": {"distill.method": "mgd"}}, 1, "confirm.set.distill.method",
+     "a key the search does not sample"),
+    ({"top": 1, "seeds": [7, 8], "set": {"train.seed": 3}}, 1, "confirm.set.train.seed", "does not sample"),
+    ({"top": 1, "seeds": [7, 8], "set": {"train.epoks": 3}}, 1, "confirm.set.train.epoks", "unknown key"),
+    ({"top": 1, "seeds": [7, 8], "set": {"train": {"epochs": -1}}}, 1, "confirm.set.train.epochs", "not valid"),
 ])
 def test_confirm_block_is_checked(space_file, confirm, repeats, key, message):
     path = space_file(confirm=confirm, search={"repeats": repeats},
@@ -226,6 +233,35 @@ def test_confirmation_points_take_the_top_of_each_method_and_the_baseline(space_
     assert [p["distill.alpha"] for p in confirmation_points(space, str(root))[:2]] == [2e-7, 1e-7]
 
 
+def test_confirmation_points_carry_confirm_set_and_one_point_per_teacher(space_file, tmp_path):
+    import pyarrow as pa
+
+    from raykd.results import TableWriter
+    from raykd.search.confirm import ConfirmTeacher, confirmation_points
+
+    space = Space(space_file(confirm={"top": 1, "seeds": [100, 101], "teacher_seeds": [4, 5],
+                                      "set": {"train": {"epochs": 3}, "data.image_size": 96}}))
+    assert space.spec.confirm.set == {"train.epochs": 3, "data.image_size": 96}
+    root = tmp_path / "search"
+    writer = TableWriter(root / "tables", "search", {"distill.method": pa.string(), "distill.alpha": pa.float64()})
+    for trial_id, method, alpha, value in [("a", "mgd", 1e-7, 0.30), ("b", "none", None, 0.22)]:
+        config = {"distill.method": method, **({"distill.alpha": alpha} if alpha else {})}
+        writer.add_result(trial_id, config, {"epoch": 1, "epochs_total": 1, "bbox_mAP": value})
+        writer.end_trial(trial_id, config=config)
+    writer.flush()
+    teachers = [ConfirmTeacher(4, "/t4.pt", {}), ConfirmTeacher(5, "/t5.pt", {})]
+    points = confirmation_points(space, str(root), teachers)
+    proxy = {"train.epochs": 3, "data.image_size": 96}
+    mgd = {"distill.method": "mgd", "distill.alpha": 1e-7, **proxy}
+    # the baseline builds no teacher (no student.inherit): once per seed
+    assert points == [p for s in (100, 101) for p in (
+        {**mgd, "train.seed": s, "teacher.train.seed": 4, "teacher.checkpoint": "/t4.pt"},
+        {**mgd, "train.seed": s, "teacher.train.seed": 5, "teacher.checkpoint": "/t5.pt"},
+        {"distill.method": "none", **proxy, "train.seed": s})]
+    space.base["student"]["inherit"] = True  # now the baseline starts from the teacher's weights
+    assert sum(p["distill.method"] == "none" for p in confirmation_points(space, str(root), teachers)) == 4
+
+
 def test_confirm_per_must_be_a_searched_key(space_file):
     path = space_file(confirm={"top": 1, "per": "distill.fusion", "seeds": [100, 101]})
     with pytest.raises(UserError) as err:
@@ -248,3 +284,12 @@ def test_confirmation_searcher_suggests_each_point_once_and_resumes_from_json(tm
     restored.restore(str(tmp_path / "state.json"))
     assert [restored.suggest("t2"), restored.suggest("t3")] == points[1:]  # the first is not suggested again
     assert restored.suggest("t4") == Searcher.FINISHED
+
+
+def test_the_demo_says_it_is_a_smoke_test_and_the_reproduction_confirms_over_three_teachers():
+    root = Path(__file__).resolve().parents[1] / "search_spaces"
+    demo = Space(root / "demo.yaml")
+    assert "smoke test" in demo.spec.closing_note and "its interval may include zero" in demo.spec.closing_note
+    assert "python -m raykd.search search_spaces/shapes_reproduction.yaml" in demo.spec.closing_note
+    reproduction = Space(root / "shapes_reproduction.yaml")
+    assert len(reproduction.spec.confirm.teacher_seeds) == 3 and reproduction.spec.confirm.per == "distill.method"

@@ -7,6 +7,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from raykd.analyze.factors import DEFAULT_BINS
 from raykd.analyze.report import FORMATS, parse_formats, write, write_summary
 from raykd.analyze.scores import FIDELITIES
 from raykd.console import add_verbosity_args, quiet_libraries
@@ -62,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", default=",".join(FORMATS), metavar="FMT[,FMT...]",
                         help=f"what to write: {', '.join(FORMATS)} (default: all; md brings png)")
     parser.add_argument("--out", help="report folder (default: RESULTS/report for one results folder, else ./report)")
+    parser.add_argument("--correction", choices=("holm", "bh", "none"),
+                        help="multiple-comparison correction of each table's differences to its reference: "
+                             "holm (family-wise, Bonferroni intervals), bh (false discovery rate, FCR intervals) "
+                             "or none (default: holm when a table compares more than one row, else none)")
+    parser.add_argument("--bins", type=int, default=DEFAULT_BINS,
+                        help=f"quantile bins of a numeric parameter with a value of fewer than two trials "
+                             f"(default: {DEFAULT_BINS})")
     add_verbosity_args(parser)
     return parser
 
@@ -80,8 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     by = [name.strip() for item in args.by for name in item.split(",") if name.strip()]
     from raykd.analyze.pipeline import analyze, build_report, summary
 
+    if args.bins < 1:
+        raise UserError(f"expected a positive number of bins, got {args.bins}", key="--bins")
     analysis = analyze(args.results, metric=args.metric, by=by or None, filters=args.filters,
-                       fidelity=args.fidelity)
+                       fidelity=args.fidelity, correction=args.correction or "auto", bins=args.bins)
     out = Path(args.out) if args.out else default_out(args.results)
     report = build_report(analysis, with_plots=bool({"png", "html"} & set(formats)))
     try:

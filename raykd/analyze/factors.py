@@ -1,9 +1,11 @@
 """Factors: the parameter columns an ablation tabulates, with their levels.
 
-A factor is a parameter column (dotted key). Strings, bools, lists and numbers with at most
-:data:`MAX_LEVELS` distinct values are tabulated level by level; other numbers are binned
-into equal-width bins, on a log scale when they span a factor of :data:`LOG_SPAN` or more
-(loss weights α/β). A factor null in some trials is *conditional* (e.g. ``distill.beta``,
+A factor is a parameter column (dotted key). Strings, bools, lists and the numbers of a
+``choice`` are categorical: tabulated level by level. Other numbers (continuous or integer
+ranges) are tabulated level by level while every value has two or more trials, else cut into
+quantile bins (:data:`DEFAULT_BINS`, ``raykd.analyze --bins``), so each row pools several
+trials; they are log scaled (display, plots) when their distribution says so or, for tables
+without it, when they span a factor of :data:`LOG_SPAN` or more (loss weights α/β). A factor null in some trials is *conditional* (e.g. ``distill.beta``,
 defined for SAMKD only); its levels only cover the trials where it is defined, and
 :attr:`Factor.condition` says where that is when another factor tells.
 """
@@ -19,8 +21,8 @@ import pandas as pd
 
 from raykd.results import ParamSpec
 
-MAX_LEVELS = 6
-"""Numeric parameters with more distinct values than this are binned."""
+DEFAULT_BINS = 4
+"""Quantile bins of a numeric parameter with a value seen in fewer than two trials."""
 
 LOG_SPAN = 30.0
 """Tables without the searched distributions (written before they were stored): positive
@@ -35,7 +37,9 @@ def log_scale(spec: ParamSpec | None, low: float, high: float) -> bool:
         return spec.log
     return low > 0 and high / low >= LOG_SPAN
 
-SEED_COLUMNS = ("train.seed",)
+TEACHER_SEED = "teacher.train.seed"
+"""The teacher's seed of a confirmation trial (``confirm.teacher_seeds``; null: the one teacher)."""
+SEED_COLUMNS = ("train.seed", TEACHER_SEED)
 """Parameter columns that are seeds: aggregated over, never a factor."""
 
 SCALE = 100.0
@@ -111,10 +115,11 @@ class Factor:
 
 
 def describe(frame: pd.DataFrame, names: Sequence[str],
-             specs: Mapping[str, ParamSpec] | None = None) -> list[Factor]:
+             specs: Mapping[str, ParamSpec] | None = None, bins: int = DEFAULT_BINS) -> list[Factor]:
     """Factors for the columns ``names`` of ``frame``, from the values present there and the
-    searched distributions ``specs`` (their log scale)."""
-    factors = [_describe_one(frame, name, (specs or {}).get(name)) for name in names]
+    searched distributions ``specs`` (their log scale; a ``choice`` is categorical); numeric
+    factors with a value of fewer than two trials in at most ``bins`` quantile bins."""
+    factors = [_describe_one(frame, name, (specs or {}).get(name), bins) for name in names]
     return [_with_condition(frame, f, factors) for f in factors]
 
 
@@ -128,16 +133,17 @@ def _numbers(column: pd.Series) -> np.ndarray | None:
         return None
 
 
-def _describe_one(frame: pd.DataFrame, name: str, spec: ParamSpec | None) -> Factor:
+def _describe_one(frame: pd.DataFrame, name: str, spec: ParamSpec | None, bins: int) -> Factor:
     column = frame[name]
     conditional = bool(column.map(is_null).any()) and not bool(column.map(is_null).all())
     numbers = _numbers(column)
     if numbers is not None:
-        distinct = np.unique(numbers)
+        distinct, counts = np.unique(numbers, return_counts=True)
         labels = tuple(display(float(v)) for v in distinct)
-        if len(distinct) <= MAX_LEVELS and len(set(labels)) == len(labels):
+        categorical = spec is not None and spec.kind in ("choice", "value")
+        if (categorical or counts.min() >= 2) and len(set(labels)) == len(labels):
             return Factor(name, "levels", labels, numeric=True, conditional=conditional)
-        return _bins(name, distinct, conditional, spec)
+        return _bins(name, numbers, conditional, spec, bins)
     present = [v for v in column if not is_null(v)]
     labels = {display(v) for v in present}
     if name == METHOD and BASELINE_METHOD in labels:
@@ -152,15 +158,17 @@ def _describe_one(frame: pd.DataFrame, name: str, spec: ParamSpec | None) -> Fac
     return Factor(name, "levels", tuple(order), conditional=conditional)
 
 
-def _bins(name: str, distinct: np.ndarray, conditional: bool, spec: ParamSpec | None) -> Factor:
-    low, high = float(distinct.min()), float(distinct.max())
+def _bins(name: str, numbers: np.ndarray, conditional: bool, spec: ParamSpec | None, bins: int) -> Factor:
+    """Quantile bins of the trials' ``numbers`` (equal counts where ties allow): at most
+    ``bins``, and at most one per two trials."""
+    low, high = float(numbers.min()), float(numbers.max())
     log = log_scale(spec, low, high) and low > 0
-    count = 3 if len(distinct) < 30 else 4
-    if log:
-        edges = np.exp(np.linspace(math.log(low), math.log(high), count + 1))
-    else:
-        edges = np.linspace(low, high, count + 1)
-    edges[0], edges[-1] = low, high  # exact ends despite exp/log rounding
+    count = max(1, min(bins, len(numbers) // 2))
+    edges = np.unique(np.quantile(numbers, np.linspace(0, 1, count + 1)))
+    if len(edges) < 2:
+        edges = np.array([low, high])
+    edges[0], edges[-1] = low, high
+    count = len(edges) - 1
     for digits in range(2, 8):
         text = [f"{e:.{digits}g}" for e in edges]
         if len(set(text)) == len(text):

@@ -46,6 +46,8 @@ class Inputs:
     objectives: list[tuple[str, str]]  # (metric, mode) of the search, from its space file
     total_trials: int  # before --filter
     specs: dict[str, ParamSpec] = field(default_factory=dict)  # the searched distributions (old tables: none)
+    teacher_seeds: dict[str, dict] = field(default_factory=dict)  # teacher.json's confirm.teacher_seeds record
+    rank_check: bool = False  # the space asked for confirm.rank_check
 
 
 def locate(paths: Sequence[str]) -> Sources:
@@ -209,9 +211,12 @@ def read_inputs(paths: Sequence[str], filter_specs: Sequence[str] = ()) -> Input
         kept = pd.MultiIndex.from_frame(trials[["experiment", "trial_id"]])
         epochs = epochs[pd.MultiIndex.from_frame(epochs[["experiment", "trial_id"]]).isin(kept)]
         epochs = epochs.reset_index(drop=True)
+    space = _space(sources.tables["runs"])
+    confirm = space.get("confirm") if isinstance(space.get("confirm"), dict) else {}
     return Inputs(trials=trials.reset_index(drop=True), epochs=epochs, params=params,
-                  teacher=_teacher(sources.teacher_files), objectives=_objectives(sources.tables["runs"]),
-                  total_trials=every.num_rows, specs=param_specs(every.schema))
+                  teacher=_teacher(sources.teacher_files), objectives=_objectives(space),
+                  total_trials=every.num_rows, specs=param_specs(every.schema),
+                  teacher_seeds=_teacher_seeds(sources.teacher_files), rank_check=confirm.get("rank_check") is True)
 
 
 def _teacher(files: list[str]) -> dict[str, float] | None:
@@ -233,19 +238,39 @@ def _teacher(files: list[str]) -> dict[str, float] | None:
     return None
 
 
-def _objectives(runs_paths: list[str]) -> list[tuple[str, str]]:
-    """(metric, mode) pairs of the newest space file recorded in the runs table (if any)."""
+def _teacher_seeds(files: list[str]) -> dict[str, dict]:
+    """The ``teacher_seeds`` record (seed -> checkpoint and metrics) of the first ``teacher.json`` holding one."""
+    for path in files:
+        fs, where = resolve(path)
+        try:
+            with fs.open_input_stream(where) as f:
+                data = json.loads(f.read().decode())
+        except (OSError, ValueError):
+            continue
+        record = data.get("teacher_seeds") if isinstance(data, dict) else None
+        if isinstance(record, dict):
+            return {str(k): v for k, v in record.items() if isinstance(v, dict)}
+    return {}
+
+
+def _space(runs_paths: list[str]) -> dict:
+    """The newest space file recorded in the runs table (empty when none is readable)."""
     if not runs_paths:
-        return []
+        return {}
     runs = load(runs_paths, table="runs")
     texts = [t for t in runs["space_text"] if isinstance(t, str) and t.strip()]
     if not texts:
-        return []
+        return {}
     try:
         spec = yaml.safe_load(texts[-1]) or {}
     except yaml.YAMLError:
-        return []
-    if not isinstance(spec, dict):
+        return {}
+    return spec if isinstance(spec, dict) else {}
+
+
+def _objectives(spec: dict) -> list[tuple[str, str]]:
+    """(metric, mode) pairs of the space file ``spec`` (the default objective when empty)."""
+    if not spec:
         return []
     metrics = spec.get("metric", "bbox_mAP")
     modes = spec.get("mode", "max")

@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from raykd.analyze import plots, tables
-from raykd.analyze.factors import BASELINE_METHOD, METHOD, SCALE, SEED_COLUMNS, Factor, describe, is_null, level_frame
+from raykd.analyze.factors import DEFAULT_BINS, BASELINE_METHOD, METHOD, SCALE, SEED_COLUMNS, Factor, describe, is_null, level_frame
 from raykd.analyze.importance import ALL, Importances, importances
 from raykd.analyze.inputs import Inputs, read_inputs
 from raykd.analyze.report import Bullets, Plot, Report, Section, Table, Text
 from raykd.analyze.scores import Scores, score_trials
+from raykd.analyze.correction import caption as correction_caption
+from raykd.analyze.teachers import across_table, teacher_scores
 from raykd.analyze.verdict import Ranking, Verdict, factor_names, phase_of, rank, verdict
 from raykd.errors import UserError
 from raykd.results import METRICS
@@ -70,18 +72,21 @@ def _with_seed(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def analyze(paths: Sequence[str], *, metric: str = "bbox_mAP", by: Sequence[str] | None = None,
-            filters: Sequence[str] = (), fidelity: str = "auto") -> Analysis:
-    """Read the tables under ``paths`` and compute every table of the report."""
+            filters: Sequence[str] = (), fidelity: str = "auto", correction: str = "auto",
+            bins: int = DEFAULT_BINS) -> Analysis:
+    """Read the tables under ``paths`` and compute every table of the report; ``correction``:
+    of each table's comparisons with its reference (:mod:`raykd.analyze.correction`)."""
     if metric not in METRICS:
         raise UserError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}", key="--metric")
     inputs = read_inputs(paths, filters)
     inputs.trials = _with_seed(inputs.trials)
     confirm = phase_of(inputs.trials) == CONFIRM_PHASE
     confirmation = (rank(inputs.trials[confirm], inputs.epochs, inputs.params, metric, fidelity="completed",
-                         teacher=inputs.teacher, top=TOP) if confirm.any() else None)
+                         teacher=inputs.teacher, top=TOP, correction=correction) if confirm.any() else None)
     searched = inputs.trials[~confirm] if (~confirm).any() else inputs.trials
     wanted = _check_by(by, factor_names(searched, inputs.params))
-    ranking = rank(searched, inputs.epochs, inputs.params, metric, fidelity=fidelity, teacher=inputs.teacher, top=TOP)
+    ranking = rank(searched, inputs.epochs, inputs.params, metric, fidelity=fidelity, teacher=inputs.teacher, top=TOP,
+                   correction=correction)
     if ranking is None:
         excluded = score_trials(searched, inputs.epochs, metric, fidelity)
         raise UserError(f"no trial has a {metric} value to compare yet ({len(excluded.excluded)} trial(s), "
@@ -94,7 +99,7 @@ def analyze(paths: Sequence[str], *, metric: str = "bbox_mAP", by: Sequence[str]
         if scores.epoch is not None and not pd.isna(full) and scores.epoch < full and done:
             notes.append(f"Epoch {scores.epoch} of {int(full)} is early; `--fidelity completed` compares the "
                          f"{done} trials that ran their full schedule instead (a subset the scheduler selected).")
-    factors = describe(frame, names, inputs.specs)
+    factors = describe(frame, names, inputs.specs, bins)
     levels = level_frame(frame, factors)
     by_name = {f.name: f for f in factors}
     failed = inputs.trials[inputs.trials["status"] == "ERROR"]
@@ -106,7 +111,7 @@ def analyze(paths: Sequence[str], *, metric: str = "bbox_mAP", by: Sequence[str]
             constant.append(f"`{name}`")
             continue
         failed_levels = failed[name].map(factor.level).dropna() if len(failed) else None
-        ablations.append(tables.ablation(frame, levels, factor, failed_levels))
+        ablations.append(tables.ablation(frame, levels, factor, failed_levels, correction))
     if constant:
         notes.append(f"One value among the compared trials (no ablation table): {', '.join(constant)}")
     if configs.baseline is None:
@@ -117,11 +122,13 @@ def analyze(paths: Sequence[str], *, metric: str = "bbox_mAP", by: Sequence[str]
                     for a, b in tables.pick_pairs(ablations, levels)]
     imp = importances(frame, names, conditions={f.name: f.condition for f in factors if f.condition},
                       specs=inputs.specs)
-    chosen = verdict(confirmation, CONFIRM_PHASE) if confirmation is not None else verdict(ranking, SEARCH_PHASE)
+    chosen = (verdict(confirmation, CONFIRM_PHASE, teacher_scores=teacher_scores(inputs.teacher_seeds, metric),
+                      proxy=ranking if inputs.rank_check else None, searched=list(inputs.specs))
+              if confirmation is not None else verdict(ranking, SEARCH_PHASE))
     return Analysis(
         inputs=inputs, metric=metric, scores=scores, factors=factors, levels=levels,
         configs=configs, leaderboard=ranking.leaderboard,
-        ablations=ablations, interactions=interactions, ofat=tables.ofat(frame, configs),
+        ablations=ablations, interactions=interactions, ofat=tables.ofat(frame, configs, correction),
         path=tables.ablation_path(frame, levels, factors, configs), importance=imp, verdict=chosen,
         confirmation=confirmation, notes=notes, results=[str(p) for p in paths])
 
@@ -154,7 +161,26 @@ def fmt_diff(diff: float, low: float, high: float, test: object = None, n: objec
 
 
 def _diffs(t: pd.DataFrame) -> list[str]:
-    return [fmt_diff(*v) for v in zip(t["diff"], t["diff_low"], t["diff_high"], t["diff_test"], t["diff_n"])]
+    """The Δ column: at the table's corrected level when a correction applies."""
+    adjusted = t.attrs.get("correction", "none") != "none"
+    low, high = ("diff_low_adj", "diff_high_adj") if adjusted else ("diff_low", "diff_high")
+    return [fmt_diff(*v) for v in zip(t["diff"], t[low], t[high], t["diff_test"], t["diff_n"])]
+
+
+def _p_column(t: pd.DataFrame) -> dict[str, list[str]]:
+    """The p-value column (adjusted when a correction applies)."""
+    if "diff_p" not in t:
+        return {}
+    adjusted = t.attrs.get("correction", "none") != "none"
+    values = t["diff_p_adj"] if adjusted else t["diff_p"]
+    return {"p (adjusted)" if adjusted else "p": ["—" if pd.isna(v) else f"{v:.3g}" for v in values]}
+
+
+def _correction_note(t: pd.DataFrame) -> str:
+    """The caption's words for the table's correction (:func:`raykd.analyze.correction.caption`)."""
+    method = t.attrs.get("correction", "none")
+    comparisons = int(t["diff_p"].notna().sum()) if "diff_p" in t else 0
+    return correction_caption(method, comparisons, t.attrs.get("correction_confidence", 0.95))
 
 
 DIFF_NOTE = ("Δ: 95% paired t-interval over seeds (n = pairs) where both sides ran the same seeds, "
@@ -171,6 +197,24 @@ def _status_counts(trials: pd.DataFrame) -> str:
     return ", ".join(f"{int(counts[k])} {v}" for k, v in labels.items() if counts.get(k, 0))
 
 
+def _resolved_weights(lb: pd.DataFrame) -> dict[str, list[str]]:
+    """``distill.loss_ratio``'s resolved weights (the calibrated scale × the method's defaults,
+    mean over the configuration's trials), when some row calibrated one."""
+    if "kd_scale" not in lb or lb["kd_scale"].isna().all():
+        return {}
+    from raykd.distill.config import DistillConfig
+    from raykd.train.calibrate import resolved_weights
+
+    text = []
+    for method, scale in zip(lb[METHOD] if METHOD in lb else [None] * len(lb), lb["kd_scale"]):
+        if pd.isna(scale) or method is None:
+            text.append("—")
+            continue
+        weights = resolved_weights(DistillConfig(method=method), float(scale))
+        text.append(", ".join(f"{k} {v:.3g}" for k, v in weights.items()))
+    return {"resolved weights (loss_ratio)": text}
+
+
 def leaderboard_table(lb: pd.DataFrame, metric: str, note: str, *, name: str = "leaderboard",
                       title: str = "") -> Table:
     """The leaderboard ``lb`` (:func:`raykd.analyze.tables.leaderboard`) as a report table."""
@@ -182,12 +226,42 @@ def leaderboard_table(lb: pd.DataFrame, metric: str, note: str, *, name: str = "
         "n": [_count(n) for n in lb["n"]],
         f"{m} (95% CI)": [fmt_ci(*v) for v in zip(lb["mean"], lb["ci_low"], lb["ci_high"])],
         "Δ vs baseline (95% CI)": _diffs(lb),
+        **_p_column(lb),
         **{s: [_num(v) for v in lb[s]] for s in tables.SIZE_METRICS},
+        **_resolved_weights(lb),
         "device-h": ["—" if pd.isna(v) else f"{v:.3g}" for v in lb["cost_h"]],
         "seeds": lb["seeds"],
     })
     return Table(name, title or f"Best configurations by {m}, seeds pooled", display, lb,
-                 f"mean ± 95% t-interval half-width over seeds (x100); {DIFF_NOTE}; {note}")
+                 f"mean ± 95% t-interval half-width over seeds (x100); {DIFF_NOTE}; {_correction_note(lb)}; {note}")
+
+
+def teachers_tables(a: Analysis) -> list[Table]:
+    """The confirmation across teacher seeds (:func:`raykd.analyze.teachers.across_table`), when it ran so."""
+    c = a.confirmation
+    shown = tables.varying(c.scores.frame, c.names) or c.names
+    labels = {i: tables.config_label(dict(zip(c.names, key)), shown) for i, key in enumerate(c.configs.keys)}
+    raw = across_table(c.scores.frame, c.configs, labels, teacher_scores(a.inputs.teacher_seeds, a.metric))
+    if raw.empty:
+        return []
+    seeds = sorted({int(k.split("_")[1]) for k in raw.columns if k.startswith("teacher_") and k.count("_") == 1})
+    display = pd.DataFrame({
+        "configuration": raw["config"],
+        "pairs": [_count(n) for n in raw["pairs"]],
+        "Δ pooled (95% CI)": [fmt_diff(*v) for v in zip(raw["diff"], raw["diff_low"], raw["diff_high"])],
+        **{f"Δ teacher seed {t}" + ("" if pd.isna(raw[f"teacher_{t}_score"]).all() else
+                                    f" (teacher {_num(raw[f'teacher_{t}_score'].dropna().iloc[0])})"):
+           [fmt_diff(*v) for v in zip(raw[f"teacher_{t}"], raw[f"teacher_{t}_low"], raw[f"teacher_{t}_high"])]
+           for t in seeds},
+        "Δ between teachers (95% CI)": [fmt_diff(*v) for v in zip(raw["between"], raw["between_low"],
+                                                                    raw["between_high"])],
+        "teachers separating": [f"{int(s)} of {int(t)}" for s, t in zip(raw["separated"], raw["teachers"])],
+    })
+    return [Table("confirmation_teachers", f"Confirmation across teacher seeds: {a.metric}", display, raw,
+                  "Δ vs the baseline (x100). pooled: paired t-interval over every (teacher seed, seed) pair; "
+                  "per teacher: paired over that teacher's seeds; between teachers: cluster-robust (CR1) interval "
+                  "with the teacher as the cluster, t on teachers − 1 dof (docs/statistics.md); separating: "
+                  "teachers whose interval excludes zero")]
 
 
 def ablation_table(a: Analysis, ab: tables.Ablation) -> Table:
@@ -198,14 +272,15 @@ def ablation_table(a: Analysis, ab: tables.Ablation) -> Table:
         "n": [_count(n) for n in t["n"]],
         f"{m} (95% CI)": [fmt_ci(*v) for v in zip(t["mean"], t["ci_low"], t["ci_high"])],
         f"Δ vs {ab.reference} (95% CI)": _diffs(t),
+        **_p_column(t),
         **{s: [_num(v) for v in t[s]] for s in tables.SIZE_METRICS},
         "failed": [str(int(v)) for v in t["failed"]],
     })
     f = ab.factor
     scope = (f"among the {ab.n_defined} trials where it is defined ({f.condition})" if f.condition
              else f"among the {ab.n_defined} trials where it is defined" if f.conditional else "")
-    kind = (f"{'log-spaced' if f.log else 'equal-width'} bins" if f.kind == "bins" else "")
-    caption = "; ".join(p for p in (scope, kind, DIFF_NOTE) if p)
+    kind = ("quantile bins (a value with fewer than two trials)" if f.kind == "bins" else "")
+    caption = "; ".join(p for p in (scope, kind, DIFF_NOTE, _correction_note(t)) if p)
     raw = t.copy()
     raw.insert(0, "factor", f.name)
     return Table(f"ablation_{f.name}", f"Ablation: {f.name}", display, raw, caption)
@@ -230,10 +305,11 @@ def ofat_table(a: Analysis) -> Table:
         "n": [_count(n) for n in t["n"]],
         f"{a.metric} (95% CI)": [fmt_ci(*v) for v in zip(t["mean"], t["ci_low"], t["ci_high"])],
         "Δ vs best (95% CI)": _diffs(t),
+        **_p_column(t),
     })
     return Table("ofat", "One factor at a time around the best configuration", display, t,
                  "configurations that differ from the best one in exactly one factor (the conditional "
-                 f"factors it switches on or off aside); {DIFF_NOTE}")
+                 f"factors it switches on or off aside); {DIFF_NOTE}; {_correction_note(t)}")
 
 
 def path_table(a: Analysis) -> Table:
@@ -284,8 +360,12 @@ def _method_text(a: Analysis) -> Bullets:
         "order and initialisation), the paired t-interval of the per-seed differences, d̄ ± t(0.975, n−1)·s_d/√n "
         "over n pairs; otherwise Welch's interval (unequal variances, Welch–Satterthwaite degrees of freedom) "
         "of the difference of the two means; none when a side has n = 1. Each Δ says which (paired n=… / Welch).",
-        "Ablation tables tabulate every level of a categorical parameter and bin numeric ones with more than "
-        "6 distinct values into equal-width bins (log-spaced when max/min ≥ 30); the reference level is "
+        "Multiple comparisons: each table's differences to its reference are one family; unless `--correction` "
+        "says otherwise, Holm's adjusted p-values with Bonferroni intervals when a table has more than one "
+        "comparison (every caption names its correction; docs/statistics.md).",
+        "Ablation tables tabulate every level of a categorical parameter (a `choice`) and of a numeric one "
+        "whose every value ran in two or more trials; otherwise the numeric parameter is cut into quantile "
+        "bins (`--bins`, default 4, at most one per two trials); the reference level is "
         f"`{BASELINE_METHOD}` for `{METHOD}`, else the most common level. Conditional parameters are tabulated "
         "among the trials where they are defined. The `failed` column counts failed trials at each level.",
         "Importances: Optuna's fANOVA (random-forest functional ANOVA, 64 trees, seed 0) and PED-ANOVA "
@@ -322,13 +402,19 @@ def build_report(a: Analysis, *, with_plots: bool = True) -> Report:
             Text("The top configurations of the search and the baseline, re-run at the full budget on fresh seeds "
                  "(no early stopping). The search's best trial won a maximum over noise; these numbers do not."),
             leaderboard_table(c.leaderboard, m, c.scores.note, name="confirmation",
-                              title=f"Confirmation on fresh seeds: {m}")]))
+                              title=f"Confirmation on fresh seeds: {m}"),
+            *teachers_tables(a)]))
     sections.append(Section("Leaderboard" if a.confirmation is None else "Leaderboard of the search phase",
                             [leaderboard_table(a.leaderboard, m, s.note)]))
     blocks = [ablation_table(a, ab) for ab in a.ablations]
     if with_plots and a.ablations:
         blocks.append(Plot("effects", "Effect of each factor", plots.effects(a.ablations, m, teacher.get(m)),
                            "mean and 95% t-interval per level; dashed: the reference level's mean; dotted: teacher"))
+        curves = plots.effect_curves(a.scores.frame, plots.continuous(a.factors, a.inputs.specs), m)
+        if curves is not None:
+            blocks.append(Plot("effect_curves", "Effect curves of the continuous factors", curves,
+                               "every compared trial; a local linear fit (Gaussian kernel, bandwidth 0.3 of the "
+                               "range) with its pointwise 95% band (raykd/analyze/curves.py)"))
     sections.append(Section("Ablation tables",
                             blocks or [Text("No factor takes two values among the compared trials.")]))
     if a.interactions:

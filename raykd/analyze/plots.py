@@ -276,3 +276,41 @@ def parallel(frame: pd.DataFrame, factors: Sequence[Factor], metric: str, *, top
                  fontsize=10)
     return _png(fig)
 
+
+
+def continuous(factors: Sequence[Factor], specs: dict) -> list[Factor]:
+    """The numeric factors that are not a ``choice`` (the ones an effect curve describes)."""
+    return [f for f in factors if f.numeric and (specs.get(f.name) is None or specs[f.name].kind not in
+                                                ("choice", "value"))]
+
+
+def effect_curves(frame: pd.DataFrame, factors: Sequence[Factor], metric: str) -> bytes | None:
+    """One panel per continuous factor: every trial's value against the factor (log axis when
+    the factor is), a local linear fit and its pointwise 95 % band (:mod:`raykd.analyze.curves`);
+    None when no factor has enough trials for a curve."""
+    from raykd.analyze.curves import effect_curve
+
+    drawn = []
+    for f in factors:
+        part = frame[frame[f.name].map(lambda v: not is_null(v))]
+        x = part[f.name].to_numpy(dtype=float)
+        if f.log:
+            x = np.log10(x)
+        curve = effect_curve(x, part["value"].to_numpy(dtype=float) * SCALE)
+        if curve is not None:
+            drawn.append((f, x, part["value"].to_numpy(dtype=float) * SCALE, curve))
+    if not drawn:
+        return None
+    fig, axes = _grid(len(drawn))
+    for ax, (f, x, y, curve) in zip(axes, drawn):
+        ax.scatter(x, y, s=10, color="tab:blue", alpha=0.6, label="trials")
+        ax.fill_between(curve.x, curve.low, curve.high, color="tab:orange", alpha=0.25, label="95% band")
+        ax.plot(curve.x, curve.fit, color="tab:orange", linewidth=1.5, label="local linear fit")
+        ax.set_xlabel(f"log10 {f.short}" if f.log else f.short, fontsize=8)
+        ax.set_ylabel(f"{metric} (x100)", fontsize=8)
+        ax.set_title(f.name + (f"\n({f.condition})" if f.condition else ""), fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"Effect curves of the continuous factors on {metric}", fontsize=10)
+    return _png(fig)

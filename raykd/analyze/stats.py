@@ -48,6 +48,8 @@ class Difference:
     dof: float
     paired: bool = False
     n: int = 0
+    p: float = math.nan  # two-sided p-value of "no difference" (NaN when the interval is undefined)
+    confidence: float = CONFIDENCE
 
     @property
     def test(self) -> str:
@@ -90,10 +92,11 @@ def welch_diff(a: Iterable[float], b: Iterable[float], confidence: float = CONFI
     vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
     se2 = vx + vy
     if se2 == 0:
-        return Difference(diff, diff, diff, math.inf, n=n)
+        return Difference(diff, diff, diff, math.inf, n=n, p=_degenerate_p(diff), confidence=confidence)
     dof = float(se2**2 / (vx**2 / (len(x) - 1) + vy**2 / (len(y) - 1)))
     half = float(sps.t.ppf((1 + confidence) / 2, dof)) * math.sqrt(se2)
-    return Difference(diff, diff - half, diff + half, dof, n=n)
+    return Difference(diff, diff - half, diff + half, dof, n=n, p=_t_p(diff / math.sqrt(se2), dof),
+                      confidence=confidence)
 
 
 def paired_diff(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE) -> Difference:
@@ -110,8 +113,60 @@ def paired_diff(a: Sequence[float], b: Sequence[float], confidence: float = CONF
     diff = float(d.mean())
     if n < 2:
         return Difference(diff, math.nan, math.nan, math.nan, paired=True, n=1)
-    half = float(sps.t.ppf((1 + confidence) / 2, n - 1)) * float(d.std(ddof=1)) / math.sqrt(n)
-    return Difference(diff, diff - half, diff + half, float(n - 1), paired=True, n=n)
+    se = float(d.std(ddof=1)) / math.sqrt(n)
+    half = float(sps.t.ppf((1 + confidence) / 2, n - 1)) * se
+    p = _t_p(diff / se, n - 1) if se > 0 else _degenerate_p(diff)
+    return Difference(diff, diff - half, diff + half, float(n - 1), paired=True, n=n, p=p, confidence=confidence)
+
+
+def _t_p(t: float, dof: float) -> float:
+    """Two-sided p-value of a t statistic."""
+    return float(2 * sps.t.sf(abs(t), dof))
+
+
+def _degenerate_p(diff: float) -> float:
+    """p-value of a difference measured without spread: 0 when it is not zero, else 1."""
+    return 0.0 if diff != 0 else 1.0
+
+
+@dataclass(frozen=True)
+class Clustered:
+    """The mean of ``n`` values in ``clusters`` groups with a cluster-robust interval.
+
+    ``se``: the CR1 standard error (sandwich estimator summed within clusters, scaled by
+    G/(G-1)); ``[low, high]``: ``mean ± t_{(1+c)/2, G-1} · se``. With every cluster the same
+    size this is the t-interval of the cluster means. ``spread``: the sample std of the
+    cluster means (how far one cluster's answer lies from another's).
+    """
+
+    mean: float
+    low: float
+    high: float
+    se: float
+    clusters: int
+    n: int
+    spread: float
+
+
+def clustered_mean(values: Sequence[float], clusters: Sequence[object], confidence: float = CONFIDENCE) -> Clustered:
+    """Mean of ``values`` with a cluster-robust (CR1) t-interval on G - 1 degrees of freedom,
+    ``clusters[i]`` the group of ``values[i]`` (NaN values dropped). Fewer than two clusters
+    give a NaN interval."""
+    x = np.asarray(values, dtype=float)
+    keep = ~np.isnan(x)
+    x, groups = x[keep], pd.Series(list(clusters))[keep].to_numpy()
+    n = len(x)
+    if n == 0:
+        return Clustered(math.nan, math.nan, math.nan, math.nan, 0, 0, math.nan)
+    mean = float(x.mean())
+    residuals = pd.Series(x - mean).groupby(groups).sum()
+    g = len(residuals)
+    cluster_means = pd.Series(x).groupby(groups).mean()
+    if g < 2:
+        return Clustered(mean, math.nan, math.nan, math.nan, g, n, math.nan)
+    se = math.sqrt(g / (g - 1) * float((residuals**2).sum())) / n
+    half = float(sps.t.ppf((1 + confidence) / 2, g - 1)) * se
+    return Clustered(mean, mean - half, mean + half, se, g, n, float(cluster_means.std(ddof=1)))
 
 
 def compare(a: pd.Series, b: pd.Series, seeds_a: pd.Series, seeds_b: pd.Series,

@@ -19,11 +19,12 @@ import numpy as np
 import pandas as pd
 
 from raykd.analyze import stats
-from raykd.analyze.factors import BASELINE_METHOD, METHOD, Factor, display, is_null
+from raykd.analyze.correction import correct
+from raykd.analyze.factors import BASELINE_METHOD, METHOD, TEACHER_SEED, Factor, display, is_null
 
 SIZE_METRICS = ("AP_S", "AP_M", "AP_L")
 STAT_COLUMNS = ["n", "mean", "std", "ci_low", "ci_high"]
-DIFF_COLUMNS = ["diff", "diff_low", "diff_high", "diff_test", "diff_n"]
+DIFF_COLUMNS = ["diff", "diff_low", "diff_high", "diff_test", "diff_n", "diff_p", "diff_dof"]
 
 
 def exact_value(value: object) -> object:
@@ -62,10 +63,37 @@ def _interval_row(values: pd.Series) -> dict[str, float]:
     return {"n": ci.n, "mean": ci.mean, "std": ci.std, "ci_low": ci.low, "ci_high": ci.high}
 
 
+def pair_keys(part: pd.DataFrame, reference: pd.DataFrame) -> tuple[pd.Series, pd.DataFrame, pd.Series]:
+    """What pairs a trial of ``part`` with one of ``reference``: its seed, or with
+    ``confirm.teacher_seeds`` its (teacher seed, seed) as ``"t/s"``.
+
+    Returns ``part``'s keys, the reference rows and their keys. A reference that ran without
+    the teacher (null teacher seed: the baseline) stands for every teacher ``part`` ran with
+    (the same seed gives it the same numbers), so its rows are repeated once per teacher.
+    """
+    if TEACHER_SEED not in part or part[TEACHER_SEED].isna().all():
+        return part["seed"], reference, reference["seed"]
+    def keys(frame: pd.DataFrame) -> pd.Series:
+        return pd.Series([None if is_null(t) or is_null(s) else f"{int(t)}/{int(s)}"
+                          for t, s in zip(frame[TEACHER_SEED], frame["seed"])], index=frame.index, dtype=object)
+
+    part_keys = keys(part)
+    if TEACHER_SEED not in reference or reference[TEACHER_SEED].isna().all():
+        teachers = sorted({int(t) for t in part[TEACHER_SEED].dropna()})
+        reference = pd.concat([reference.assign(**{TEACHER_SEED: t}) for t in teachers], ignore_index=True)
+        ref_keys = keys(reference)
+        kept = ref_keys.isin(set(part_keys.dropna())).to_numpy()  # the stand-in only where part ran
+        return part_keys, reference[kept], ref_keys[kept]
+    return part_keys, reference, keys(reference)
+
+
 def _diff_row(part: pd.DataFrame, reference: pd.DataFrame) -> dict[str, object]:
-    """Difference of ``part``'s values to ``reference``'s: paired over seeds where possible."""
-    d = stats.compare(part["value"], reference["value"], part["seed"], reference["seed"])
-    return {"diff": d.diff, "diff_low": d.low, "diff_high": d.high, "diff_test": d.test, "diff_n": d.n}
+    """Difference of ``part``'s values to ``reference``'s: paired over seeds (or teacher and
+    seed pairs, :func:`pair_keys`) where possible."""
+    keys, reference, ref_keys = pair_keys(part, reference)
+    d = stats.compare(part["value"], reference["value"], keys, ref_keys)
+    return {"diff": d.diff, "diff_low": d.low, "diff_high": d.high, "diff_test": d.test, "diff_n": d.n,
+            "diff_p": d.p, "diff_dof": d.dof}
 
 
 def _no_diff() -> dict[str, object]:
@@ -110,13 +138,16 @@ def group_configs(frame: pd.DataFrame, names: Sequence[str]) -> Configs:
 
 
 def leaderboard(frame: pd.DataFrame, configs: Configs, *, top: int = 10,
-                teacher: Mapping[str, float] | None = None, metric: str = "bbox_mAP") -> pd.DataFrame:
+                teacher: Mapping[str, float] | None = None, metric: str = "bbox_mAP",
+                correction: str = "auto") -> pd.DataFrame:
     """The ``top`` configurations, the no-distillation baseline and the teacher, one row each.
 
     Columns: ``rank`` (among all configurations), ``role`` (config / baseline / teacher),
     ``config`` (label of the factors that vary, or of all when none does), the raw value of each factor, the
     :data:`STAT_COLUMNS` of the metric, the difference to the baseline with its Welch
-    interval, mean AP_S/M/L, mean device-hours ``cost_h``, and the ``seeds`` pooled.
+    interval, mean AP_S/M/L, mean device-hours ``cost_h``, and the ``seeds`` pooled; with the
+    differences' p-values and intervals adjusted for the table's comparisons under ``correction``
+    (:func:`raykd.analyze.correction.correct`; the method in ``attrs["correction"]``).
     """
     shown = varying(frame, configs.names) or configs.names
     base_rows = configs.rows(frame, configs.baseline) if configs.baseline is not None else None
@@ -136,6 +167,8 @@ def leaderboard(frame: pd.DataFrame, configs: Configs, *, top: int = 10,
                    else _no_diff())
         row.update(_size_means(part))
         row["cost_h"] = float(part["cost_h"].mean())
+        row["kd_scale"] = float(part["kd_scale"].mean()) if "kd_scale" in part and part["kd_scale"].notna().any() \
+            else math.nan
         row["seeds"] = ", ".join(str(s) for s in sorted({int(s) for s in part["seed"] if not is_null(s)}))
         rows.append(row)
     if teacher and metric in teacher:
@@ -145,7 +178,8 @@ def leaderboard(frame: pd.DataFrame, configs: Configs, *, top: int = 10,
                      "n": 1, "mean": teacher[metric], "std": math.nan, "ci_low": math.nan, "ci_high": math.nan,
                      **_no_diff(), "diff": teacher[metric] - base_mean,
                      **{m: teacher.get(m, math.nan) for m in SIZE_METRICS}, "cost_h": math.nan, "seeds": ""})
-    return pd.DataFrame(rows).astype({"rank": "Int64", "n": "Int64"})
+    board, _ = correct(pd.DataFrame(rows).astype({"rank": "Int64", "n": "Int64"}), correction)
+    return board
 
 
 # --- one-factor tables ------------------------------------------------------------------
@@ -171,7 +205,7 @@ def reference_level(factor: Factor, counts: Mapping[str, int]) -> str:
 
 
 def ablation(frame: pd.DataFrame, levels: pd.DataFrame, factor: Factor,
-             failed_levels: pd.Series | None = None) -> Ablation:
+             failed_levels: pd.Series | None = None, correction: str = "auto") -> Ablation:
     """Mean metric per level of ``factor`` with its t-interval, the difference to the
     reference level (paired over seeds where possible, else Welch), n, mean AP_S/M/L, and the number of failed trials at that level.
 
@@ -195,7 +229,8 @@ def ablation(frame: pd.DataFrame, levels: pd.DataFrame, factor: Factor,
         row["failed"] = int(failed.get(lv, 0))
         row["reference"] = lv == reference
         rows.append(row)
-    return Ablation(factor, reference, pd.DataFrame(rows), int(defined.sum()))
+    table, _ = correct(pd.DataFrame(rows), correction)
+    return Ablation(factor, reference, table, int(defined.sum()))
 
 
 def spread(ab: Ablation) -> float:
@@ -233,14 +268,15 @@ def pick_pairs(ablations: Sequence[Ablation], levels: pd.DataFrame, *, factors_m
 # --- one factor at a time around the best configuration ---------------------------------
 
 
-def ofat(frame: pd.DataFrame, configs: Configs) -> pd.DataFrame:
+def ofat(frame: pd.DataFrame, configs: Configs, correction: str = "auto") -> pd.DataFrame:
     """Configurations that differ from the best one in exactly one factor.
 
     Two configurations differ in exactly one factor F when F is defined in both with
     different values and every other factor is equal or undefined in one of them (the
     conditional factors that F switches on or off). Columns: ``factor``, ``best`` and
     ``value`` (its value in the best and in the other configuration), the stats of the
-    other configuration and its difference to the best one (paired over seeds where possible). Empty when the search
+    other configuration and its difference to the best one (paired over seeds where possible; adjusted for the
+    table's comparisons under ``correction``, :func:`raykd.analyze.correction.correct`). Empty when the search
     holds no such neighbours.
     """
     if not configs.order:
@@ -262,7 +298,7 @@ def ofat(frame: pd.DataFrame, configs: Configs) -> pd.DataFrame:
         rows.append({"factor": configs.names[i], "best": display(best_raw), "value": display(raw),
                      **_interval_row(part["value"]), **_diff_row(part, best_rows)})
     table = pd.DataFrame(rows)
-    return table if len(table) > 1 else table.iloc[0:0]
+    return correct(table, correction)[0] if len(table) > 1 else table.iloc[0:0]
 
 
 # --- ablation path ----------------------------------------------------------------------

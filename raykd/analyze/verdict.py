@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pandas as pd
 
 from raykd.analyze import tables
+from raykd.analyze.correction import NAMES
 from raykd.analyze.factors import BASELINE_METHOD, METHOD, SCALE, SEED_COLUMNS, is_null
+from raykd.analyze.rank_check import RankCheck, rank_check
 from raykd.analyze.scores import Scores, score_trials
+from raykd.analyze.teachers import AcrossTeachers, across_teachers
 from raykd.results.schema import CONFIRM_PHASE, SEARCH_PHASE
 
 
@@ -60,6 +63,11 @@ class Delta:
     ci_high: float
     paired: bool
     n: int
+    p: float = math.nan
+    correction: str = "none"  # of the table's comparisons with the baseline (raykd.analyze.correction)
+    p_adj: float = math.nan
+    ci_low_adj: float = math.nan  # the interval at the corrected level
+    ci_high_adj: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -77,9 +85,22 @@ class Verdict:
     best_epochs: list[int]  # the epochs the best configuration's trials were ranked at
     baseline: Estimate | None
     delta: Delta | None
+    teachers: AcrossTeachers | None = None  # the delta per teacher seed and between teachers
+    rank_check: RankCheck | None = None  # the search's ranking against the confirmed one
+    teacher_metric: float = math.nan  # the (search's) teacher's score on the validation set
+    weak_teachers: list[str] = field(default_factory=list)  # teachers that score below the baseline student
 
     def to_json(self) -> dict[str, Any]:
         """The ``summary.json`` mapping (NaN written as null)."""
+        teachers = None
+        if self.teachers is not None:
+            t = self.teachers
+            teachers = {"pooled": asdict(self.delta) if self.delta else None,
+                        "per_teacher": [{**asdict(p), "separates": p.separates} for p in t.per_teacher],
+                        "between_teachers": {"mean": t.mean, "ci_low": t.ci_low, "ci_high": t.ci_high, "se": t.se,
+                                             "teachers": t.teachers, "pairs": t.pairs, "spread": t.spread,
+                                             "method": t.method},
+                        "separated": t.separated}
         return _nulls({
             "metric": self.metric,
             "fidelity": {"rule": self.fidelity, "note": self.fidelity_note},
@@ -87,6 +108,10 @@ class Verdict:
                      "phase": self.phase, "seeds": self.best_seeds, "epochs": self.best_epochs},
             "baseline": asdict(self.baseline) if self.baseline else None,
             "delta": asdict(self.delta) if self.delta else None,
+            "teachers": teachers,
+            "rank_check": asdict(self.rank_check) if self.rank_check else None,
+            "teacher_metric": self.teacher_metric,
+            "weak_teachers": self.weak_teachers,
         })
 
     def lines(self) -> list[str]:
@@ -99,8 +124,27 @@ class Verdict:
         if self.delta is not None:
             how = f"paired over {self.delta.n} seeds" if self.delta.paired else "Welch"
             which = "best" if self.delta.label == self.best_label else f"best distilled ({self.delta.label})"
+            if self.teachers is not None:
+                how = f"paired over all {self.delta.n} (teacher seed, seed) pairs"
             out.append(f"{which} − baseline: {_signed(self.delta.mean)} [{_signed(self.delta.ci_low)}, "
                        f"{_signed(self.delta.ci_high)}] (95% CI, {how})")
+            if self.delta.correction != "none":
+                out.append(f"  {NAMES[self.delta.correction]} over the comparisons with the baseline: "
+                           f"[{_signed(self.delta.ci_low_adj)}, {_signed(self.delta.ci_high_adj)}], "
+                           f"adjusted p {self.delta.p_adj:.3g}")
+        if self.teachers is not None:
+            t = self.teachers
+            for p in t.per_teacher:
+                score = "" if math.isnan(p.teacher_metric) else f", teacher {p.teacher_metric * SCALE:.2f}"
+                out.append(f"  teacher seed {p.teacher_seed}{score}: {_signed(p.mean)} [{_signed(p.ci_low)}, "
+                           f"{_signed(p.ci_high)}] (paired over {p.n} seeds)")
+            out.append(f"between teachers: {_signed(t.mean)} [{_signed(t.ci_low)}, {_signed(t.ci_high)}] (95% CI, "
+                       f"{t.method}; spread {t.spread * SCALE:.2f}); {t.separated} of {t.teachers} teachers' "
+                       "intervals exclude zero")
+        if self.rank_check is not None:
+            out.append(self.rank_check.line())
+        for weak in self.weak_teachers:
+            out.append(f"warning: {weak}")
         return out
 
 
@@ -121,30 +165,38 @@ def phase_of(trials: pd.DataFrame) -> pd.Series:
 
 
 def rank(trials: pd.DataFrame, epochs: pd.DataFrame | None, params: Sequence[str], metric: str, *,
-         fidelity: str = "auto", teacher: Mapping[str, float] | None = None, top: int = 10) -> Ranking | None:
+         fidelity: str = "auto", teacher: Mapping[str, float] | None = None, top: int = 10,
+         correction: str = "auto") -> Ranking | None:
     """Score ``trials`` under ``fidelity`` and rank their configurations; None when no trial
-    has a value to compare yet."""
+    has a value to compare yet. ``correction``: of the leaderboard's comparisons with the baseline."""
     scores = score_trials(trials, epochs, metric, fidelity)
     frame = scores.frame
     if frame.empty:
         return None
     names = [n for n in factor_names(trials, params) if frame[n].map(lambda v: not is_null(v)).any()]
     configs = tables.group_configs(frame, names)
-    board = tables.leaderboard(frame, configs, top=top, teacher=teacher, metric=metric)
+    board = tables.leaderboard(frame, configs, top=top, teacher=teacher, metric=metric, correction=correction)
     return Ranking(scores, names, configs, board)
 
 
-def verdict(ranking: Ranking, phase: str) -> Verdict:
+def verdict(ranking: Ranking, phase: str, *, teacher_scores: Mapping[int, float] | None = None,
+            proxy: Ranking | None = None, searched: Sequence[str] | None = None) -> Verdict:
     """The verdict of one phase's :class:`Ranking`: its best configuration, the baseline, and
-    the best distilled configuration's difference to the baseline (the baseline may be best)."""
+    the best distilled configuration's difference to the baseline (the baseline may be best).
+
+    ``teacher_scores``: each ``confirm.teacher_seeds`` teacher's score (the per-teacher lines);
+    ``proxy``: the search phase's ranking, compared with this one (:mod:`raykd.analyze.rank_check`)
+    on the ``searched`` keys (default: the factors both rankings have).
+    """
     board = ranking.leaderboard
+    frame, configs = ranking.scores.frame, ranking.configs
     best = board[board["role"] != "teacher"].iloc[0]
     base = board[board["role"] == "baseline"]
-    best_id = ranking.configs.order[0]
-    best_rows = ranking.configs.rows(ranking.scores.frame, best_id)
+    best_id = configs.order[0]
+    best_rows = configs.rows(frame, best_id)
     seeds = sorted({int(s) for s in best_rows["seed"] if not is_null(s)})
     epochs = sorted({int(e) for e in best_rows.get("epoch", []) if not is_null(e)})
-    baseline = delta = None
+    baseline = delta = spread = None
     distilled = board[(board["role"] == "config")
                       & (board[METHOD] != BASELINE_METHOD if METHOD in board else True)]
     if len(base):
@@ -153,24 +205,64 @@ def verdict(ranking: Ranking, phase: str) -> Verdict:
         if len(distilled):
             d = distilled.iloc[0]
             delta = Delta(str(d["config"]), float(d["diff"]), float(d["diff_low"]), float(d["diff_high"]),
-                          d["diff_test"] == "paired", int(d["diff_n"]))
+                          d["diff_test"] == "paired", int(d["diff_n"]), float(d["diff_p"]),
+                          board.attrs.get("correction", "none"), float(d.get("diff_p_adj", math.nan)),
+                          float(d.get("diff_low_adj", math.nan)), float(d.get("diff_high_adj", math.nan)))
+            spread = across_teachers(configs.rows(frame, configs.order[int(d["rank"]) - 1]),
+                                     configs.rows(frame, configs.baseline), teacher_scores)
+    teacher_row = board[board["role"] == "teacher"]
+    teacher_metric = float(teacher_row.iloc[0]["mean"]) if len(teacher_row) else math.nan
     return Verdict(
         metric=ranking.scores.metric, phase=phase, fidelity=ranking.scores.fidelity,
         fidelity_note=ranking.scores.note, best_config=ranking.values(best_id), best_label=str(best["config"]),
         best=Estimate(float(best["mean"]), float(best["ci_low"]), float(best["ci_high"]), int(best["n"])),
-        best_seeds=seeds, best_epochs=epochs, baseline=baseline, delta=delta)
+        best_seeds=seeds, best_epochs=epochs, baseline=baseline, delta=delta, teachers=spread,
+        rank_check=_rank_check(proxy, ranking, searched) if proxy is not None else None,
+        teacher_metric=teacher_metric,
+        weak_teachers=_weak_teachers(teacher_metric, teacher_scores, baseline, delta))
+
+
+def _rank_check(proxy: Ranking, confirmed: Ranking, searched: Sequence[str] | None) -> RankCheck | None:
+    keys = [n for n in confirmed.names if n in proxy.names and (not searched or n in searched or n == METHOD)]
+    shown = tables.varying(confirmed.scores.frame, confirmed.names) or confirmed.names
+    labels = {}
+    for i, key in enumerate(confirmed.configs.keys):
+        values = dict(zip(confirmed.names, key))
+        labels[tuple(values[k] for k in keys)] = tables.config_label(values, shown)
+    return rank_check(proxy.scores.frame, confirmed.scores.frame, keys, labels)
+
+
+def _weak_teachers(teacher_metric: float, teacher_scores: Mapping[int, float] | None, baseline: Estimate | None,
+                   delta: Delta | None) -> list[str]:
+    """A line for each teacher of a distilled student that scores below the baseline student's mean."""
+    if baseline is None or delta is None or math.isnan(baseline.mean):
+        return []
+    scores = {f"the teacher of seed {s}": v for s, v in (teacher_scores or {}).items()} or (
+        {"the teacher": teacher_metric} if not math.isnan(teacher_metric) else {})
+    return [f"{who} scores {value * SCALE:.2f}, below the baseline student's {baseline.mean * SCALE:.2f}: "
+            f"{delta.label} learns from a weaker model" for who, value in scores.items() if value < baseline.mean]
 
 
 def decide(trials: pd.DataFrame, epochs: pd.DataFrame | None, params: Sequence[str], metric: str, *,
-           fidelity: str = "auto") -> Verdict | None:
+           fidelity: str = "auto", teacher: Mapping[str, float] | None = None,
+           teacher_scores: Mapping[int, float] | None = None, rank_check: bool = False,
+           searched: Sequence[str] | None = None, correction: str = "auto") -> Verdict | None:
     """The verdict of a search's tables: its confirmation trials when there are any (compared
-    at their full budget), else its search phase under ``fidelity``."""
+    at their full budget), else its search phase under ``fidelity``.
+
+    ``teacher``: the teacher's metrics (``teacher.json``); ``teacher_scores``: the score of each
+    ``confirm.teacher_seeds`` teacher; ``rank_check``: compare the search phase's ranking of the
+    confirmed configurations (on the ``searched`` keys) with theirs."""
     confirm = phase_of(trials) == CONFIRM_PHASE
     if confirm.any():
-        ranking = rank(trials[confirm], epochs, params, metric, fidelity="completed")
+        ranking = rank(trials[confirm], epochs, params, metric, fidelity="completed", teacher=teacher,
+                       correction=correction)
         if ranking is not None:
-            return verdict(ranking, CONFIRM_PHASE)
-    ranking = rank(trials[~confirm], epochs, params, metric, fidelity=fidelity)
+            proxy = rank(trials[~confirm], epochs, params, metric, fidelity=fidelity) \
+                if rank_check and (~confirm).any() else None
+            return verdict(ranking, CONFIRM_PHASE, teacher_scores=teacher_scores, proxy=proxy, searched=searched)
+    ranking = rank(trials[~confirm], epochs, params, metric, fidelity=fidelity, teacher=teacher,
+                   correction=correction)
     return verdict(ranking, SEARCH_PHASE) if ranking is not None else None
 
 

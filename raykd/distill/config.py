@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Method = Literal["none", "feature_mse", "mgd", "fgd", "cwd", "pkd", "dmkd", "samkd", "amd", "freekd", "dfmsd"]
 METHODS: tuple[str, ...] = get_args(Method)
@@ -88,6 +88,10 @@ class DistillConfig(BaseModel):
     gamma: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
     lambda_gl: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
     weight: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
+    # distillation loss = loss_ratio x detection loss over the first calibration_steps batches
+    # (raykd/train/calibrate.py): instead of the weights above, never with them
+    loss_ratio: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
+    calibration_steps: int = Field(default=10, ge=1)
 
     mask_ratio: float = Field(default=0.65, ge=0.0, le=1.0)
     channel_mask_ratio: float = Field(default=0.5, ge=0.0, le=1.0)
@@ -120,6 +124,13 @@ class DistillConfig(BaseModel):
     dfmsd_enhancement: DFMSDEnhancement = "boxes"
     dfmsd_boost: float = Field(default=1.0, ge=0.0, allow_inf_nan=False)
     dfmsd_adaptation: DFMSDAdaptation = "adapter"
+
+    @model_validator(mode="after")
+    def _ratio_or_weights(self) -> DistillConfig:
+        given = [f"distill.{key}" for key in _WEIGHT_KEYS if getattr(self, key) is not None]
+        if self.loss_ratio is not None and given:
+            raise ValueError(f"distill.loss_ratio sets the loss weights: give it or {', '.join(given)}, not both")
+        return self
 
     @field_validator("levels", mode="before")
     @classmethod

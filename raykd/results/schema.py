@@ -64,6 +64,7 @@ _TRIALS_TAIL = (
         ("best_epoch", pa.int64()),
         *((name, pa.float64()) for name in LOSSES),
         ("loss_terms", LOSS_TERMS),
+        ("kd_scale", pa.float64()),  # distill.loss_ratio's calibrated multiplier of the default weights
         ("epochs_run", pa.int64()),
         ("epochs_total", pa.int64()),
         ("wall_s", pa.float64()),
@@ -84,6 +85,7 @@ _EPOCHS = (
     + [(name, pa.float64()) for name in LOSSES]
     + [
         ("loss_terms", LOSS_TERMS),
+        ("kd_scale", pa.float64()),
         ("lr", pa.float64()),
         ("step_time", pa.float64()),  # seconds per optimiser step
         ("epoch_time", pa.float64()),  # seconds

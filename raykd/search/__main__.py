@@ -184,16 +184,21 @@ def _search(args: argparse.Namespace, space: Space, storage: str, name: str, pat
     if needs_training(cfg):  # trained as a trial is, on Ray Train workers with the search's resources
         from raykd.train.worker import train_through_ray
 
-        _init_ray(address, args.num_cpus)
+        _init_ray(address, args.num_cpus, library_log_level(args))
         res = spec.resources
         trainer = functools.partial(train_through_ray, workers=res.workers_per_trial,
                                     cpus_per_worker=res.cpus_per_worker, gpus_per_worker=res.gpus_per_worker)
+    teacher: dict = {}
     if cfg.teacher is not None:
         teacher_ckpt = ensure_teacher(cfg, log=lambda line: print(line, flush=True), progress=progress_bars(args),
                                       trainer=trainer)
         teacher = check_teacher(cfg, teacher_ckpt)
-        if teacher_ckpt is None:  # teacher.weights as they are: no checkpoint, no evaluation on this data
-            print(f"teacher: {cfg.teacher.weights} (pretrained weights, not trained on this data)", flush=True)
+        if teacher_ckpt is None:  # teacher.weights as they are: scored once on this data when its head fits
+            from raykd.train.teacher_eval import pretrained_teacher_metrics
+
+            teacher = pretrained_teacher_metrics(cfg, log=lambda line: print(line, flush=True)) or {}
+            print(f"teacher: {cfg.teacher.weights} (pretrained weights, not trained on this data"
+                  + (f"; bbox_mAP {teacher['bbox_mAP']:.4f}" if "bbox_mAP" in teacher else "") + ")", flush=True)
         else:
             print(f"teacher: {teacher_ckpt} (bbox_mAP {teacher.get('bbox_mAP', float('nan')):.4f})", flush=True)
     store_indexes(data_paths, cfg.cache_dir)  # every input accepted: the trials memory-map these
@@ -205,7 +210,7 @@ def _search(args: argparse.Namespace, space: Space, storage: str, name: str, pat
 
     if not is_uri(storage):
         Path(paths.root).mkdir(parents=True, exist_ok=True)
-        if teacher_ckpt:
+        if teacher_ckpt or teacher:
             Path(paths.teacher).write_text(json.dumps(
                 {"checkpoint": teacher_ckpt, **teacher}, default=str))
     write_run(paths.tables, name, dataset_fingerprint=data_fingerprint(cfg), space_path=str(space.path),
@@ -267,27 +272,61 @@ def _unfinished(paths, phase: str) -> int:
 
 def _confirm_tuner(args: argparse.Namespace, space: Space, paths, teacher_ckpt: str | None):
     """The confirmation phase's Tuner: restored when it had started, else built from the
-    search phase's ranking; None when no search trial has a value to rank."""
-    from raykd.search.confirm import confirmation_points
+    search phase's ranking; None when no search trial has a value to rank.
+
+    Its teachers (:func:`raykd.search.confirm.prepare_teachers`) are trained first when missing,
+    and found in the cache when the phase resumes. With seeded teachers each trial names its
+    own checkpoint, so the trainable is bound to none."""
+    from raykd.search.confirm import confirm_config, confirmation_points, prepare_teachers, seeds_teachers
     from raykd.search.tuner import build_confirm_tuner, restore_tuner
     from raykd.search.tune_state import can_restore
 
     confirm = space.spec.confirm
+    if confirm.teacher_seeds and not seeds_teachers(space):
+        print(f"confirm: the teacher is used as it is (no teacher.train block): one teacher, not one per "
+              f"confirm.teacher_seeds {confirm.teacher_seeds}", flush=True)
+    teachers = prepare_teachers(space, log=lambda line: print(line, flush=True), progress=not args.quiet)
+    seeded = [t for t in teachers if t.seed is not None]
+    bound = None if seeded else (teachers[0].checkpoint if teachers else teacher_ckpt)
+    if seeded and not is_uri(paths.storage):
+        _record_teacher_seeds(paths, seeded)
     if can_restore(paths.confirm_root, local=not is_uri(paths.storage)):
         print(f"confirm: continuing the confirmation phase in {paths.confirm_root}", flush=True)
-        return restore_tuner(space, paths, teacher_ckpt, confirm=True)
+        return restore_tuner(space, paths, bound, confirm=True)
     if not is_uri(paths.storage) and Path(paths.confirm_root).exists():
         # Its driver stopped before Tune saved a state: no confirmation trial had started.
         shutil.rmtree(paths.confirm_root)
-    points = confirmation_points(space, paths.root)
+    points = confirmation_points(space, paths.root, teachers)
     if not points:
         print("confirm: no search trial has a value to rank; nothing to confirm", flush=True)
         return None
-    print(f"confirm: {len(points) // len(confirm.seeds)} configurations × {len(confirm.seeds)} fresh seeds "
-          f"{confirm.seeds} at the full budget ({space.base_config.train.epochs} epochs), no early stopping",
-          flush=True)
-    return build_confirm_tuner(space, paths, teacher_ckpt, points, quiet=args.quiet, autoscaling=bool(args.address),
+    configs = len({json.dumps({k: v for k, v in p.items() if not k.startswith(("train.seed", "teacher."))},
+                              sort_keys=True, default=str) for p in points})
+    teachers_text = (f" × {len(seeded)} teachers (seeds {[t.seed for t in seeded]}; a configuration without "
+                     "the teacher once per seed)" if seeded else "")
+    changed = f", with {_pairs(confirm.set)}" if confirm.set else ""
+    print(f"confirm: {configs} configurations × {len(confirm.seeds)} fresh seeds {confirm.seeds}{teachers_text} "
+          f"at the full budget ({confirm_config(space).train.epochs} epochs{changed}), no early stopping, "
+          f"{len(points)} trials", flush=True)
+    return build_confirm_tuner(space, paths, bound, points, quiet=args.quiet, autoscaling=bool(args.address),
                                extra_callbacks=args.tracking.tune_callbacks(CONFIRM_PHASE))
+
+
+def _pairs(values: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in values.items())
+
+
+def _record_teacher_seeds(paths, teachers) -> None:
+    """Add each seeded teacher's checkpoint and metrics to ``teacher.json`` (``teacher_seeds``)."""
+    path = Path(paths.teacher)
+    try:
+        record = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        record = {}
+    record["teacher_seeds"] = {str(t.seed): {"checkpoint": t.checkpoint, **t.metrics} for t in teachers}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(record, default=str))
+    os.replace(tmp, path)
 
 
 def _summary(space: Space, paths, prep_s: float, search_s: float) -> int:
@@ -297,6 +336,7 @@ def _summary(space: Space, paths, prep_s: float, search_s: float) -> int:
     :func:`raykd.analyze.verdict.decide`, as in ``raykd.analyze``'s summary and ``summary.json``.
     """
     from raykd.analyze.inputs import read_inputs
+    from raykd.analyze.teachers import teacher_scores
     from raykd.analyze.verdict import decide
 
     metric = space.spec.metrics[0]
@@ -305,9 +345,13 @@ def _summary(space: Space, paths, prep_s: float, search_s: float) -> int:
     counts = trials["stop_reason"].value_counts().to_dict()
     print(f"\ndone: {len(trials)} trials ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}); "
           f"preparation {prep_s:.0f} s, search {search_s:.0f} s", flush=True)
-    found = decide(trials, inputs.epochs, inputs.params, metric) if metric in METRICS else None
+    found = decide(trials, inputs.epochs, inputs.params, metric, teacher=inputs.teacher,
+                   teacher_scores=teacher_scores(inputs.teacher_seeds, metric), rank_check=inputs.rank_check,
+                   searched=list(inputs.specs)) if metric in METRICS else None
     for line in found.lines() if found else []:
         print(line)
+    if space.spec.closing_note:
+        print(space.spec.closing_note.strip())
     print(f"tables: {paths.tables}")
     print(f"next:   {PROG.replace('search', 'analyze')} {shlex.quote(paths.root)}")  # raykd analyze when run as raykd search
     return int((trials["status"] == "RUNNING").sum())

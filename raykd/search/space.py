@@ -139,6 +139,15 @@ class Param(_Strict):
         return ParamSpec(name, self.kind, low=low, high=high, step=self.step, log=self.log, when=when)
 
 
+def _flat(mapping: dict, prefix: str) -> dict:
+    """Nested mappings as dotted keys (``{a: {b: 1}}`` -> ``{"a.b": 1}``)."""
+    out: dict = {}
+    for key, item in mapping.items():
+        name = f"{prefix}{key}"
+        out.update(_flat(item, f"{name}.") if isinstance(item, dict) and item else {name: item})
+    return out
+
+
 class ConfirmSettings(_Strict):
     """After the search: the ``top`` configurations (and the no-distillation baseline) re-run at
     the full budget on fresh ``seeds``, without early stopping (``phase = confirm``)."""
@@ -149,13 +158,32 @@ class ConfirmSettings(_Strict):
     baseline: bool = Field(True, description="also re-run the no-distillation baseline on the same seeds")
     per: str | None = Field(None, description="a searched key: confirm the top configurations of each of its "
                                               "values (e.g. distill.method: the best of every method)")
+    teacher_seeds: list[int] | None = Field(
+        None, min_length=1, description="train the teacher once per seed (teacher.train.seed, cached) and run every "
+                                        "confirmed configuration with every teacher on every seed")
+    set: dict[str, Any] = Field(default_factory=dict, description="experiment keys the confirmation trials run with "
+                                                                  "(and the search's trials not): search on a proxy, "
+                                                                  "confirm at full fidelity")
+    rank_check: bool = Field(False, description="report how the search's ranking of the confirmed configurations "
+                                                "held at confirmation (Spearman, Kendall; needs top >= 3)")
 
-    @field_validator("seeds")
+    @field_validator("seeds", "teacher_seeds")
     @classmethod
-    def _distinct(cls, seeds: list[int]) -> list[int]:
-        if len(set(seeds)) != len(seeds):
+    def _distinct(cls, seeds: list[int] | None) -> list[int] | None:
+        if seeds is not None and len(set(seeds)) != len(seeds):
             raise ValueError(f"expected distinct seeds, got {seeds}")
         return seeds
+
+    @field_validator("set", mode="before")
+    @classmethod
+    def _dotted_set(cls, value: Any) -> Any:
+        return _flat(value, "") if isinstance(value, dict) else value
+
+    @model_validator(mode="after")
+    def _rank_needs_three(self) -> ConfirmSettings:
+        if self.rank_check and self.top < 3:
+            raise ValueError(f"rank_check needs top >= 3 configurations to rank, got top: {self.top}")
+        return self
 
 
 class SpaceSpec(_Strict):
@@ -172,19 +200,14 @@ class SpaceSpec(_Strict):
     fixed: dict[str, Any] = Field(default_factory=dict)
     points_to_evaluate: list[dict[str, Any] | str] = Field(default_factory=list)
     confirm: ConfirmSettings | None = None
+    closing_note: str | None = Field(None, description="lines the search prints after its verdict (what the "
+                                                       "verdict of this space can and cannot show)")
 
     @field_validator("fixed", mode="before")
     @classmethod
     def _dotted(cls, value: Any) -> Any:
         # `data.synthetic: {out_dir: d}` means `data.synthetic.out_dir: d`: one column per key
-        def flat(mapping: dict, prefix: str) -> dict:
-            out: dict = {}
-            for key, item in mapping.items():
-                name = f"{prefix}{key}"
-                out.update(flat(item, f"{name}.") if isinstance(item, dict) and item else {name: item})
-            return out
-
-        return flat(value, "") if isinstance(value, dict) else value
+        return _flat(value, "") if isinstance(value, dict) else value
 
     @field_validator("space", mode="before")
     @classmethod
@@ -296,7 +319,7 @@ class Space:
         self.spec.space = {key: self.params[key] for key in self._dependency_order()}
         self.specs: dict[str, ParamSpec] = {key: param.spec(key) for key, param in self.params.items()}
         self.points = [self._point(p, i) for i, p in enumerate(self.spec.points_to_evaluate)]
-        self._check_confirm_seeds()
+        self._check_confirm()
 
     @property
     def name(self) -> str:
@@ -315,10 +338,24 @@ class Space:
 
     # ---------------------------------------------------------------- validation
 
-    def _check_confirm_seeds(self) -> None:
+    def _check_confirm(self) -> None:
+        """``confirm.set`` keys the experiment takes, not searched ones; a teacher to seed."""
         confirm = self.spec.confirm
         if confirm is None:
             return
+        for key, value in confirm.set.items():
+            if key in self.params or key == SEED_KEY:
+                raise UserError("expected a key the search does not sample (the confirmed configuration keeps "
+                                "its searched values; the seeds are confirm.seeds)", file=self.path,
+                                key=f"confirm.set.{key}")
+            self._check_value(key, value, f"confirm.set.{key}")
+        if confirm.teacher_seeds and self.base_config.teacher is None:
+            raise UserError("expected a teacher block in the experiment (there is no teacher to seed)",
+                            file=self.path, key="confirm.teacher_seeds")
+        self._check_confirm_seeds()
+
+    def _check_confirm_seeds(self) -> None:
+        confirm = self.spec.confirm
         seed = self.params.get(SEED_KEY)
         if seed is not None and seed.kind not in ("choice", "value"):
             return  # a searched seed range: freshness cannot be listed, the user chose the seeds

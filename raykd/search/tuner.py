@@ -96,6 +96,18 @@ def param_types(space: Space) -> dict[str, Any]:
     return types
 
 
+def confirm_param_types(space: Space) -> dict[str, Any]:
+    """:func:`param_types` of the confirmation trials: with ``confirm.set``'s keys and, when it
+    seeds teachers, the teacher's seed."""
+    from raykd.search.confirm import TEACHER_SEED_KEY, seeds_teachers
+
+    types = param_types(space)
+    types.update({key: arrow_type_for([value]) for key, value in space.spec.confirm.set.items()})
+    if seeds_teachers(space):
+        types[TEACHER_SEED_KEY] = arrow_type_for(space.spec.confirm.teacher_seeds)
+    return types
+
+
 def max_concurrent(space: Space, *, autoscaling: bool = False) -> int:
     """``search.max_concurrent`` capped by what the cluster can run at once.
 
@@ -193,10 +205,14 @@ def _callbacks(space: Space, paths: SearchPaths, state_root: str, phase: str, *,
     """The Tune callbacks of one phase: tables, progress lines, checkpoint shrinking, state backups."""
     from raykd.results.callback import ParquetResultsCallback
 
+    confirming = phase == CONFIRM_PHASE
+    types = confirm_param_types(space) if confirming else param_types(space)
+    epochs = space.spec.confirm.set.get("train.epochs", space.base_config.train.epochs) if confirming \
+        else space.base_config.train.epochs
     return [
-        ParquetResultsCallback(paths.tables, paths.name, param_types(space), flush_every_s=5.0, phase=phase,
+        ParquetResultsCallback(paths.tables, paths.name, types, flush_every_s=5.0, phase=phase,
                                specs=space.specs),
-        ProgressCallback(space.spec.metrics[0], space.spec.modes[0], epochs=space.base_config.train.epochs,
+        ProgressCallback(space.spec.metrics[0], space.spec.modes[0], epochs=epochs,
                          quiet=quiet),
         ShrinkFinishedCheckpoints(),
         *([BackUpState(state_root)] if not is_uri(paths.storage) else []),

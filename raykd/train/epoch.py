@@ -105,6 +105,7 @@ class EpochRecord:
     num_workers: int = 1
     device: str = "cpu"
     timestamp: float | None = None
+    kd_scale: float | None = None  # distill.loss_ratio's calibrated multiplier (raykd/train/calibrate.py)
 
     def score(self, name: str) -> float | None:
         """A metric's value, None when it was not measured (e.g. ``segm_mAP`` of a box model)."""
@@ -115,7 +116,7 @@ class EpochRecord:
         return {**self.losses.as_report(), **self.scores, "epoch": self.epoch, "epochs_total": self.epochs_total,
                 "lr": self.lr, "step_time": self.step_time, "epoch_time": self.epoch_time,
                 "time_total_s": self.time_total_s, "num_workers": self.num_workers, "device": self.device,
-                "timestamp": self.timestamp}
+                "timestamp": self.timestamp, **({"kd_scale": self.kd_scale} if self.kd_scale is not None else {})}
 
     @classmethod
     def from_report(cls, report: Mapping[str, Any]) -> EpochRecord:
@@ -133,6 +134,7 @@ class EpochRecord:
             num_workers=int(report.get("num_workers") or 1),
             device=str(report.get("device") or "cpu"),
             timestamp=_number(report.get("timestamp")),
+            kd_scale=_number(report.get("kd_scale")),
         )
 
     def line(self) -> str:

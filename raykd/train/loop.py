@@ -36,6 +36,8 @@ from raykd.models.precision import amp_dtype, autocast_parts, conv_parts
 from raykd.models.taps import forward_taps, is_dense
 from raykd.train.epoch import EpochLosses, EpochRecord
 from raykd.data.cocoeval import Evaluator
+from raykd.train.calibrate import STATE_KEY as CALIBRATION_KEY
+from raykd.train.calibrate import calibrated_scale
 from raykd.train.evaluate import coco_metrics, predict
 from raykd.train.optim import build_optimizer, build_scheduler
 from raykd.train.prompts import ensure_prompts, load_prompts
@@ -84,6 +86,7 @@ class DistillStep(nn.Module):
         # Kept outside the module tree: DDP must neither broadcast nor hook the frozen teacher.
         self._teacher = (teacher,)
         self.amp, self.distill_amp = amp, distill_amp
+        self.kd_scale = 1.0  # distill.loss_ratio's multiplier of every distillation term (raykd/train/calibrate.py)
         self.with_logits = distiller is not None and is_dense(student) and getattr(distiller, "needs_logits", True)
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]]):
@@ -101,6 +104,8 @@ class DistillStep(nn.Module):
                 kd = self.distiller(taps.student_feats, taps.teacher_feats, taps.student_logits,
                                     taps.teacher_logits, taps.boxes, taps.image_sizes)
             kd = {level: {term: v.float() for term, v in terms.items()} for level, terms in kd.items()}
+            if self.kd_scale != 1.0:
+                kd = {level: {name: v * self.kd_scale for name, v in terms.items()} for level, terms in kd.items()}
         return sum(det.values()) + (total_loss(kd) if kd else 0.0), StepLosses(det, kd)
 
 
@@ -353,6 +358,17 @@ def _restore(run: _Run, resume_state: dict[str, Any], log: Callable[[str], None]
     return list(resume_state.get("history", []))
 
 
+def _on_device(run: _Run, batch: tuple[list, list]) -> tuple[list[Tensor], list[dict[str, Any]]]:
+    """A loader batch on the run's device, its labels in the model's numbering."""
+    images, targets = batch
+    images = [device_image(img, run.device) for img in images]
+    targets = [{k: (v.to(run.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()}
+               for t in targets]
+    for target in targets:
+        target["labels"] = run.space.model_labels(target["labels"])
+    return images, targets
+
+
 def train_one_epoch(run: _Run, epoch: int, *, progress: bool) -> EpochLosses:
     """``run.steps_per_epoch`` optimiser steps; returns the epoch's loss sums. Raises
     :class:`NonFiniteLoss` on a NaN/inf loss, checked on the device and read by the host every
@@ -368,14 +384,10 @@ def train_one_epoch(run: _Run, epoch: int, *, progress: bool) -> EpochLosses:
     bar = tqdm(total=run.steps_per_epoch, desc=f"epoch {epoch}/{tcfg.epochs}", leave=False,
                disable=not progress or run.rank != 0, file=sys.stderr, dynamic_ncols=True)
     params = [p for g in run.optimizer.param_groups for p in g["params"]]
-    for images, targets in loader:
+    for batch in loader:
         if steps >= run.steps_per_epoch:
             break
-        images = [device_image(img, run.device) for img in images]
-        targets = [{k: (v.to(run.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()}
-                   for t in targets]
-        for target in targets:
-            target["labels"] = run.space.model_labels(target["labels"])
+        images, targets = _on_device(run, batch)
         total, step = train_step(run.train_module, run.optimizer, images, targets, params=params,
                                  clip_grad=tcfg.clip_grad, scaler=run.scaler)
         run.scheduler.step()
@@ -424,6 +436,10 @@ def fit(
     """
     run = _setup(cfg, teacher_checkpoint, log, device)
     history = _restore(run, resume_state, log) if resume_state is not None else []
+    step_module = getattr(run.train_module, "module", run.train_module)  # under DDP: the wrapped DistillStep
+    scale = calibrated_scale(cfg.distill, step_module, run.train_loader, lambda b: _on_device(run, b), resume_state,
+                             log if run.rank == 0 else lambda line: None)
+    step_module.kd_scale = scale if scale is not None else 1.0
     start_epoch = int(resume_state["epoch"]) + 1 if resume_state is not None else 1
 
     def make_state(epoch: int) -> Callable[[], dict[str, Any]]:
@@ -431,7 +447,7 @@ def fit(
             "model": run.student.state_dict(),
             "distiller": run.distiller.state_dict() if run.distiller is not None else None,
             "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
-            "epoch": epoch, "rng": _rng_state(), "history": history,
+            "epoch": epoch, "rng": _rng_state(), "history": history, CALIBRATION_KEY: scale,
             "mask_rng": run.mask_generator.get_state() if run.mask_generator is not None else None,
             "scaler": run.scaler.state_dict() if run.scaler is not None else None,
             "num_classes": run.space.num_classes, "cat_ids": list(run.train_ds.cat_ids),
@@ -449,7 +465,7 @@ def fit(
             epoch=epoch, epochs_total=cfg.train.epochs, losses=losses.summary(), scores=scores,
             lr=run.optimizer.param_groups[0]["lr"], step_time=train_time / max(losses.steps, 1),
             epoch_time=time.perf_counter() - epoch_start, time_total_s=time.perf_counter() - run_start,
-            num_workers=run.world, device=_device_name(run.device), timestamp=time.time())
+            num_workers=run.world, device=_device_name(run.device), timestamp=time.time(), kd_scale=scale)
         history.append(record.as_report())
         if run.rank == 0:
             log(record.line())

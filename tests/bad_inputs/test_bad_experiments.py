@@ -31,6 +31,9 @@ CASES = [
     ("synthetic-images-too-small", {"data": {"train": None, "val": None,
                                              "synthetic": {"out_dir": "syn", "image_size": 48}}},
      "data.synthetic.image_size", "greater than or equal to 64 (got 48)"),
+    ("loss-ratio-beside-alpha", {"distill": {**MGD, "loss_ratio": 0.5, "alpha": 1e-6}}, "distill",
+     "distill.loss_ratio sets the loss weights: give it or distill.alpha, not both"),
+    ("loss-ratio-zero", {"distill": {**MGD, "loss_ratio": 0}}, "distill.loss_ratio", "greater than 0"),
     ("teacher-without-checkpoint-or-train", {"distill": MGD, "teacher": {"arch": "fcos", "fpn_channels": 64}},
      "teacher", "expected teacher.checkpoint, teacher.weights or a teacher.train block"),
 ]

@@ -74,6 +74,10 @@ CASES = [
      "invalid choice: 'newest'"),
     ("analyze-unknown-format", "analyze", lambda b: [b.storage / EARLIER, "--format", "pdf", "--out", b.root / "r"],
      ["--format"], "unknown format pdf"),
+    ("analyze-unknown-correction", "analyze", lambda b: [b.storage / EARLIER, "--correction", "bonferroni"],
+     ["--correction"], "invalid choice: 'bonferroni'"),
+    ("analyze-bins-zero", "analyze", lambda b: [b.storage / EARLIER, "--bins", "0", "--out", b.root / "r"],
+     ["--bins"], "expected a positive number of bins, got 0"),
     # raykd.submit
     ("submit-address-auto", "submit", lambda b: [b.space(), "--address", "auto"], ["--address"],
      "expected the dashboard address (http://HEAD:8265), got 'auto'"),

@@ -60,6 +60,10 @@ CASES = [
      "valid integer"),
     ("asha-with-two-metrics", {"metric": ["bbox_mAP", "step_time"], "mode": ["max", "min"],
                                "scheduler": {"type": "asha"}}, None, "asha stops trials on one metric"),
+    ("confirm-set-unknown-key", {"confirm": {"top": 1, "seeds": [100, 101], "set": {"train.epoks": 3}}},
+     "confirm.set.train.epoks", "unknown key"),
+    ("confirm-rank-check-with-two", {"confirm": {"top": 2, "seeds": [100, 101], "rank_check": True}}, "confirm",
+     "rank_check needs top >= 3"),
 ]
 
 
