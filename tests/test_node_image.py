@@ -82,7 +82,7 @@ def test_a_drifting_image_is_caught():
     good = DOCKERFILE.read_text()
     hand_copied = good.replace('"/tmp/raykd[mlflow,cmaes]"', '"torch==2.15.0" "optuna==5.0.0"')
     assert any("not the project" in p for p in image_problems(hand_copied, pyproject))
-    assert any("'wandb'" in p for p in image_problems(good.replace("mlflow,cmaes", "wandb"), pyproject))
+    assert any("'comet'" in p for p in image_problems(good.replace("mlflow,cmaes", "comet"), pyproject))
     assert any("Ray 2.59.0" in p for p in image_problems(good.replace("ray:2.60.0", "ray:2.59.0"), pyproject))
     assert any("Python 3.9" in p for p in image_problems(good.replace("-py311-", "-py39-"), pyproject))
     assert any("raykd is not copied" in p for p in image_problems(

@@ -331,7 +331,7 @@ def _read_index(folder: Path) -> AnnotationIndex | None:
             file = folder / f"{name}.npy"
             if file.stat().st_size != files[name]["bytes"] or _file_hash(file) != files[name]["blake2b"]:
                 return None
-            arrays[name] = np.load(file, mmap_mode="r", allow_pickle=False)
+            arrays[name] = np.load(file, mmap_mode="r")  # pickles refused: allow_pickle defaults to False
         return AnnotationIndex(path=Path(meta["source"]), digest=meta["digest"], masks=bool(meta["masks"]),
                                categories={int(i): str(n) for i, n in meta["categories"]}, arrays=arrays,
                                degenerate=int(meta["degenerate"]),

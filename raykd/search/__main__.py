@@ -69,6 +69,7 @@ def _check_writable(storage: str) -> None:
     if Path(storage).exists() and not Path(storage).is_dir():
         raise UserError("expected a folder to hold searches, this is a file", file=storage, key="--storage")
     probe = Path(storage) / f".raykd-write-test-{os.getpid()}"
+    created = [p for p in (Path(storage), *Path(storage).parents) if not p.exists()]  # removed after the probe
     try:
         Path(storage).mkdir(parents=True, exist_ok=True)
         with probe.open("wb") as fh:  # real bytes: a full disk still creates empty files
@@ -84,6 +85,11 @@ def _check_writable(storage: str) -> None:
             probe.unlink()
         except OSError:
             pass
+        for folder in created:  # a search refused later leaves no folder behind
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
 
 
 def _pick_name(space: Space, storage: str, name: str | None, resume: bool) -> str:
