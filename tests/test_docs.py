@@ -97,9 +97,11 @@ def check_command(words: list[str], project: dict) -> None:
         assert target == "." or re.fullmatch(r"\.\[([\w,]+)\]", target), words
         for extra in re.findall(r"\w+", target.removeprefix(".")):
             assert extra in extras, f"no extra {extra!r} in pyproject.toml"
+        assert words[4:] in ([], ["-c", "constraints.txt"]), words
         return
-    if words[:2] == ["pip", "install"]:
-        pins = {d.replace(" ", "") for d in project["dependencies"]}
+    if words[:2] == ["pip", "install"]:  # the tested torch pair, as constraints.txt pins it
+        pins = {line.strip() for line in (ROOT / "constraints.txt").read_text().splitlines()
+                if line.strip() and not line.startswith("#")}
         assert [w for w in words[2:] if "==" in w] and all(w in pins for w in words[2:] if "==" in w), words
         return
     if words[:3] == ["python", "-m", "pytest"]:
@@ -136,8 +138,10 @@ def test_the_readme_runnable_blocks_match_the_code(monkeypatch):
     text = (ROOT / "README.md").read_text()
     blocks = runnable_blocks(text)
     assert len(blocks) >= 2
-    assert "pip install -e . && python -m raykd.search search_spaces/demo.yaml" in blocks[0]
-    assert 'pip install -e ".[test]" && python -m pytest -q' in blocks[0]
+    assert "pip install -e . -c constraints.txt && python -m raykd.search search_spaces/demo.yaml" in blocks[0]
+    assert 'pip install -e ".[test]" -c constraints.txt && python -m pytest -q -m "not slow"' in blocks[0]
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert 'pip install -e ".[test]" -c constraints.txt && python -m pytest -q -m "not slow"' in ci
     project = _pyproject()
     checked = [words for block in blocks for words in commands(block)]
     assert len(checked) >= 10
