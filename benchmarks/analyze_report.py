@@ -7,7 +7,8 @@ space's shape under ``ROOT/search``: the baseline and three sampled configuratio
 of mgd / dmkd / samkd (mask ratio, α (log); for SAMKD β (log), pyramid scales and SLD;
 fusion for DMKD and SAMKD), every configuration run with three seeds (30 trials). Curves
 follow ``mAP(e) = final · (1 − exp(−e/τ))`` plus noise, ASHA-like stopping after epochs 2
-and 4 for the weakest trials, one failed trial, one still running, and a ``teacher.json``. Then runs the command on it (all formats) and times the stages.
+and 4 for the weakest trials, one failed trial, one still running, and a ``teacher.json``. Then runs the
+command on it (all formats) and times the stages.
 Prints a table and writes JSON (default ``benchmarks/out/analyze_report.json``); the report
 folder stays at ``ROOT/search/report`` to look at.
 """

@@ -222,7 +222,7 @@ def main() -> None:
     print(f"{'step':<22}{'time s':>9}{'peak MB':>9}{'growth MB':>11}{'time x':>8}{'peak x':>8}{'growth x':>10}")
     for name, r in rows.items():
         ratio = ratios.get(name, {})
-        fmt = lambda k: f"{ratio[k]:.2f}" if k in ratio else "-"  # noqa: E731
+        fmt = lambda k, ratio=ratio: f"{ratio[k]:.2f}" if k in ratio else "-"  # noqa: E731
         print(f"{name:<22}{r['median_time_s']:>9.2f}{r['peak_rss_mb']:>9.0f}{r['peak_rss_mb'] - r['rss_before_mb']:>11.0f}"
               f"{fmt('time'):>8}{fmt('peak_rss'):>8}{fmt('rss_growth'):>10}")
     print(f"evaluation stats, raykd ({rows['raykd_eval']['evaluator']}) vs pycocotools: max |diff| {stats_diff:.2e}")

@@ -34,8 +34,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
 from host_syncs import count_host_reads  # benchmarks/host_syncs.py, beside this script
+
 from raykd.config import experiment_from_dict
 from raykd.data import generate_synthetic
 from raykd.train import loop

@@ -112,7 +112,8 @@ def run_inline(exp: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_ray_train(exp: dict[str, Any], root: Path, use_gpu: bool, cpus: float) -> dict[str, Any]:
-    trainer = make_trainer(exp, workers=1, gpus_per_worker=1 if use_gpu else 0, cpus_per_worker=cpus, storage_path=str(root / "ray"),
+    trainer = make_trainer(exp, workers=1, gpus_per_worker=1 if use_gpu else 0, cpus_per_worker=cpus,
+                           storage_path=str(root / "ray"),
                            name=f"ray-gpu-{time.time_ns()}", teacher_checkpoint=exp["teacher"]["checkpoint"])
     start = time.perf_counter()
     result = trainer.fit()

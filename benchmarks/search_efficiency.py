@@ -81,7 +81,7 @@ def main() -> None:
     for seed in args.seeds:
         pair = {r["strategy"]: r for r in runs if r["seed"] == seed}
         budget = min(r["epochs"] for r in pair.values())
-        for name, r in pair.items():
+        for r in pair.values():
             r["best_at_equal_compute"] = best_at(r["curve"], budget)
             r["equal_compute_epochs"] = budget
     for name in STRATEGIES:

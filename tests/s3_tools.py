@@ -43,7 +43,7 @@ class MotoS3:
             except OSError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"moto_server did not start: {Path(self.log.name).read_text()[-2000:]}")
+                    raise RuntimeError(f"moto_server did not start: {Path(self.log.name).read_text()[-2000:]}") from None
                 time.sleep(0.2)
 
     def env(self) -> dict[str, str]:

@@ -37,7 +37,8 @@ def test_interval_levels_bonferroni_and_fcr():
 def _grid():
     rows = [("none", None, s, v) for s, v in enumerate([0.30, 0.31, 0.29])]
     for a, shift in ((0.5, 0.05), (0.6, 0.01), (0.7, 0.004)):
-        rows += [("mgd", a, s, v + shift + 0.002 * s * (1 + a * 10 % 3) - 0.003 * (s == 1)) for s, v in enumerate([0.30, 0.31, 0.29])]
+        rows += [("mgd", a, s, v + shift + 0.002 * s * (1 + a * 10 % 3) - 0.003 * (s == 1))
+                 for s, v in enumerate([0.30, 0.31, 0.29])]
     frame = pd.DataFrame(rows, columns=["distill.method", "distill.mask_ratio", "seed", "value"])
     for m in tables.SIZE_METRICS:
         frame[m] = np.nan

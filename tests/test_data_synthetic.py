@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from raykd.data import CocoDetection, ensure_synthetic, generate_synthetic
+from raykd.data import CocoDetection, ensure_synthetic, generate_synthetic, synthetic
 from raykd.data.check import check_coco
-from raykd.data import synthetic
 from raykd.data.synthetic import CLASSES, _draw_shape
 from raykd.errors import UserError
 

@@ -253,8 +253,8 @@ def test_one_epoch_on_voc_and_yolo_copies_trains_as_on_the_coco_original(tiny_da
         path.write_text(yaml.safe_dump(raw))
         history, weights = [], {}
         fit(load_experiment(path), progress=False, log=lambda line: None,
-            on_epoch_end=lambda record, make_state: (history.append(record.as_report()),
-                                                   weights.update(make_state()["model"])))
+            on_epoch_end=lambda record, make_state, history=history, weights=weights: (
+                history.append(record.as_report()), weights.update(make_state()["model"])))
         runs[fmt] = (history[-1], weights)
     metrics, weights = runs["coco"]
     for fmt in ("voc", "yolo"):

@@ -13,11 +13,11 @@ import ast
 import importlib.metadata
 import re
 import sys
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 

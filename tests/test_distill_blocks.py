@@ -57,7 +57,8 @@ def test_sum_losses_keeps_two_separate_losses():
     torch.testing.assert_close(recon(s, t, keep_s, keep_c), want)
 
 
-@pytest.mark.parametrize(("branches", "spatial", "channel"), [("spatial", True, False), ("channel", False, True), ("dual", True, True)])
+@pytest.mark.parametrize(("branches", "spatial", "channel"),
+                         [("spatial", True, False), ("channel", False, True), ("dual", True, True)])
 def test_branches_build_only_their_generators(branches, spatial, channel):
     recon = DualReconstruction(3, branches, "learned")
     assert (recon.spatial is not None, recon.channel is not None) == (spatial, channel)

@@ -12,7 +12,6 @@ import torch
 from raykd.distill import METHODS, DistillConfig, Distiller, build_distiller, flat_terms, term_names
 from raykd.distill.config import AttentionSource, Branches, FusionMode, MaskRule, Polarity
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -149,7 +148,8 @@ def test_every_samkd_switch_combination_is_finite():
         )
         _assert_finite_step(cfg, seed=i)
     # and every DMKD switch value once more under SAMKD's default pyramid
-    for values in zip(*(itertools.cycle(get_args(t)) for t in (MaskRule, Polarity, AttentionSource, Branches)), get_args(FusionMode)):
+    cycles = (itertools.cycle(get_args(t)) for t in (MaskRule, Polarity, AttentionSource, Branches))
+    for values in zip(*cycles, get_args(FusionMode)):
         rule, polarity, source, branches, fusion = values
         _assert_finite_step(DistillConfig(method="samkd", mask_rule=rule, polarity=polarity, attention_source=source,
                                           branches=branches, fusion=fusion))

@@ -11,7 +11,6 @@ from raykd.distill.attention import channel_attention, spatial_attention
 from raykd.distill.cells import cell_grid, cell_mean
 from raykd.distill.masks import MaskSettings, dual_masks, random_spatial_mask, topk_cell_mask
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -124,7 +123,8 @@ def test_attention_sampled_masks_the_right_count_and_follows_attention():
     torch.manual_seed(4)
     teacher = torch.randn(1, 4, 8, 8, dtype=torch.float64)
     teacher[:, :, :2] *= 50  # two rows with overwhelming attention
-    keep_s, keep_c = dual_masks(teacher, teacher, _settings(rule="attention_sampled", spatial_ratio=0.25, tau=0.05), 1, True, True)
+    settings = _settings(rule="attention_sampled", spatial_ratio=0.25, tau=0.05)
+    keep_s, keep_c = dual_masks(teacher, teacher, settings, 1, True, True)
     assert (keep_s == 0).sum() == 16 and (keep_c == 0).sum() == 2
     assert (keep_s[0, 0, :2] == 0).all()
 

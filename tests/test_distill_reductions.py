@@ -13,7 +13,6 @@ from raykd.distill.inputs import LevelInputs
 from raykd.distill.masks import MaskSettings, dual_masks
 from raykd.distill.pkd import standardise
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -25,7 +24,8 @@ def _feats(seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     student = {k: torch.randn(N, CS, h, w, generator=g, dtype=torch.float64, requires_grad=True) for k, (h, w) in LEVELS.items()}
     teacher = {k: torch.randn(N, CT, h, w, generator=g, dtype=torch.float64) for k, (h, w) in LEVELS.items()}
-    s_logits = {k: torch.randn(N, A * K, h, w, generator=g, dtype=torch.float64, requires_grad=True) for k, (h, w) in LEVELS.items()}
+    s_logits = {k: torch.randn(N, A * K, h, w, generator=g, dtype=torch.float64, requires_grad=True)
+                for k, (h, w) in LEVELS.items()}
     t_logits = {k: torch.randn(N, A * K, h, w, generator=g, dtype=torch.float64) for k, (h, w) in LEVELS.items()}
     return student, teacher, s_logits, t_logits
 

@@ -10,7 +10,6 @@ from torch import Tensor
 
 from raykd.distill import DistillConfig, build_distiller, flat_terms
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torchvision.models.detection import FCOS
 
 from raykd.config import ScheduleConfig, experiment_from_dict
 from raykd.distill import METHODS, DistillConfig, build_distiller

@@ -15,7 +15,14 @@ import pytest
 
 from raykd import ownership
 from raykd.ownership import (
-    OWNER_FILE, FolderOwned, OwnershipLost, check_held, claim, has_content, refuse_if_owned, this_process,
+    OWNER_FILE,
+    FolderOwned,
+    OwnershipLost,
+    check_held,
+    claim,
+    has_content,
+    refuse_if_owned,
+    this_process,
 )
 
 REPO = Path(__file__).resolve().parents[1]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from proc_tools import free_port
+
 from raykd.errors import UserError
 from raykd.ray_address import check_reachable, record_file, resolve
 

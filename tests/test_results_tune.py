@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from proc_tools import kill_session
 
 from raykd.errors import UserError
 from raykd.results import ParamSpec, load, load_table
 from raykd.results.read import read_parts
 from raykd.train.epoch import EpochRecord, LossSummary
-
-from proc_tools import kill_session
 
 REPO = Path(__file__).resolve().parents[1]
 DRIVER = Path(__file__).with_name("_results_driver.py")
@@ -144,11 +143,9 @@ def trainable(config):
 @pytest.mark.timeout(180)
 def test_live_search_streams_typed_rows(tmp_path, ray_local):
     import optuna
-    from ray import tune
+    from ray import cloudpickle, tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
-
-    from ray import cloudpickle
 
     from raykd.results.callback import ParquetResultsCallback
 

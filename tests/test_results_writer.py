@@ -153,7 +153,7 @@ def test_part_names_are_unique_and_tmp_files_ignored(tmp_path):
     table = pa.table({"experiment": ["e"], "trial_id": ["t"], "seq": [1]})
     names = {publish(fs, f"{base}/trials", table) for _ in range(20)}
     assert len(names) == 20
-    assert all(os.path.basename(n).startswith(f"part-") and f"-{os.getpid()}-" in n for n in names)
+    assert all(os.path.basename(n).startswith("part-") and f"-{os.getpid()}-" in n for n in names)
     (tmp_path / "trials" / ".tmp-part-1-2-3.parquet").write_bytes(b"PAR1 garbage")
     assert load_table(tmp_path).num_rows == 1
 

@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import pytest
-
 from proc_tools import free_port
+
 from raykd.errors import UserError
 from raykd.results.store import check_uri_writable
 

@@ -20,11 +20,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from proc_tools import free_port, stop_process_tree
 
 from raykd.results import load, load_table
 from raykd.submit.__main__ import main
-
-from proc_tools import free_port, stop_process_tree
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

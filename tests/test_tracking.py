@@ -15,12 +15,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from raykd.errors import UserError
-from raykd.results import load
-from raykd.tracking import TrackingSetup, TrialInfo, epoch_scalars, parse_backends
-from raykd.tracking.feed import TrackerFeed
-from raykd.tracking.setup import for_search, for_train
 from tracking_tools import (
     mlflow_history,
     mlflow_runs,
@@ -30,6 +24,12 @@ from tracking_tools import (
     wandb_history,
     wandb_summary,
 )
+
+from raykd.errors import UserError
+from raykd.results import load
+from raykd.tracking import TrackingSetup, TrialInfo, epoch_scalars, parse_backends
+from raykd.tracking.feed import TrackerFeed
+from raykd.tracking.setup import for_search, for_train
 
 REPO = Path(__file__).resolve().parents[1]
 TRIAL = TrialInfo("t1", "trial_t1", {"distill.method": "mgd", "distill.alpha": 1e-7, "distill.pyramid_scales": [1, 2],
@@ -299,7 +299,6 @@ def test_train_logs_each_epoch_once_across_a_resume(write_experiment, tmp_path, 
     """``raykd.train --log tensorboard,mlflow,wandb``: per epoch the metrics.jsonl values; ``--resume``
     (two more epochs) logs its resumed history again, and each epoch is still there once."""
     from raykd.tracking.wandb_backend import run_id
-
     from raykd.train.__main__ import main
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

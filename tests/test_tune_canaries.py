@@ -82,7 +82,7 @@ def test_state_files_are_named_as_assumed(finished_run, tmp_path):
         path = root / pattern.format(found[0])
         assert path.is_file(), f"Tune no longer writes {pattern} (found: {sorted(p.name for p in root.iterdir())})"
         assert is_whole(path)
-    assert (root / "search_gen_state-{}.json".format(found[0])).read_bytes().startswith(b"\x80")  # a pickle
+    assert (root / f"search_gen_state-{found[0]}.json").read_bytes().startswith(b"\x80")  # a pickle
     assert has_state(root)
     assert can_restore(root, local=True)
     assert not tune.Tuner.can_restore(str(tmp_path))

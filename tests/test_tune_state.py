@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 
-from raykd.search.tune_state import STATE_FILES, TORN_FOLDER, has_state, is_whole, set_aside_torn, sessions
+from raykd.search.tune_state import STATE_FILES, TORN_FOLDER, has_state, is_whole, sessions, set_aside_torn
 
 
 def _write_set(root, session, *, torn: str | None = None):

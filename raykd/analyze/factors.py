@@ -5,7 +5,8 @@ A factor is a parameter column (dotted key). Strings, bools, lists and the numbe
 ranges) are tabulated level by level while every value has two or more trials, else cut into
 quantile bins (:data:`DEFAULT_BINS`, ``raykd.analyze --bins``), so each row pools several
 trials; they are log scaled (display, plots) when their distribution says so or, for tables
-without it, when they span a factor of :data:`LOG_SPAN` or more (loss weights α/β). A factor null in some trials is *conditional* (e.g. ``distill.beta``,
+without it, when they span a factor of :data:`LOG_SPAN` or more (loss weights α/β). A factor null in some
+trials is *conditional* (e.g. ``distill.beta``,
 defined for SAMKD only); its levels only cover the trials where it is defined, and
 :attr:`Factor.condition` says where that is when another factor tells.
 """

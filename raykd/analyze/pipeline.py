@@ -14,12 +14,22 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from raykd.analyze import plots, tables
-from raykd.analyze.factors import DEFAULT_BINS, BASELINE_METHOD, METHOD, SCALE, SEED_COLUMNS, Factor, describe, is_null, level_frame
+from raykd.analyze.correction import caption as correction_caption
+from raykd.analyze.factors import (
+    BASELINE_METHOD,
+    DEFAULT_BINS,
+    METHOD,
+    SCALE,
+    SEED_COLUMNS,
+    Factor,
+    describe,
+    is_null,
+    level_frame,
+)
 from raykd.analyze.importance import ALL, Importances, importances
 from raykd.analyze.inputs import Inputs, read_inputs
 from raykd.analyze.report import Bullets, Plot, Report, Section, Table, Text
 from raykd.analyze.scores import Scores, score_trials
-from raykd.analyze.correction import caption as correction_caption
 from raykd.analyze.teachers import across_table, teacher_scores
 from raykd.analyze.verdict import Ranking, Verdict, factor_names, phase_of, rank, verdict
 from raykd.errors import UserError

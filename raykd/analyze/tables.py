@@ -207,7 +207,8 @@ def reference_level(factor: Factor, counts: Mapping[str, int]) -> str:
 def ablation(frame: pd.DataFrame, levels: pd.DataFrame, factor: Factor,
              failed_levels: pd.Series | None = None, correction: str = "auto") -> Ablation:
     """Mean metric per level of ``factor`` with its t-interval, the difference to the
-    reference level (paired over seeds where possible, else Welch), n, mean AP_S/M/L, and the number of failed trials at that level.
+    reference level (paired over seeds where possible, else Welch), n, mean AP_S/M/L, and the number of
+    failed trials at that level.
 
     ``levels``: the level label of every scored trial (same index as ``frame``);
     ``failed_levels``: the level of every failed trial.

@@ -226,7 +226,7 @@ def _rank_check(proxy: Ranking, confirmed: Ranking, searched: Sequence[str] | No
     keys = [n for n in confirmed.names if n in proxy.names and (not searched or n in searched or n == METHOD)]
     shown = tables.varying(confirmed.scores.frame, confirmed.names) or confirmed.names
     labels = {}
-    for i, key in enumerate(confirmed.configs.keys):
+    for key in confirmed.configs.keys:
         values = dict(zip(confirmed.names, key))
         labels[tuple(values[k] for k in keys)] = tables.config_label(values, shown)
     return rank_check(proxy.scores.frame, confirmed.scores.frame, keys, labels)

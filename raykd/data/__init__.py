@@ -31,8 +31,8 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from raykd.data.check import CheckReport, check_coco
     from raykd.data.annindex import AnnotationIndex, DataWarning, load_index
+    from raykd.data.check import CheckReport, check_coco
     from raykd.data.dataset import CocoDetection
     from raykd.data.loader import build_loader, collate_detection
     from raykd.data.synthetic import SyntheticPaths, ensure_synthetic, generate_synthetic

@@ -25,7 +25,8 @@ class CocoDetection(torch.utils.data.Dataset):
 
     ``dataset[i]`` is ``(image, target)``: ``image`` float32 ``[3, H, W]`` in [0, 1], resized so
     that ``max(H, W) == image_size`` (with ``min_size``: ``min(H, W) == min_size`` unless that would
-    take the longer side past ``image_size``, see :func:`~raykd.data.transforms.detection_transforms`); ``target`` holds ``boxes`` float32 ``[K, 4]`` (xyxy, pixels
+    take the longer side past ``image_size``, see :func:`~raykd.data.transforms.detection_transforms`);
+    ``target`` holds ``boxes`` float32 ``[K, 4]`` (xyxy, pixels
     of the resized image), ``labels`` int64 ``[K]`` in ``1..num_classes-1``, ``image_id`` (int,
     the file's id) and ``orig_size`` int64 ``[2]`` = (height, width) of the original image.
     ``K`` may be 0. With ``masks=True`` (Mask R-CNN) the target also holds ``masks`` uint8

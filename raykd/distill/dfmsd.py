@@ -30,6 +30,7 @@ from raykd.distill.inputs import LevelInputs
 from raykd.distill.masks import MaskSettings, dual_masks
 from raykd.distill.pkd import standardise
 
+
 class DFMSDLoss(nn.Module):
     """``L = α · Σ (fuse(G_s(A ⊙ M_s), G_c(A ⊙ M_c)) − T̂)² / N`` on one level (``channels`` = C_t).
 

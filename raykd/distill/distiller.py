@@ -10,9 +10,9 @@ from torch import Tensor, nn
 
 from raykd.distill.amd import AMDLoss
 from raykd.distill.config import LEVEL_NAME, DistillConfig
-from raykd.distill.dfmsd import DFMSDLoss
 from raykd.distill.connectors import align_conv
 from raykd.distill.cwd import CWDLoss
+from raykd.distill.dfmsd import DFMSDLoss
 from raykd.distill.dmkd import DMKDLoss
 from raykd.distill.feature_mse import FeatureMSELoss
 from raykd.distill.fgd import FGDLoss
@@ -23,7 +23,6 @@ from raykd.distill.mgd import MGDLoss
 from raykd.distill.pkd import PKDLoss
 from raykd.distill.samkd import SAMKDLoss
 from raykd.metric_names import term_key
-
 
 LevelTerms = dict[str, dict[str, Tensor]]
 """A distiller's output: level -> term -> scalar loss (e.g. ``{"0": {"fgd_fg": ..., "fgd_bg": ...}}``)."""

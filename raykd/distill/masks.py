@@ -4,7 +4,8 @@ Random draws without a ``generator`` are the reference code's call,
 ``torch.rand(shape).to(feature.device)``: the global CPU generator in the default dtype
 (float32), moved to the feature's device, so a seeded run draws the same numbers on CPU and GPU
 (``distill.draw: reference``). With a ``generator`` (the trainer's per-rank one on the training
-device, ``distill.draw: device``) the same call draws on that device: no host work, no copy. Both the spatial and the per-channel draw mask where
+device, ``distill.draw: device``) the same call draws on that device: no host work, no copy. Both the spatial
+and the per-channel draw mask where
 ``u > 1 − ratio`` (probability ``ratio``), as yzd-v/MGD ``det/mmdet/distillation/losses/mgd.py``
 (commit 2c9da0b) and mmrazor's ``MGDConnector`` (``mgd_connector.py``, commit 90c7af1, which
 draws ``[N, 1, H, W]`` or ``[N, C, 1, 1]``). Two methods that draw the same shapes in the same order after

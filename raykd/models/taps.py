@@ -64,7 +64,7 @@ def _pick(levels: dict[str, Tensor], pairs: Mapping[str, str] | None) -> dict[st
     return dict(levels) if pairs is None else {s: levels[t] for s, t in pairs.items()}
 
 
-def _student_losses(model: nn.Module, images, targets, features: "OrderedDict[str, Tensor]"):
+def _student_losses(model: nn.Module, images, targets, features: OrderedDict[str, Tensor]):
     """Detector losses from already computed features; returns (losses, head outputs or None)."""
     feats = list(features.values())
     if isinstance(model, FasterRCNN):

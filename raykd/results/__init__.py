@@ -17,8 +17,8 @@ import warnings
 warnings.filterwarnings("ignore", message=r"'raykd\.results\.compact' found in sys\.modules", category=RuntimeWarning)
 
 from raykd.results.compact import compact  # noqa: E402
-from raykd.results.provenance import write_run, write_run_row
 from raykd.results.params import ParamSpec
+from raykd.results.provenance import write_run, write_run_row
 from raykd.results.read import latest_sql, latest_trials, load, load_table, param_names, param_specs
 from raykd.results.schema import (
     METRICS,

@@ -30,7 +30,8 @@ class ParquetResultsCallback(Callback):
     after they arrive (0: at once), when a trial completes or errors, when a trial
     registers a Tune checkpoint, when Tune snapshots its experiment state (so anything a
     restored run will not report again is already on disk) and at the end of the
-    experiment, when the parts are also compacted (one row per trial). A passing storage error during the run is logged and retried at the next
+    experiment, when the parts are also compacted (one row per trial). A passing storage error during the run
+    is logged and retried at the next
     flush; full, over-quota or read-only storage (``STORAGE_GONE``) is raised at once, which
     stops the search; at the end of the experiment any storage error is raised.
 

@@ -7,7 +7,7 @@ import os
 import warnings
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, NamedTuple, Union
+from typing import TYPE_CHECKING, NamedTuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -25,8 +25,8 @@ from raykd.results.store import join, list_parts, location, resolve
 if TYPE_CHECKING:
     import pandas as pd
 
-PathLike = Union[str, os.PathLike]
-Filters = Union[Mapping[str, object], pc.Expression, None]
+PathLike = str | os.PathLike
+Filters = Mapping[str, object] | pc.Expression | None
 
 _READ_THREADS = 8
 

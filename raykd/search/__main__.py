@@ -284,8 +284,8 @@ def _confirm_tuner(args: argparse.Namespace, space: Space, paths, teacher_ckpt: 
     and found in the cache when the phase resumes. With seeded teachers each trial names its
     own checkpoint, so the trainable is bound to none."""
     from raykd.search.confirm import confirm_config, confirmation_points, prepare_teachers, seeds_teachers
-    from raykd.search.tuner import build_confirm_tuner, restore_tuner
     from raykd.search.tune_state import can_restore
+    from raykd.search.tuner import build_confirm_tuner, restore_tuner
 
     confirm = space.spec.confirm
     if confirm.teacher_seeds and not seeds_teachers(space):

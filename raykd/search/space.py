@@ -16,11 +16,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from raykd.config import (
+    BASE_KEY,
     MASK_ARCHS,
     SEED_KEY,
     experiment_from_dict,
     get_dotted,
-    BASE_KEY,
     load_experiment_dict,
     load_with_bases,
     load_yaml,
@@ -462,7 +462,7 @@ class Space:
         searched = spec is not None and spec.kind == "choice" and any(c in MASK_ARCHS for c in spec.choices)
         return self.base_config.trains_masks() or searched
 
-    def define_by_run(self) -> "DefineByRun":
+    def define_by_run(self) -> DefineByRun:
         return DefineByRun(list(self.specs.values()), self.spec.fixed)
 
 

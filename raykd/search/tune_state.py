@@ -75,7 +75,7 @@ def is_whole(path: Path) -> bool:
             json.loads(data)
             return True
         last = None
-        for last, _, _ in pickletools.genops(data):
+        for last, _, _ in pickletools.genops(data):  # noqa: B007 - the last opcode is what is wanted
             pass
         return last is not None and last.name == "STOP"
     except (OSError, ValueError, UnicodeDecodeError):

@@ -22,8 +22,16 @@ from typing import Any
 import yaml
 
 import raykd
-from raykd.config import (BASE_KEY, PATH_KEYS, SHARED_PATH_KEYS, get_dotted, load_with_bases, load_yaml,
-                          parse_overrides, relative_path)
+from raykd.config import (
+    BASE_KEY,
+    PATH_KEYS,
+    SHARED_PATH_KEYS,
+    get_dotted,
+    load_with_bases,
+    load_yaml,
+    parse_overrides,
+    relative_path,
+)
 from raykd.errors import UserError
 from raykd.search.space import Space
 from raykd.uri import is_shared_uri, is_uri, resolve_storage  # noqa: F401 (resolve_storage: for raykd.submit)

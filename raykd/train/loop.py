@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from raykd.config import MASK_ARCHS, ExperimentConfig, ScheduleConfig
 from raykd.data import build_loader
+from raykd.data.cocoeval import Evaluator
 from raykd.data.transforms import device_image
 from raykd.distill import LevelTerms, build_distiller, total_loss
 from raykd.distill.connectors import GenerationBlock
@@ -34,10 +35,9 @@ from raykd.models.labels import LabelSpace
 from raykd.models.levels import distilled_levels
 from raykd.models.precision import amp_dtype, autocast_parts, conv_parts
 from raykd.models.taps import forward_taps, is_dense
-from raykd.train.epoch import EpochLosses, EpochRecord
-from raykd.data.cocoeval import Evaluator
 from raykd.train.calibrate import STATE_KEY as CALIBRATION_KEY
 from raykd.train.calibrate import calibrated_scale
+from raykd.train.epoch import EpochLosses, EpochRecord
 from raykd.train.evaluate import coco_metrics, predict
 from raykd.train.optim import build_optimizer, build_scheduler
 from raykd.train.prompts import ensure_prompts, load_prompts

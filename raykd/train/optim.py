@@ -19,7 +19,7 @@ def build_optimizer(cfg: ScheduleConfig, modules: list[nn.Module]) -> torch.opti
     """
     decay, no_decay = [], []
     for module in modules:
-        for name, param in module.named_parameters():
+        for param in module.parameters():
             if param.requires_grad:
                 (no_decay if param.ndim <= 1 else decay).append(param)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

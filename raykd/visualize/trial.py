@@ -24,7 +24,6 @@ from raykd.uri import is_uri
 from raykd.visualize.render import Picture, pictures, prepare
 
 
-
 @dataclass
 class TrialPictures:
     """``pictures`` of the trial, and ``note``: what they show, or why there are none."""

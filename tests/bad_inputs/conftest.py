@@ -15,9 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import yaml
-from PIL import Image
-
 from bad_input_tools import ANNOTATIONS, CATEGORIES, EARLIER, IMAGES, check_refused
+from PIL import Image
 
 
 @pytest.fixture(scope="session")

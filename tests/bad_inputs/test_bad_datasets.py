@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from PIL import Image
-
 from bad_input_tools import ANNOTATIONS, CATEGORIES, IMAGES
+from PIL import Image
 
 
 def _png_bytes() -> bytes:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from bad_input_tools import EARLIER
 
 ADDRESS = ["--address", "http://127.0.0.1:1"]  # nothing listens there: contacting it would fail differently

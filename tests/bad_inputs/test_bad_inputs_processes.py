@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from bad_input_tools import ANNOTATIONS, check_line, snapshot
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,11 +38,14 @@ def _images_missing(b):
 
 @pytest.mark.parametrize(("cmd", "argv", "where", "what"), [
     pytest.param("search", _python_tag_space, ["space.yaml"], "could not determine a constructor for the tag",
-                 id="search-space-with-python-tag", marks=pytest.mark.bad_input("test_bad_spaces.py::test_space_with_python_tag_runs_nothing")),
+                 id="search-space-with-python-tag",
+                 marks=pytest.mark.bad_input("test_bad_spaces.py::test_space_with_python_tag_runs_nothing")),
     pytest.param("search", lambda b: [b.space(), "--storage", b.storage, "--num-samples", "abc"], ["--num-samples"],
-                 "invalid int value: 'abc' (see --help)", id="search-num-samples-not-a-number", marks=pytest.mark.bad_input("test_bad_flags.py::search-num-samples-not-a-number")),
+                 "invalid int value: 'abc' (see --help)", id="search-num-samples-not-a-number",
+                 marks=pytest.mark.bad_input("test_bad_flags.py::search-num-samples-not-a-number")),
     pytest.param("data", _negative_box, ["set.json", "annotations[1].bbox"], "width and height >= 0",
-                 id="data-check-box-with-negative-width", marks=pytest.mark.bad_input("test_bad_datasets.py::box-with-negative-width")),
+                 id="data-check-box-with-negative-width",
+                 marks=pytest.mark.bad_input("test_bad_datasets.py::box-with-negative-width")),
     pytest.param("train", _images_missing, ["set.json", "images[1].file_name"], "image file not found",
                  id="train-image-file-missing"),
 ])

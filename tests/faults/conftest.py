@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from fault_tools import SearchDriver
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
 from proc_tools import kill_session
+
 from raykd.errors import UserError
 from raykd.results import load
 
@@ -99,7 +99,8 @@ def trial_folders(root: str | Path) -> set[str]:
 
 def intact_trials(root: str | Path, epochs: int, statuses: set[str] = frozenset({"TERMINATED"})) -> list[str]:
     """Ids of the trials a search left whole: in the trials table once, with a Tune trial folder,
-    (under ``root`` or its ``confirm/``), a status in ``statuses`` and, when TERMINATED, every epoch 1..``epochs`` in the epochs table.
+    (under ``root`` or its ``confirm/``), a status in ``statuses`` and, when TERMINATED, every epoch
+    1..``epochs`` in the epochs table.
     ``root``: a search folder, a path or a URI (``s3://bucket/prefix/NAME``).
 
     What the hardening ledger counts as found: a trial with a torn curve or no Tune folder is lost."""

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from fault_tools import REPO, SearchDriver, check_search, intact_trials
+
 from raykd.config import load_experiment
 from raykd.results import load
 from raykd.train.teacher import ensure_teacher, teacher_cache_path, teacher_metrics

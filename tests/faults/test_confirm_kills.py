@@ -4,8 +4,8 @@ confirmation trials finish once each, tagged ``phase = confirm``, on the fresh s
 from __future__ import annotations
 
 import pytest
-
 from fault_tools import check_parts, intact_trials
+
 from raykd.results import load
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]

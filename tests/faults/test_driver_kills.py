@@ -12,8 +12,8 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from fault_tools import check_parts, check_search, intact_trials
+
 from raykd.results import load
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -36,7 +36,7 @@ def test_driver_killed_at_seven_points_then_resumed(fault_space, search_driver, 
     driver = search_driver(space)
     root = tmp_path / "results" / "faulty"
     try:
-        for i, (pattern, delay, point) in enumerate(KILL_POINTS):
+        for i, (pattern, delay, _point) in enumerate(KILL_POINTS):
             # Killed while training the teacher, the search had not begun: it is run again as it was
             # started. Killed before Tune saved a state, --resume starts it over in its folder.
             driver.start(*([] if i <= 1 else ["--resume"]))

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow as pa
-
 from fault_tools import intact_trials
+
 from raykd.results import TableWriter
 
 pytest_plugins = ["pytester"]  # runs a small suite through the ledger of tests/conftest.py

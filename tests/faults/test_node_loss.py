@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
-
 from cluster_tools import TwoNodes
 from fault_tools import check_search, intact_trials
 from proc_tools import kill_session
+
 from raykd.train.checkpoint import STATE_FILE, load_state
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]

@@ -16,12 +16,12 @@ import time
 
 import pyarrow.fs as pafs
 import pytest
-
 from fault_tools import REPO, SearchDriver, intact_trials, trial_folders
+from s3_tools import MotoS3
+
 from raykd.results import load
 from raykd.results.compact import compact
 from raykd.results.store import list_parts, resolve
-from s3_tools import MotoS3
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from fault_tools import REPO, check_search, intact_trials
 from proc_tools import descendants, free_port, kill_pids, kill_session
 

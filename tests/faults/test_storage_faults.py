@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-
 from fault_tools import check_parts, check_search, intact_trials
+
 from raykd.errors import UserError
 from raykd.results import load
 from raykd.results.writer import TableWriter

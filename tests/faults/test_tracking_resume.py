@@ -11,11 +11,11 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from fault_tools import check_search, intact_trials
+from tracking_tools import mlflow_history, mlflow_runs, tensorboard_scalars, wandb_history, wandb_summary
+
 from raykd.results import load
 from raykd.tracking.wandb_backend import run_id
-from tracking_tools import mlflow_history, mlflow_runs, tensorboard_scalars, wandb_history, wandb_summary
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 

@@ -4,7 +4,6 @@ before any trial starts."""
 from __future__ import annotations
 
 import pytest
-
 from fault_tools import check_search, intact_trials
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.timeout(600)]
