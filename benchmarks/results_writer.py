@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from raykd.epoch_record import EpochRecord, LossSummary
 from raykd.results import TableWriter, compact, load, load_table
 from raykd.results.store import join, list_parts, publish, resolve
-from raykd.train.epoch import EpochRecord, LossSummary
 
 PARAMS = {
     "distill.method": pa.string(),

@@ -22,9 +22,9 @@ import pyarrow as pa  # noqa: E402
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
 
+from raykd.epoch_record import EpochRecord, LossSummary  # noqa: E402
 from raykd.results import write_run  # noqa: E402
 from raykd.results.callback import ParquetResultsCallback  # noqa: E402
-from raykd.train.epoch import EpochRecord, LossSummary  # noqa: E402
 
 EPOCHS = 4
 BBOX = [0.5, 0.3, 0.2, 0.1]  # best epoch is the first: it survives only if history is kept

@@ -17,9 +17,9 @@ import pytest
 from scipy import stats as sps
 
 from raykd.analyze.__main__ import PROG, main
+from raykd.epoch_record import EpochRecord, LossSummary
 from raykd.errors import run_cli
 from raykd.results import ParamSpec, TableWriter, write_run_row
-from raykd.train.epoch import EpochRecord, LossSummary
 
 PARAMS = {
     "distill.method": pa.string(),

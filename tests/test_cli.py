@@ -172,8 +172,8 @@ def test_train_log_help_describes_a_run_not_a_search(capsys):
 
 
 def _search_with_parts(root: Path) -> Path:
+    from raykd.epoch_record import EpochRecord, LossSummary
     from raykd.results import TableWriter
-    from raykd.train.epoch import EpochRecord, LossSummary
 
     writer = TableWriter(root / "s1" / "tables", "s1", {"train.seed": pa.int64()}, flush_every_s=0)
     for trial in ("t1", "t2"):

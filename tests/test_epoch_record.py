@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from raykd.distill import DistillConfig, build_distiller, flat_terms, total_loss
+from raykd.epoch_record import EpochLosses, EpochRecord, LossSummary
 from raykd.metric_names import FIXED_LOSSES
-from raykd.train.epoch import EpochLosses, EpochRecord, LossSummary
 
 
 def test_losses_sum_per_level_and_per_term():
@@ -58,7 +58,7 @@ def test_metrics_jsonl_writes_cocos_minus_one_as_null():
     tables store null; NaN (not JSON) too."""
     import json
 
-    from raykd.train.epoch import metrics_lines
+    from raykd.epoch_record import metrics_lines
 
     record = EpochRecord(epoch=1, epochs_total=2, losses=LossSummary(total=1.0, det=1.0, kd=0.0),
                          scores={"bbox_mAP": 0.25, "AP_S": -1.0, "AP_M": 0.0, "AP_L": float("nan")}, lr=-1.0,

@@ -12,10 +12,10 @@ import pyarrow as pa
 import pytest
 from proc_tools import kill_session
 
+from raykd.epoch_record import EpochRecord, LossSummary
 from raykd.errors import UserError
 from raykd.results import ParamSpec, load, load_table
 from raykd.results.read import read_parts
-from raykd.train.epoch import EpochRecord, LossSummary
 
 REPO = Path(__file__).resolve().parents[1]
 DRIVER = Path(__file__).with_name("_results_driver.py")

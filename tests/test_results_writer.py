@@ -11,11 +11,11 @@ import pytest
 
 import raykd.results.read as read_module
 import raykd.results.store as store
+from raykd.epoch_record import EpochRecord, LossSummary
 from raykd.errors import UserError
 from raykd.results import SCHEMA_VERSION, TableWriter, compact, latest_sql, latest_trials, load, load_table, write_run
 from raykd.results.read import read_parts
 from raykd.results.store import publish, resolve
-from raykd.train.epoch import EpochRecord, LossSummary
 
 PARAMS = {"distill.method": pa.string(), "distill.mask_ratio": pa.float64()}
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from raykd.epoch_record import EpochRecord, LossSummary
 from raykd.search.progress import ProgressCallback
-from raykd.train.epoch import EpochRecord, LossSummary
 
 
 def _result(epoch: int, epochs_total: int, ap: float) -> dict:

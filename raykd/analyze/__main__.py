@@ -93,7 +93,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     analysis = analyze(args.results, metric=args.metric, by=by or None, filters=args.filters,
                        fidelity=args.fidelity, correction=args.correction or "auto", bins=args.bins)
     out = Path(args.out) if args.out else default_out(args.results)
-    report = build_report(analysis, with_plots=bool({"png", "html"} & set(formats)))
+    with_plots = bool({"png", "html"} & set(formats))
+    pictures = None
+    if with_plots:  # the command wires the models' pictures into the analysis, which reads tables only
+        from raykd.visualize.trial import search_pictures as pictures
+    report = build_report(analysis, with_plots=with_plots, pictures=pictures)
     try:
         written = write(report, out, formats)
         written.append(write_summary(analysis.verdict, out))

@@ -8,8 +8,9 @@ the plots; :func:`summary` is the few lines the command prints.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 
@@ -390,7 +391,13 @@ def _method_text(a: Analysis) -> Bullets:
     ])
 
 
-def build_report(a: Analysis, *, with_plots: bool = True) -> Report:
+PictureSource = Callable[[Sequence[str], Mapping[str, Any], Sequence[str]], Any]
+"""What draws the best trial's distillation pictures: ``(results, trial row, params) -> None`` or
+an object with ``note`` and ``pictures`` (each with ``image_id`` and ``png`` bytes). The analysis
+reads tables only; the ``raykd analyze`` command passes :func:`raykd.visualize.trial.search_pictures`."""
+
+
+def build_report(a: Analysis, *, with_plots: bool = True, pictures: PictureSource | None = None) -> Report:
     """The report of ``a``; ``with_plots=False`` skips drawing (for tables-only formats)."""
     trials, s, m = a.inputs.trials, a.scores, a.metric
     sections = []
@@ -443,9 +450,9 @@ def build_report(a: Analysis, *, with_plots: bool = True) -> Report:
         sections.append(Section("Ablation path", [path_table(a)]))
     if with_plots:
         sections.append(Section("Plots", _plots(a)))
-        pictures = _distillation_pictures(a)
-        if pictures:
-            sections.append(Section("Distillation pictures", pictures))
+        drawn = _distillation_pictures(a, pictures) if pictures is not None else []
+        if drawn:
+            sections.append(Section("Distillation pictures", drawn))
     if len(s.excluded):
         sections.append(Section("Trials not compared", [excluded_table(a)]))
     sections.append(Section("Method", [_method_text(a)]))
@@ -475,13 +482,11 @@ def _plots(a: Analysis) -> list[Plot]:
     return out
 
 
-def _distillation_pictures(a: Analysis) -> list[Text | Plot]:
-    """What the best compared trial's distiller masked and rebuilt (:mod:`raykd.visualize`), when
-    a results folder holds that trial's folder; its checkpoint must still hold weights."""
-    from raykd.visualize.trial import search_pictures
-
+def _distillation_pictures(a: Analysis, pictures: PictureSource) -> list[Text | Plot]:
+    """What the best compared trial's distiller masked and rebuilt, when ``pictures`` finds that
+    trial's folder in a results folder (its checkpoint must still hold weights)."""
     best = a.scores.frame.sort_values("value", ascending=False, kind="stable").iloc[0]
-    found = search_pictures(a.results, best.to_dict(), a.inputs.params)
+    found = pictures(a.results, best.to_dict(), a.inputs.params)
     if found is None:
         return []
     return [Text(found.note)] + [Plot(f"distillation_{p.image_id}", f"Trial {best['trial_id']}: val image {p.image_id}",

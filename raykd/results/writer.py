@@ -36,6 +36,7 @@ from datetime import datetime, timezone
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from raykd.epoch_record import EpochRecord
 from raykd.errors import UserError
 from raykd.ownership import check_held
 from raykd.results import schema as S
@@ -44,7 +45,6 @@ from raykd.results.params import ParamSpec
 from raykd.results.read import newest, read_parts
 from raykd.results.store import join, publish, resolve
 from raykd.stop_reasons import stop_reason
-from raykd.train.epoch import EpochRecord
 
 log = logging.getLogger(__name__)
 

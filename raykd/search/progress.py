@@ -8,9 +8,9 @@ from typing import Any
 
 from ray.tune import Callback
 
+from raykd.epoch_record import EpochRecord
 from raykd.results.callback import trial_error_text
 from raykd.stop_reasons import stopped_early, stopped_early_text
-from raykd.train.epoch import EpochRecord
 
 
 def _short(config: dict[str, Any]) -> str:

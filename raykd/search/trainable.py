@@ -17,9 +17,9 @@ from typing import Any
 from ray import tune
 
 from raykd.config import SEED_KEY, experiment_from_dict, get_dotted, set_dotted
+from raykd.epoch_record import EpochRecord
 from raykd.search.tune_state import EPOCH_FILE, FINISHED, reported_epoch, resume_state_of
 from raykd.train.checkpoint import STATE_FILE, save_state
-from raykd.train.epoch import EpochRecord
 from raykd.train.setup import loader_workers
 
 

@@ -13,12 +13,12 @@ import yaml
 
 from raykd.config import load_experiment, parse_overrides
 from raykd.console import add_verbosity_args, library_log_level, progress_bars, quiet_libraries
+from raykd.epoch_record import metrics_lines
 from raykd.errors import ArgumentParser, UserError, run_cli
 from raykd.ownership import claim
 from raykd.ray_address import check_reachable
 from raykd.tracking import add_tracking_args
 from raykd.tracking.feed import RunFeed
-from raykd.train.epoch import metrics_lines
 
 PROG = "python -m raykd.train"
 OWNED_TODO = "another run is writing there: wait for it to end or stop it, or set another train.output_dir"
@@ -59,6 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = parse_overrides(args.overrides)
     cfg = load_experiment(args.experiment, overrides)
     out = Path(cfg.train.output_dir)
+    from raykd.train.checkpoint import latest_state
+
     resume_path = latest_state(out) if args.resume else None
     if args.resume and resume_path is None:
         raise UserError("nothing to resume: no checkpoint", file=out / "checkpoints" / "state.pt", key="--resume")
@@ -115,14 +117,6 @@ def _train(args: argparse.Namespace, cfg, out: Path, resume_path: Path | None, a
 
     print(json.dumps({k: final[k] for k in METRICS if k in final}))
     return 0
-
-
-def latest_state(out: Path) -> Path | None:
-    """The newest training state under ``out``: a one-worker run's ``checkpoints/state.pt`` or a
-    Ray Train run's ``ray/*/checkpoint_*/state.pt``, so either kind resumes the other."""
-    candidates = [out / "checkpoints" / "state.pt", *out.glob("ray/*/checkpoint_*/state.pt")]
-    found = [p for p in candidates if p.is_file()]
-    return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
 
 
 def _train_local(cfg, out: Path, teacher_ckpt, *, resume_path: Path | None, progress: bool, feed: RunFeed,

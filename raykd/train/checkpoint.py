@@ -28,3 +28,11 @@ def load_state(path: str | Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise UserError(f"cannot read training checkpoint ({type(err).__name__})", file=path) from None
+
+
+def latest_state(out: Path) -> Path | None:
+    """The newest training state under ``out``: a one-worker run's ``checkpoints/state.pt`` or a
+    Ray Train run's ``ray/*/checkpoint_*/state.pt``, so either kind resumes the other."""
+    candidates = [out / "checkpoints" / "state.pt", *out.glob("ray/*/checkpoint_*/state.pt")]
+    found = [p for p in candidates if p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None

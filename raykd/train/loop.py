@@ -29,6 +29,7 @@ from raykd.data.cocoeval import Evaluator
 from raykd.data.transforms import device_image
 from raykd.distill import LevelTerms, build_distiller, total_loss
 from raykd.distill.connectors import GenerationBlock
+from raykd.epoch_record import EpochLosses, EpochRecord
 from raykd.errors import UserError
 from raykd.metric_names import BOX_METRICS, LOSS_PREFIX, METRICS, term_key
 from raykd.models.labels import LabelSpace
@@ -37,7 +38,6 @@ from raykd.models.precision import amp_dtype, autocast_parts, conv_parts
 from raykd.models.taps import forward_taps, is_dense
 from raykd.train.calibrate import STATE_KEY as CALIBRATION_KEY
 from raykd.train.calibrate import calibrated_scale
-from raykd.train.epoch import EpochLosses, EpochRecord
 from raykd.train.evaluate import coco_metrics, predict
 from raykd.train.optim import build_optimizer, build_scheduler
 from raykd.train.prompts import ensure_prompts, load_prompts

@@ -18,8 +18,8 @@ import torch
 
 from raykd.config import ExperimentConfig, ModelConfig, ScheduleConfig, StudentConfig, config_hash
 from raykd.data.annindex import annotation_digest
+from raykd.epoch_record import metrics_lines
 from raykd.errors import UserError
-from raykd.train.epoch import metrics_lines
 
 
 def data_fingerprint(cfg: ExperimentConfig) -> str:

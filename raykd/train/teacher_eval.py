@@ -54,10 +54,10 @@ def pretrained_teacher_metrics(cfg: ExperimentConfig, *, log: Callable[[str], No
         count = min(len(val_ds), cfg.data.val_max_images or len(val_ds))
         subset = torch.utils.data.Subset(val_ds, range(count))
         loader = build_loader(subset, batch_size=cfg.train.batch_size, shuffle=False,
-                              num_workers=cfg.data.num_workers, seed=0)
+                              num_workers=cfg.data.num_workers or 0, seed=0)
         teacher.eval()
-        metrics = evaluate_model(teacher, loader, val_ds, val_ds.image_ids[:count], torch.device("cpu"), False,
-                                 label_to_cat_id=space.label_to_cat_id)
+        metrics = evaluate_model(teacher, loader, val_ds, val_ds.image_ids[:count], torch.device("cpu"), None,
+                                 label_to_cat_id=space.label_to_cat_id, evaluator=cfg.train.evaluator)
         log(f"teacher: {cfg.teacher.weights} scores bbox_mAP {metrics.get('bbox_mAP', float('nan')):.4f} on the "
             f"validation set (cached in {path.parent})")
     else:

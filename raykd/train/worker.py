@@ -19,8 +19,8 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchConfig, TorchTrainer, get_device
 
 from raykd.config import experiment_from_dict
+from raykd.epoch_record import EpochRecord
 from raykd.train.checkpoint import STATE_FILE, load_state, save_state
-from raykd.train.epoch import EpochRecord
 from raykd.train.loop import fit
 from raykd.train.teacher import improves, save_model
 

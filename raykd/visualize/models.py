@@ -63,7 +63,7 @@ def student_checkpoint(path: str | Path) -> Path:
     """The file to load for ``--student``: the file itself, or for a run folder its newest
     training state (``checkpoints/state.pt`` or a Ray Train checkpoint: student and distiller),
     else ``model_best.pt``, else ``model_final.pt`` (the student alone)."""
-    from raykd.train.__main__ import latest_state
+    from raykd.train.checkpoint import latest_state
 
     path = Path(path)
     if path.is_file():
