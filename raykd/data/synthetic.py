@@ -18,7 +18,6 @@ earlier one does not cut it.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 import os
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from filelock import FileLock
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
@@ -151,8 +151,7 @@ def ensure_synthetic(
             "folder exists and is not a raykd synthetic set (no synth.json); not replacing it", file=out_dir
         )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(out_dir.parent / f".{out_dir.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with FileLock(str(out_dir.parent / f".{out_dir.name}.lock")):
         if _is_complete(out_dir, params):  # made by another process while we waited
             return _paths(out_dir)
         for pattern in (f".{out_dir.name}.tmp-*", f".{out_dir.name}.old-*"):  # left by a killed run

@@ -15,7 +15,6 @@ RetinaNet's.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 from collections import OrderedDict
@@ -23,6 +22,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
@@ -114,8 +114,7 @@ def ensure_prompts(cfg: ExperimentConfig, teacher: nn.Module, dataset: Dataset, 
         return None
     path = prompts_cache_path(cfg, teacher)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with FileLock(str(path.parent / ".lock")):
         if not path.is_file():
             log(f"freekd prompts: training {d.freekd_tokens} tokens per band on the teacher "
                 f"for {d.freekd_prompt_steps} steps into {path.parent}")

@@ -7,7 +7,6 @@ started together train it once.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -15,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from filelock import FileLock, Timeout
 
 from raykd.config import ExperimentConfig, ModelConfig, ScheduleConfig, StudentConfig, config_hash
 from raykd.data.annindex import annotation_digest
@@ -121,12 +121,13 @@ def ensure_teacher(cfg: ExperimentConfig, *, log: Callable[[str], None] = print,
                         file=teacher.checkpoint, key="teacher.checkpoint")
     target = Path(teacher.checkpoint) if teacher.checkpoint else teacher_cache_path(cfg)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / ".lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:  # the kernel frees the lock of a process that dies, so this cannot hang on one
-            log(f"teacher: another process is training it (lock {target.parent / '.lock'}); waiting")
-            fcntl.flock(lock, fcntl.LOCK_EX)
+    lock = FileLock(str(target.parent / ".lock"))  # fcntl underneath: freed when its holder dies
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log(f"teacher: another process is training it (lock {target.parent / '.lock'}); waiting")
+        lock.acquire()
+    try:
         if target.is_file():
             log(f"teacher: cached at {target}")
             return str(target)
@@ -143,6 +144,8 @@ def ensure_teacher(cfg: ExperimentConfig, *, log: Callable[[str], None] = print,
         best = teacher_metrics(target.parent / "model_best.pt")
         log(f"teacher: best epoch {best.get('epoch')} of {len(history)} "
             f"(bbox_mAP {best.get(BEST_METRIC, float('nan')):.4f}) kept as {target.name}")
+    finally:
+        lock.release()
     return str(target)
 
 
