@@ -219,8 +219,8 @@ def read_inputs(paths: Sequence[str], filter_specs: Sequence[str] = ()) -> Input
                   teacher_seeds=_teacher_seeds(sources.teacher_files), rank_check=confirm.get("rank_check") is True)
 
 
-def _teacher(files: list[str]) -> dict[str, float] | None:
-    """The teacher's metrics from the first readable ``teacher.json`` (numbers only)."""
+def _teacher_records(files: list[str]):
+    """Each readable ``teacher.json`` (a JSON object), in order."""
     for path in files:
         fs, where = resolve(path)
         try:
@@ -228,8 +228,13 @@ def _teacher(files: list[str]) -> dict[str, float] | None:
                 data = json.loads(f.read().decode())
         except (OSError, ValueError):
             continue
-        if not isinstance(data, dict):
-            continue
+        if isinstance(data, dict):
+            yield data
+
+
+def _teacher(files: list[str]) -> dict[str, float] | None:
+    """The teacher's metrics from the first readable ``teacher.json`` (numbers only)."""
+    for data in _teacher_records(files):
         # pycocotools writes -1 for "no objects of this size": not a score.
         metrics = {k: float(v) for k, v in data.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool) and v != -1}
@@ -240,14 +245,8 @@ def _teacher(files: list[str]) -> dict[str, float] | None:
 
 def _teacher_seeds(files: list[str]) -> dict[str, dict]:
     """The ``teacher_seeds`` record (seed -> checkpoint and metrics) of the first ``teacher.json`` holding one."""
-    for path in files:
-        fs, where = resolve(path)
-        try:
-            with fs.open_input_stream(where) as f:
-                data = json.loads(f.read().decode())
-        except (OSError, ValueError):
-            continue
-        record = data.get("teacher_seeds") if isinstance(data, dict) else None
+    for data in _teacher_records(files):
+        record = data.get("teacher_seeds")
         if isinstance(record, dict):
             return {str(k): v for k, v in record.items() if isinstance(v, dict)}
     return {}

@@ -32,8 +32,6 @@ from raykd.errors import UserError
 from raykd.metric_names import METRICS
 from raykd.results.params import ParamSpec
 
-SAMPLERS = ("tpe", "random", "multivariate_tpe", "nsga2", "gp", "cmaes")
-
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
