@@ -73,8 +73,9 @@ class TwoNodes:
         reader.start()
         reader.join(timeout=timeout)
         if not line or not line[0].strip():
+            log = (Path(self.temp_dir) / "cluster.log").read_text()[-2000:]  # stop() removes the folder
             self.stop()
-            raise RuntimeError(f"{what}: {(Path(self.temp_dir) / 'cluster.log').read_text()[-2000:]}")
+            raise RuntimeError(f"{what}: {log}")
         return json.loads(line[0])
 
     def stop(self) -> None:

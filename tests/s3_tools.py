@@ -26,7 +26,7 @@ class MotoS3:
     """``moto_server`` on 127.0.0.1:PORT. ``auth``: moto checks every request's credentials
     (after the first ``free_requests``, which create the bucket)."""
 
-    def __init__(self, auth: bool = False, free_requests: int = 1):
+    def __init__(self, auth: bool = False, free_requests: int = 2):
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile(prefix="moto-", suffix=".log", delete=False)
@@ -51,11 +51,11 @@ class MotoS3:
         return {**CREDENTIALS, "AWS_ENDPOINT_URL": self.endpoint}
 
     def make_bucket(self, name: str) -> None:
-        import boto3
+        import pyarrow.fs as pafs
 
-        boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                     aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-                     region_name=CREDENTIALS["AWS_REGION"]).create_bucket(Bucket=name)
+        pafs.S3FileSystem(endpoint_override=self.endpoint, access_key=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                          secret_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"], region=CREDENTIALS["AWS_REGION"],
+                          allow_bucket_creation=True).create_dir(name)
 
     def pause(self) -> None:
         """The endpoint stops answering (connections hang) until :meth:`resume`; its data stays."""

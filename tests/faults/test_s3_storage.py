@@ -165,7 +165,7 @@ def test_wrong_credentials_and_a_missing_bucket_are_one_line_before_any_trial(fa
     space = fault_space(num_samples=1, epochs=1)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", f"AKIA{secrets.token_hex(8).upper()}")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secrets.token_hex(20))
-    checked = MotoS3(auth=True, free_requests=1)  # moto checks credentials after the bucket is made
+    checked = MotoS3(auth=True, free_requests=2)  # moto checks credentials after the bucket is made
     try:
         checked.make_bucket(BUCKET)
         monkeypatch.setenv("AWS_ENDPOINT_URL", checked.endpoint)
