@@ -467,7 +467,7 @@ def relative_path(value: Any) -> bool:
             and not Path(value).expanduser().is_absolute())
 
 
-def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+def resolve_paths(raw: dict[str, Any], base: Path) -> None:
     """Make the relative paths of an experiment mapping absolute against ``base``."""
     for key in PATH_KEYS:
         value = get_dotted(raw, key)
@@ -495,10 +495,10 @@ def experiment_from_dict(raw: dict[str, Any], *, file: str | Path | None = None)
 def load_experiment_dict(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The experiment mapping with overrides applied and paths made absolute (not validated)."""
     path = Path(path)
-    raw = load_with_bases(path, _resolve_paths)
+    raw = load_with_bases(path, resolve_paths)
     for key, value in (overrides or {}).items():
         set_dotted(raw, key, value)
-    _resolve_paths(raw, path.resolve().parent)
+    resolve_paths(raw, path.resolve().parent)
     return raw
 
 

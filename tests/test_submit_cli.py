@@ -274,3 +274,29 @@ def test_example_cluster_configs_are_valid(monkeypatch):
     workers = cluster["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
     assert {e["name"] for e in workers["env"]} == {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"}
     assert workers["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
+def test_paths_and_cache_from_a_base_file_reach_the_job_as_they_are_meant_here(write_experiment, tmp_path):
+    """A relative path in an experiment's ``_base_`` file means a file beside that base; the job
+    (which would resolve it inside its package) gets the absolute path; a base's cache_dir is kept.
+    Files with bases ship with the project, so these lie in a temporary folder inside it."""
+    import shutil
+    import tempfile
+
+    project = Path(__file__).resolve().parents[1]
+    folder = Path(tempfile.mkdtemp(prefix=".test-bases-", dir=project))
+    try:
+        exp = yaml.safe_load(write_experiment().read_text())
+        exp["student"]["weights"] = "weights/s.pt"
+        exp["cache_dir"] = "base_cache"
+        (folder / "common").mkdir()
+        (folder / "common" / "base.yaml").write_text(yaml.safe_dump(exp))
+        (folder / "exp.yaml").write_text(yaml.safe_dump({"_base_": "common/base.yaml", "name": "child"}))
+        (folder / "s.yaml").write_text(yaml.safe_dump({"experiment": "exp.yaml",
+                                                       "space": {"train.lr": [0.001, 0.002]}}))
+        job = build_job(Space(folder / "s.yaml"), name="s1", storage="/shared/raykd", staging=tmp_path / "staging")
+        sets = dict(item.split("=", 1) for item in shlex.split(job.entrypoint)[1:] if "=" in item)
+        assert sets["student.weights"] == str(folder / "common" / "weights" / "s.pt")
+        assert sets["cache_dir"] == str(folder / "common" / "base_cache")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -31,6 +31,7 @@ from raykd.config import (
     load_yaml,
     parse_overrides,
     relative_path,
+    resolve_paths,
 )
 from raykd.errors import UserError
 from raykd.search.space import Space
@@ -109,7 +110,8 @@ def job_paths(space: Space, overrides: dict[str, Any], storage: str) -> dict[str
     (in the experiment file, the space's ``fixed`` block or ``--set``) is passed as the absolute
     path it resolves to on this machine; without any ``cache_dir``, it is :func:`shared_cache`.
     """
-    raw = load_yaml(space.experiment_path)
+    raw = load_with_bases(space.experiment_path, resolve_paths)  # a base file's paths: absolute, against its folder
+    own = load_yaml(space.experiment_path)
     given = {**space.spec.fixed, **overrides}
     base = space.experiment_path.resolve().parent  # what raykd.config resolves relative paths against
     found = {}
@@ -117,6 +119,9 @@ def job_paths(space: Space, overrides: dict[str, Any], storage: str) -> dict[str
         value = given[key] if key in given else get_dotted(raw, key, default=None)
         if relative_path(value):
             found[key] = str((base / value).resolve())
+        elif key not in given and get_dotted(own, key, default=None) is None and isinstance(value, str) \
+                and value and not is_uri(value):  # from a base file, which the job would resolve in its package
+            found[key] = value
     if "cache_dir" not in given and "cache_dir" not in raw:
         found["cache_dir"] = shared_cache(storage)
     return found
