@@ -104,6 +104,9 @@ def test_a_search_teacher_is_trained_on_ray_train_workers(ray_local, write_exper
         train_through_ray, workers=1, cpus_per_worker=1, gpus_per_worker=0))
     assert not needs_training(cfg)
     assert any("training through Ray Train: 1 worker(s) × 1 CPU, 0 GPU" in line for line in lines)
+    # the workers' epoch lines reach the driver's log, each once, in order
+    assert [line.split()[:3] for line in lines if line.startswith("teacher: epoch")] == \
+        [["teacher:", "epoch", "1/2"], ["teacher:", "epoch", "2/2"]]
     history = [json.loads(line) for line in (Path(path).parent / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in history] == [1, 2]
     assert (Path(path).parent / "ray" / "teacher").is_dir()  # Ray Train's run folder

@@ -49,8 +49,13 @@ def train_worker(config: dict[str, Any]) -> None:
         if keep_best and (Path(config["resume_path"]).parent / BEST_FILE).is_file():
             best = load_state(Path(config["resume_path"]).parent / BEST_FILE)
 
+    progress_file = config.get("progress_file") if rank == 0 else None
+
     def report(record: EpochRecord, make_state) -> None:
         metrics = record.as_report()
+        if progress_file:  # the driver prints it (its Ray hides the workers' output)
+            with open(progress_file, "a") as fh:
+                fh.write(record.line() + "\n")
         with tempfile.TemporaryDirectory() as folder:
             ckpt = None
             if rank == 0:
@@ -92,6 +97,7 @@ def make_trainer(
     extra_metrics: dict[str, Any] | None = None,
     resume_path: str | None = None,
     keep_best: bool = False,
+    progress_file: str | None = None,
 ) -> TorchTrainer:
     """A TorchTrainer running :func:`train_worker` on ``workers`` DDP ranks (gloo on CPU, NCCL on GPU),
     each with the resources of :func:`scaling_config`.
@@ -99,13 +105,14 @@ def make_trainer(
     ``name`` must be stable for a trial so a retried run resumes from its own checkpoints;
     ``extra_metrics`` are added to every report (e.g. the executor's name); ``resume_path``: a
     ``state.pt`` of an earlier run to continue from (the run's own checkpoints come first);
-    ``keep_best``: rank 0 adds the best epoch's model to every checkpoint (:data:`BEST_FILE`).
+    ``keep_best``: rank 0 adds the best epoch's model to every checkpoint (:data:`BEST_FILE`);
+    ``progress_file``: rank 0 appends each epoch's progress line to it.
     """
     return TorchTrainer(
         train_worker,
         train_loop_config={"experiment": experiment, "teacher_checkpoint": teacher_checkpoint, "pid_dir": pid_dir,
                            "extra_metrics": {"executor": "train", **(extra_metrics or {})},
-                           "resume_path": resume_path, "keep_best": keep_best},
+                           "resume_path": resume_path, "keep_best": keep_best, "progress_file": progress_file},
         torch_config=TorchConfig(backend="nccl" if gpus_per_worker > 0 else "gloo"),
         scaling_config=scaling_config(workers, cpus_per_worker, gpus_per_worker),
         run_config=RunConfig(
@@ -121,11 +128,13 @@ def train_through_ray(exp, folder: Path, log, *, workers: int, cpus_per_worker: 
     """A :data:`raykd.train.teacher.TeacherTrainer` that trains on Ray Train workers with a
     search's resources (Ray already initialised): ``model_best.pt`` and ``model_final.pt`` in
     ``folder``; returns every epoch's report."""
+    progress = Path(folder).resolve() / "progress.log"
+    progress.unlink(missing_ok=True)
     trainer = make_trainer(exp.model_dump(mode="json"), workers=workers, gpus_per_worker=gpus_per_worker,
                            cpus_per_worker=cpus_per_worker, storage_path=str(Path(folder).resolve() / "ray"),
-                           name="teacher", keep_best=True)
+                           name="teacher", keep_best=True, progress_file=str(progress))
     log(f"training through Ray Train: {workers} worker(s) × {cpus_per_worker:g} CPU, {gpus_per_worker:g} GPU")
-    result = trainer.fit()
+    result = _fit_showing(trainer, progress, log)
     if result.error:
         raise result.error
     with result.checkpoint.as_directory() as checkpoint:
@@ -136,3 +145,33 @@ def train_through_ray(exp, folder: Path, log, *, workers: int, cpus_per_worker: 
     save_model(state["model"], Path(folder) / "model_final.pt", metrics=history[-1],
                categories=state.get("categories"))
     return history
+
+
+def _fit_showing(trainer: TorchTrainer, progress: Path, log) -> Any:
+    """``trainer.fit()``, logging the lines rank 0 appends to ``progress`` while it runs (a
+    worker on another node writes where this process cannot see: then nothing is shown)."""
+    import threading
+
+    done = threading.Event()
+    shown = 0
+
+    def show() -> None:
+        nonlocal shown
+        text = progress.read_text() if progress.is_file() else ""
+        lines = text[:text.rfind("\n") + 1].splitlines()  # whole lines only
+        for line in lines[shown:]:
+            log(line)
+        shown = max(shown, len(lines))
+
+    def follow() -> None:
+        while not done.wait(1.0):
+            show()
+
+    thread = threading.Thread(target=follow, daemon=True)
+    thread.start()
+    try:
+        return trainer.fit()
+    finally:
+        done.set()
+        thread.join()
+        show()
