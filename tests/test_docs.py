@@ -238,7 +238,7 @@ def test_the_readme_results_are_the_measured_ones():
     table = readme[readme.index("## Results"):readme.index("## COCO on 8 GPUs")]
     intervals = re.findall(r"[+−-]\d+\.\d+ \[[+−-]\d+\.\d+, [+−-]\d+\.\d+\]", table)
     times = re.findall(r"\b\d+\.\d+ ms\b|\b\d+\.\d (?=\()", table)
-    assert len(intervals) == 4 and times
+    assert len(intervals) >= 4 and times
     for figure in intervals + [t.strip() for t in times]:
         assert figure.replace(" ms", "") in results, figure
 
