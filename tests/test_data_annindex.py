@@ -205,3 +205,33 @@ def test_same_boxes_and_labels_as_the_per_annotation_loop(tmp_path: Path, which:
     np.testing.assert_array_equal(index.arrays["boxes"], np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
     assert index.arrays["box_categories"].tolist() == cats
     assert np.diff(index.arrays["box_offsets"]).tolist() == counts
+
+
+@pytest.mark.parametrize("text", [
+    '{"a": 1, "segmentation": [[1, 2, 3, 4, 5, 6]], "b": 2}',
+    '{"segmentation" : {"size": [2, 3], "counts": "a]b[c"}, "c": {"segmentation": [], "d": 1}}',
+    '{"name": "segmentation", "segmentation": {"counts": [1, 2], "size": [1, 3]}, "x": "\\"segmentation\\": [["}',
+    '{"segmentation": [[1, 2] ], "b": {"c": [[1]]}}',  # a shape the search does not take: left to the parser
+    '{"segmentation": 5}',
+])
+def test_segmentations_cut_from_the_text_parse_as_dropped_ones(text: str) -> None:
+    from raykd.data.cocofile import _drop_segmentation, _without_segmentations
+
+    expected = json.loads(text, object_hook=_drop_segmentation)
+    stripped = _without_segmentations(text)
+    if stripped is not None:
+        strip = json.loads(stripped, object_hook=lambda o: {k: v for k, v in o.items() if k != "segmentation"})
+        assert strip == expected
+
+
+def test_a_bad_file_names_the_line_and_column_of_the_file_itself(tmp_path: Path) -> None:
+    doc = json.dumps(coco_doc(n_images=5, masks=True), indent=1)
+    broken = doc.replace('"iscrowd"', '"iscrowd" 0,', 1)  # after many segmentations
+    line = broken[:broken.index('"iscrowd" 0')].count("\n") + 1
+    with pytest.raises(UserError, match=f"not valid JSON at line {line} column"):
+        read_coco(write_path(tmp_path / "bad.json", broken))
+
+
+def write_path(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
