@@ -30,7 +30,8 @@ COMMANDS: dict[str, Command] = {
     "train": Command("raykd.train.__main__", "train one teacher or student (one process, or DDP with --workers)"),
     "analyze": Command("raykd.analyze.__main__", "ablation tables, intervals, importances and plots of a search"),
     "submit": Command("raykd.submit.__main__", "run a search on a Ray cluster; status|logs|stop|list its jobs"),
-    "data": Command("raykd.data.__main__", "write the synthetic set; check or convert COCO, VOC and YOLO data"),
+    "data": Command("raykd.data.__main__", "write the synthetic set; check or convert COCO, VOC and YOLO data; "
+                    "score detections"),
     "visualize": Command("raykd.visualize.__main__", "draw what a method distils: masks, attention, detections"),
     "export": Command("raykd.export", "write a trained student as a state dict torchvision loads"),
     "results": Command("raykd.results.__main__", "maintain a search's Parquet tables (compact)"),
