@@ -152,6 +152,9 @@ def test_wandb_holds_each_epoch_of_each_trial_once_across_drivers(tmp_path, wand
             first.epoch(trial, _result(epoch, 0.1 * epoch))
     second = pickle.loads(pickle.dumps(first))
     first.close()  # one W&B run per id and process: the first driver's end before the second's start
+    # W&B names an offline run's folder by the second it started in: a restarted driver (which
+    # starts Ray first) is always seconds later; two runs in one second would share a folder
+    time.sleep(max(0.0, 1.05 - (time.time() % 1.0)))
     for trial in (TRIAL, other):
         for epoch in (1, 2, 3):
             second.epoch(trial, _result(epoch, 0.1 * epoch))
