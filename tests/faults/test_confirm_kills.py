@@ -45,6 +45,7 @@ def test_driver_killed_in_the_confirmation_phase_then_resumed(fault_space, searc
     assert {p.name.removeprefix("trial_") for p in (root / "confirm").glob("trial_*")} == set(confirmed["trial_id"])
 
 
+@pytest.mark.fault("driver SIGKILL while confirming over teacher seeds", injected=2, trials=8)
 def test_driver_killed_while_confirming_over_teacher_seeds_retrains_no_cached_teacher(
         fault_space, search_driver, tmp_path, fault_ledger):
     """Killed while the second teacher trains, then in the first confirmation epoch: every resumed
@@ -54,24 +55,25 @@ def test_driver_killed_while_confirming_over_teacher_seeds_retrains_no_cached_te
                         points_to_evaluate=["baseline", "mgd_defaults"])
     driver = search_driver(space)
     root = tmp_path / "results" / "faulty"
-    driver.start()
-    driver.wait_for(r"^\[teacher seed 6\] teacher: not found", timeout=600)
-    driver.kill()
-    assert "[teacher seed 5] teacher: best epoch" in driver.text()
-    driver.start("--resume")
-    driver.wait_for(r"^confirm: [\s\S]*epoch 1/2", timeout=600)
-    assert "[teacher seed 5] teacher: cached at" in driver.text()
-    assert "[teacher seed 5] teacher: not found" not in driver.text()
-    driver.kill()
-    check_parts(root / "tables")
-    driver.start("--resume")
-    assert driver.finish() == 0, driver.text()[-3000:]
-    assert "not found, training" not in driver.text()  # both teachers cached now
-    assert "between teachers: " in driver.text()
+    try:
+        driver.start()
+        driver.wait_for(r"^\[teacher seed 6\] teacher: not found", timeout=600)
+        driver.kill()
+        assert "[teacher seed 5] teacher: best epoch" in driver.text()
+        driver.start("--resume")
+        driver.wait_for(r"^confirm: [\s\S]*epoch 1/2", timeout=600)
+        assert "[teacher seed 5] teacher: cached at" in driver.text()
+        assert "[teacher seed 5] teacher: not found" not in driver.text()
+        driver.kill()
+        check_parts(root / "tables")
+        driver.start("--resume")
+        assert driver.finish() == 0, driver.text()[-3000:]
+        assert "not found, training" not in driver.text()  # both teachers cached now
+        assert "between teachers: " in driver.text()
+    finally:
+        fault_ledger(len(intact_trials(root, epochs=2, statuses={"TERMINATED"})))
 
     trials = load(root / "tables")
-    fault_ledger("driver SIGKILL while confirming over teacher seeds", injected=2, trials_expected=8,
-                 trials_found=len(trials))
     confirmed = trials[trials["phase"] == "confirm"]
     assert trials["trial_id"].is_unique and len(confirmed) == 6 and set(confirmed["status"]) == {"TERMINATED"}
     distilled = confirmed[confirmed["distill.method"] != "none"]
