@@ -103,7 +103,7 @@ from raykd.train.worker import make_trainer
 experiment, storage, pid_dir = sys.argv[1:4]
 ray.init(address="auto", log_to_driver=False)
 cfg = load_experiment(experiment)
-trainer = make_trainer(cfg.model_dump(mode="json"), workers=2, use_gpu=False, storage_path=storage, name="ddp",
+trainer = make_trainer(cfg.model_dump(mode="json"), workers=2, gpus_per_worker=0, storage_path=storage, name="ddp",
                        max_failures=2, pid_dir=pid_dir)
 result = trainer.fit()
 print(json.dumps({"error": None if result.error is None else repr(result.error), "epoch": result.metrics.get("epoch"),
