@@ -65,7 +65,10 @@ def test_two_drivers_started_together_one_runs(fault_space, tmp_path, fault_ledg
 @pytest.mark.fault("driver SIGKILL holding the folder", trials=2)
 def test_resume_while_running_refused_then_killed_owner_taken_over(fault_space, search_driver, tmp_path,
                                                                    fault_ledger):
-    space = fault_space(num_samples=2, epochs=4)  # long enough to outlive the two refused starts
+    # long enough to outlive the two refused starts: on an idle machine 4 epochs took 14 s, less
+    # than two drivers take to start, be refused and exit
+    epochs = 12
+    space = fault_space(num_samples=2, epochs=epochs)
     root = tmp_path / "results" / "faulty"
     first = search_driver(space)
     first.start()
@@ -84,15 +87,15 @@ def test_resume_while_running_refused_then_killed_owner_taken_over(fault_space, 
         for other in others:
             other.close()
     try:
-        first.wait_for(r"epoch 1/4")
+        first.wait_for(rf"epoch 1/{epochs}")
         first.kill()  # SIGKILL while holding the folder: its owner file stays
         assert (root / ".owner.json").exists()
         first.start("--resume")
         assert first.finish() == 0, first.text()[-3000:]
         assert f"search folder {root}: taken over from its last driver (its process has ended)" in first.text()
     finally:
-        fault_ledger(len(intact_trials(root, epochs=4)))
-    check_search(root, trials_expected=2, epochs=4)
+        fault_ledger(len(intact_trials(root, epochs=epochs)))
+    check_search(root, trials_expected=2, epochs=epochs)
 
 
 class Process:
