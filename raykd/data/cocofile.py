@@ -94,10 +94,7 @@ def read_coco(path: str | Path, *, masks: bool = False) -> CocoFile:
     except OSError as err:
         raise UserError(f"cannot read the annotation file ({err.strerror})", file=path) from None
     digest = hashlib.sha256(raw).hexdigest()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise UserError("expected COCO JSON, the file is not valid UTF-8 text", file=path) from None
+    text = _decode(raw, path)
     del raw  # not both kept: the parsed objects come on top
     coco = _validate(_loads(text, path, keep_segmentations=masks), path, digest)
     if masks:
@@ -107,11 +104,14 @@ def read_coco(path: str | Path, *, masks: bool = False) -> CocoFile:
 
 def parse_coco(raw: bytes, path: Path) -> CocoFile:
     """Parse and validate the bytes of a COCO file (segmentations kept); ``path`` names it in problems."""
+    return _validate(_loads(_decode(raw, path), path, keep_segmentations=True), path, hashlib.sha256(raw).hexdigest())
+
+
+def _decode(raw: bytes, path: Path) -> str:
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError:
         raise UserError("expected COCO JSON, the file is not valid UTF-8 text", file=path) from None
-    return _validate(_loads(text, path, keep_segmentations=True), path, hashlib.sha256(raw).hexdigest())
 
 
 def _validate(data: Any, path: Path, digest: str) -> CocoFile:
