@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from raykd.config import ModelConfig, load_experiment
-from raykd.distill.freekd import initial_tokens
+from raykd.distill.freekd import PROMPT_SEED, initial_tokens, train_prompt_tokens
 from raykd.errors import UserError
 from raykd.models import build_detector
-from raykd.train.prompts import PROMPT_SEED, train_prompts
+from raykd.train.preparation import DetectorProbe
 
 LEVELS = ["0", "1", "2", "p6", "p7"]
 
@@ -29,8 +29,9 @@ def _batches():
 
 
 def _train(teacher, steps):
-    return train_prompts(teacher, _batches(), steps, num_tokens=3, lr=0.05, dice_weight=1.0,
-                         device=torch.device("cpu"), relabel=lambda labels: labels, log=lambda line: None)
+    probe = DetectorProbe(teacher, torch.device("cpu"), relabel=lambda labels: labels)
+    return train_prompt_tokens(probe, _batches() * steps, steps, num_tokens=3, lr=0.05, dice_weight=1.0,
+                               log=lambda line: None)
 
 
 def test_prompt_stage_trains_every_teacher_level_and_leaves_the_teacher_alone():
@@ -70,8 +71,8 @@ def test_loop_trains_prompts_once_and_loads_them(write_experiment, tiny_teacher)
     states = []
     fit(cfg, teacher_checkpoint=checkpoint, progress=False, log=lines.append,
         on_epoch_end=lambda metrics, make_state: states.append(make_state()))
-    assert any("freekd prompts: training" in line for line in lines)
-    cached = list((Path(cfg.cache_dir) / "freekd_prompts").glob("*/prompts.pt"))
+    assert any("freekd_prompts: training" in line for line in lines)
+    cached = list((Path(cfg.cache_dir) / "freekd_prompts").glob("*/state.pt"))
     assert len(cached) == 1
     prompts = torch.load(cached[0], weights_only=True)
     tokens = {key.split(".")[1]: value for key, value in states[-1]["distiller"].items() if key.endswith("mask_token")}
@@ -80,5 +81,5 @@ def test_loop_trains_prompts_once_and_loads_them(write_experiment, tiny_teacher)
         assert torch.equal(value.cpu(), prompts[level])
     lines.clear()
     fit(cfg, teacher_checkpoint=checkpoint, progress=False, log=lines.append, on_epoch_end=lambda m, s: None)
-    assert any("freekd prompts: cached" in line for line in lines)
-    assert not any("freekd prompts: training" in line for line in lines)
+    assert any("freekd_prompts: cached" in line for line in lines)
+    assert not any("freekd_prompts: training" in line for line in lines)

@@ -9,12 +9,14 @@ can mix methods.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-Method = Literal["none", "feature_mse", "mgd", "fgd", "cwd", "pkd", "dmkd", "samkd", "amd", "freekd", "dfmsd"]
-METHODS: tuple[str, ...] = get_args(Method)
+from raykd.distill.methods import METHOD_NAMES, REGISTRY
+
+Method = Literal[METHOD_NAMES]  # the registry's names (raykd/distill/methods.py)
+METHODS: tuple[str, ...] = METHOD_NAMES
 
 MaskRule = Literal["topk", "random", "attention_sampled"]
 Polarity = Literal["salient", "background"]
@@ -31,19 +33,7 @@ DFMSDAdaptation = Literal["adapter", "none"]
 _WEIGHT_KEYS = ("alpha", "beta", "gamma", "lambda_gl", "weight")
 
 # Published defaults (METHODS.md); SAMKD's beta has none and must be calibrated per task.
-DEFAULT_WEIGHTS: dict[str, dict[str, float]] = {
-    "none": {},
-    "feature_mse": {"weight": 1.0},
-    "mgd": {"alpha": 2e-5},
-    "fgd": {"alpha": 1e-3, "beta": 5e-4, "gamma": 5e-4, "lambda_gl": 5e-6},
-    "cwd": {"weight": 10.0},
-    "pkd": {"weight": 6.0},
-    "dmkd": {"alpha": 2e-5},
-    "samkd": {"alpha": 2e-5, "beta": 1.0},
-    "amd": {"alpha": 2e-5},
-    "freekd": {"alpha": 1.0},
-    "dfmsd": {"alpha": 2e-5},
-}
+DEFAULT_WEIGHTS: dict[str, dict[str, float]] = {name: dict(m.defaults) for name, m in REGISTRY.items()}
 
 LEVEL_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 
@@ -66,7 +56,7 @@ class DistillConfig(BaseModel):
     ``channel_adapter`` (the squeeze-and-excitation module on S'). FreeKD: ``alpha`` (frequency
     loss, default 1), ``freekd_mse_weight`` (companion FPN MSE, 5), ``freekd_tokens`` (prompts
     per band, 6 as its detection configs); its prompt stage (a reconstruction,
-    ``raykd/train/prompts.py``): ``freekd_prompt_steps`` (0: none, tokens stay at their
+    ``raykd/train/preparation.py``): ``freekd_prompt_steps`` (0: none, tokens stay at their
     initialisation), ``freekd_prompt_lr`` (Adam), ``freekd_prompt_dice`` (weight of the Dice
     diversity loss). DFMSD (reconstruction; DMKD's mask switches apply):
     ``dfmsd_alignment``, ``dfmsd_enhancement`` with its ``dfmsd_boost`` κ, ``dfmsd_adaptation``.

@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
 
-from raykd.distill.amd import AMDLoss
 from raykd.distill.config import LEVEL_NAME, DistillConfig
 from raykd.distill.connectors import align_conv
-from raykd.distill.cwd import CWDLoss
-from raykd.distill.dfmsd import DFMSDLoss
-from raykd.distill.dmkd import DMKDLoss
-from raykd.distill.feature_mse import FeatureMSELoss
-from raykd.distill.fgd import FGDLoss
-from raykd.distill.freekd import FreeKDLoss
 from raykd.distill.inputs import LevelInputs
-from raykd.distill.masks import MaskSettings
-from raykd.distill.mgd import MGDLoss
-from raykd.distill.pkd import PKDLoss
-from raykd.distill.samkd import SAMKDLoss
+from raykd.distill.methods import REGISTRY
 from raykd.metric_names import term_key
 
 LevelTerms = dict[str, dict[str, Tensor]]
@@ -106,71 +96,6 @@ class Distiller(nn.Module):
         return out
 
 
-def _mask_settings(cfg: DistillConfig) -> MaskSettings:
-    return MaskSettings(
-        rule=cfg.mask_rule,
-        polarity=cfg.polarity,
-        source=cfg.attention_source,
-        spatial_ratio=cfg.mask_ratio,
-        channel_ratio=cfg.channel_mask_ratio,
-        tau=cfg.tau,
-    )
-
-
-def _samkd(cfg: DistillConfig, channels: int, num_classes: int) -> nn.Module:
-    return SAMKDLoss(
-        channels,
-        alpha=cfg.require("alpha"),
-        masks=_mask_settings(cfg),
-        branches=cfg.branches,
-        fusion=cfg.fusion,
-        scales=cfg.pyramid_scales,
-        pyramid_mode=cfg.pyramid_mode,
-        share_generators=cfg.share_generators,
-        sld_weight=cfg.require("beta") if cfg.sld else None,
-        num_classes=num_classes,
-        sld_weighting=cfg.sld_weighting,
-        sld_ratio=cfg.sld_ratio,
-        sld_tau=cfg.sld_tau,
-        sld_discrepancy=cfg.sld_discrepancy,
-        temperature=cfg.T_kd,
-    )
-
-
-# method -> builder of one level's loss module from (config, teacher channels, classes K)
-LOSS_BUILDERS: dict[str, Callable[[DistillConfig, int, int], nn.Module]] = {
-    "feature_mse": lambda cfg, c, k: FeatureMSELoss(cfg.require("weight")),
-    "mgd": lambda cfg, c, k: MGDLoss(c, cfg.require("alpha"), cfg.mask_ratio),
-    "fgd": lambda cfg, c, k: FGDLoss(
-        c, cfg.require("alpha"), cfg.require("beta"), cfg.require("gamma"), cfg.require("lambda_gl"), cfg.tau
-    ),
-    "cwd": lambda cfg, c, k: CWDLoss(cfg.require("weight"), cfg.cwd_tau),
-    "pkd": lambda cfg, c, k: PKDLoss(cfg.require("weight")),
-    "dmkd": lambda cfg, c, k: DMKDLoss(c, cfg.require("alpha"), _mask_settings(cfg), cfg.branches, cfg.fusion),
-    "samkd": _samkd,
-    "amd": lambda cfg, c, k: AMDLoss(c, cfg.require("alpha"), _mask_settings(cfg), cfg.channel_adapter),
-    "freekd": lambda cfg, c, k: FreeKDLoss(c, cfg.freekd_tokens, cfg.require("alpha"), cfg.freekd_mse_weight),
-    "dfmsd": lambda cfg, c, k: DFMSDLoss(
-        c, cfg.require("alpha"), _mask_settings(cfg), cfg.branches, cfg.fusion,
-        cfg.dfmsd_alignment, cfg.dfmsd_enhancement, cfg.dfmsd_boost, cfg.dfmsd_adaptation,
-    ),
-}
-
-_TERMS: dict[str, tuple[str, ...]] = {
-    "none": (),
-    "feature_mse": ("mse",),
-    "mgd": ("mgd",),
-    "fgd": ("fgd_fg", "fgd_bg", "fgd_at", "fgd_gl"),
-    "cwd": ("cwd",),
-    "pkd": ("pkd",),
-    "dmkd": ("dmkd",),
-    "samkd": ("sfd", "sld"),
-    "amd": ("amd",),
-    "freekd": ("freekd", "freekd_mse"),
-    "dfmsd": ("dfmsd",),
-}
-
-
 def selected_levels(cfg: DistillConfig, levels: Sequence[str]) -> list[str]:
     """``cfg.levels`` (in that order) if set, else every level of ``levels``; unknown names raise."""
     if cfg.levels is None:
@@ -184,27 +109,31 @@ def selected_levels(cfg: DistillConfig, levels: Sequence[str]) -> list[str]:
 def term_names(cfg: DistillConfig, levels: Sequence[str], dense_head: bool = True) -> list[str]:
     """Every key the distiller returns, level-major: e.g. ``["fgd_fg_0", "fgd_bg_0", ...]``.
 
-    ``dense_head=False`` (two-stage students, no logits) leaves out SAMKD's ``sld`` terms.
+    The method's logit terms (SAMKD's ``sld``) are left out when it does not read logits
+    (``distill.sld: false``) or the student has no dense head (``dense_head=False``).
     """
-    terms = [t for t in _TERMS[cfg.method] if not (t == "sld" and (not cfg.sld or not dense_head))]
+    method = REGISTRY[cfg.method]
+    with_logits = dense_head and method.reads_logits(cfg)
+    terms = [t for t in method.terms if with_logits or t not in method.logit_terms]
     return [term_key(term, level) for level in selected_levels(cfg, levels) for term in terms]
 
 
 def build_distiller(
     cfg: DistillConfig, student_channels: int, teacher_channels: int, levels: Sequence[str], num_classes: int
 ) -> Distiller | None:
-    """A :class:`Distiller` for ``cfg.method`` on ``cfg.levels`` (or all ``levels``); None for ``"none"``.
+    """A :class:`Distiller` for ``cfg.method`` (its registry entry, raykd/distill/methods.py) on
+    ``cfg.levels`` (or all ``levels``); None for ``"none"``.
 
     ``student_channels`` / ``teacher_channels``: FPN widths C_s, C_t; ``num_classes``: K of
     the dense head including the background class 0 (used by SAMKD's SLD).
     """
-    if cfg.method == "none":
+    method = REGISTRY[cfg.method]
+    if method.build is None:
         return None
     chosen = selected_levels(cfg, levels)
-    build = LOSS_BUILDERS[cfg.method]
     return Distiller(
         chosen,
         align={level: align_conv(student_channels, teacher_channels) for level in chosen},
-        losses={level: build(cfg, teacher_channels, num_classes) for level in chosen},
-        needs_logits=cfg.method == "samkd" and cfg.sld,
+        losses={level: method.build(cfg, teacher_channels, num_classes) for level in chosen},
+        needs_logits=method.reads_logits(cfg),
     )

@@ -4,12 +4,17 @@ Gumpest/FreeKD ``mmrazor/models/losses/freekd.py`` and its detection configs, co
 The mask tokens ("frequency prompts") are frozen during distillation, as in the reference
 configs (``distiller.losses``: ``lr_mult=0``); they are a buffer here, so the student's
 optimiser never sees them. The reference first trains them on the teacher (its released
-``*_prompt.pth``); raykd's prompt stage (``raykd/train/prompts.py``, a reconstruction around the
-exact :func:`prompt_reconstruction`) runs when ``distill.freekd_prompt_steps > 0``; otherwise
-they keep the reference's initialisation ``N(0, 0.01²)``.
+``*_prompt.pth``); raykd's prompt stage (:func:`train_prompt_tokens`, a reconstruction around
+the exact :func:`prompt_reconstruction`; cached by ``raykd/train/preparation.py``) runs when
+``distill.freekd_prompt_steps > 0``; otherwise they keep the reference's initialisation ``N(0, 0.01²)``.
 """
 
 from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from itertools import islice
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -18,6 +23,8 @@ from raykd.distill.inputs import LevelInputs
 from raykd.distill.wavelets import haar_dwt, haar_idwt
 
 DWT_LEVELS = 3
+PROMPT_SEED = 0
+"""The prompt stage's seed (token draw and batch order): every trial and seed shares one cache entry."""
 
 
 def initial_tokens(channels: int, num_tokens: int) -> Tensor:
@@ -105,3 +112,53 @@ class FreeKDLoss(nn.Module):
             freq = freq + (masks * distance[:, None]).sum() / (masks.numel() * hs.shape[1] * hs.shape[2])
         mse = (student - teacher).pow(2).mean()
         return {"freekd": self.alpha * freq, "freekd_mse": self.mse_weight * mse}
+
+
+class TeacherProbe(Protocol):
+    """The frozen teacher as the prompt stage sees it (built by ``raykd/train/preparation.py``)."""
+
+    channels: int
+
+    def features(self, batch: Any) -> tuple[Any, OrderedDict[str, Tensor]]:
+        """One data batch -> (the transformed batch, its FPN features ``{level: [N, C, H, W]}``, no grad)."""
+        ...
+
+    def detection_loss(self, state: Any, features: OrderedDict[str, Tensor]) -> Tensor:
+        """The teacher's head and detection losses on ``features``, summed (a scalar with grad)."""
+        ...
+
+
+def train_prompt_tokens(probe: TeacherProbe, batches: Iterable[Any], steps: int, num_tokens: int, lr: float,
+                        dice_weight: float, log: Callable[[str], None]) -> dict[str, Tensor]:
+    """The prompt stage (A RECONSTRUCTION: the reference repository ships the stage's forward,
+    :func:`prompt_reconstruction`, and its trained result, not the loop): every FPN level of the
+    teacher is rebuilt through its tokens, the teacher's own head computes its detection losses on
+    the rebuilt features, and Adam (``lr``) trains the tokens only on
+    ``detection loss + dice_weight · Σ Dice`` for ``steps`` of ``batches`` (which repeats as needed).
+    Returns ``{teacher level: [4, T, C]}`` on the CPU.
+    """
+    tokens: dict[str, Tensor] = {}
+    optimizer = None
+    for step, batch in enumerate(islice(batches, steps), start=1):
+        state, features = probe.features(batch)
+        if optimizer is None:  # one token set per teacher level, drawn as the reference under a fixed seed
+            first = next(iter(features.values()))
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(PROMPT_SEED)
+                tokens = {level: initial_tokens(probe.channels, num_tokens).to(first.device).requires_grad_()
+                          for level in features}
+            optimizer = torch.optim.Adam(tokens.values(), lr=lr)
+        rebuilt: OrderedDict[str, Tensor] = OrderedDict()
+        dice = next(iter(features.values())).new_zeros(())
+        for level, feature in features.items():
+            out, level_dice = prompt_reconstruction(feature, tokens[level])
+            rebuilt[level] = out[..., : feature.shape[-2], : feature.shape[-1]]
+            dice = dice + level_dice
+        detection = probe.detection_loss(state, rebuilt)
+        grads = torch.autograd.grad(detection + dice_weight * dice, list(tokens.values()))
+        for token, grad in zip(tokens.values(), grads):
+            token.grad = grad
+        optimizer.step()
+        if step == 1 or step == steps or step % 100 == 0:
+            log(f"freekd prompts: step {step}/{steps}, detection loss {float(detection.detach()):.4f}, dice {float(dice.detach()):.4f}")
+    return {level: token.detach().cpu() for level, token in tokens.items()}

@@ -28,6 +28,7 @@ from raykd.config import (
     touches,
     validation_message,
 )
+from raykd.distill.methods import REGISTRY
 from raykd.errors import UserError
 from raykd.metric_names import METRICS
 from raykd.results.params import ParamSpec
@@ -239,23 +240,11 @@ class SpaceSpec(_Strict):
         return self.mode if isinstance(self.mode, list) else [self.mode]
 
 
-# Named points: the no-distillation baseline and the METHODS.md defaults of every method.
+# Named points: the no-distillation baseline and every method's defaults (its registry entry's point).
 NAMED_POINTS: dict[str, dict[str, Any]] = {
     "baseline": {"distill.method": "none"},
-    "mgd_defaults": {"distill.method": "mgd", "distill.mask_ratio": 0.65},
-    "fgd_defaults": {"distill.method": "fgd"},
-    "cwd_defaults": {"distill.method": "cwd"},
-    "pkd_defaults": {"distill.method": "pkd"},
-    "dmkd_defaults": {"distill.method": "dmkd", "distill.mask_ratio": 0.65, "distill.channel_mask_ratio": 0.5,
-                      "distill.polarity": "salient", "distill.fusion": "learned", "distill.branches": "dual"},
-    "samkd_defaults": {"distill.method": "samkd", "distill.pyramid_scales": [1, 2, 4], "distill.sld": True},
-    "amd_defaults": {"distill.method": "amd", "distill.mask_ratio": 0.65, "distill.mask_rule": "topk",
-                     "distill.polarity": "salient", "distill.channel_adapter": True},
-    "freekd_defaults": {"distill.method": "freekd", "distill.freekd_tokens": 6},
-    "dfmsd_defaults": {"distill.method": "dfmsd", "distill.mask_ratio": 0.65, "distill.channel_mask_ratio": 0.5,
-                       "distill.branches": "dual", "distill.dfmsd_alignment": "standardize",
-                       "distill.dfmsd_enhancement": "boxes", "distill.dfmsd_boost": 1.0,
-                       "distill.dfmsd_adaptation": "adapter"},
+    **{f"{name}_defaults": {"distill.method": name, **{f"distill.{k}": v for k, v in method.point.items()}}
+       for name, method in REGISTRY.items() if method.build is not None},
 }
 
 

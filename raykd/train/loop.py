@@ -40,7 +40,7 @@ from raykd.train.calibrate import STATE_KEY as CALIBRATION_KEY
 from raykd.train.calibrate import calibrated_scale
 from raykd.train.evaluate import coco_metrics, predict
 from raykd.train.optim import build_optimizer, build_scheduler
-from raykd.train.prompts import ensure_prompts, load_prompts
+from raykd.train.preparation import ensure_prepared
 from raykd.train.setup import build_datasets, build_pair, choose_device, seed_everything
 
 EpochCallback = Callable[[EpochRecord, Callable[[], dict[str, Any]]], None]
@@ -279,9 +279,10 @@ def _setup(cfg: ExperimentConfig, teacher_checkpoint: str | None, log: Callable[
         distiller = build_distiller(cfg.distill, student_channels=cfg.student.fpn_channels,
                                     teacher_channels=cfg.teacher.fpn_channels, levels=list(pairs),
                                     num_classes=pair.space.num_classes).to(device)
-        prompts = ensure_prompts(cfg, teacher, train_ds, device, pair.space.model_labels, log=log)
-        if prompts is not None:  # FreeKD's tokens, trained once on the teacher
-            load_prompts(distiller, pairs, prompts)
+        prepared = ensure_prepared(cfg, teacher, train_ds, device, pair.space.model_labels, log=log)
+        if prepared is not None:  # e.g. FreeKD's prompt tokens, trained once on the teacher
+            stage, state = prepared
+            stage.load(distiller, pairs, state)
         if cfg.distill.draw == "device":
             mask_generator = torch.Generator(device).manual_seed(tcfg.seed * 1_000_003 + rank)
             distiller.generator = mask_generator

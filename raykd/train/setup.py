@@ -16,6 +16,7 @@ from raykd.data import CocoDetection, ensure_synthetic
 from raykd.data.annindex import AnnotationIndex, cached_index, load_index, stat_key, store_index
 from raykd.data.converted import coco_paths
 from raykd.data.transforms import detection_transforms
+from raykd.distill.methods import REGISTRY
 from raykd.errors import UserError
 from raykd.models import build_detector, inherit_neck_and_head, load_weights
 from raykd.models.builders import build_pretrained
@@ -211,7 +212,7 @@ class Pair:
 
 def reads_teacher_logits(cfg: ExperimentConfig) -> bool:
     """Whether the distillation method compares the teacher's class logits (SAMKD's SLD)."""
-    return cfg.distill.method == "samkd" and cfg.distill.sld
+    return REGISTRY[cfg.distill.method].reads_logits(cfg.distill)
 
 
 def build_pair(cfg: ExperimentConfig, names: list[str], cat_ids: list[int], teacher_checkpoint: str | None,

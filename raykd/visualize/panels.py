@@ -16,22 +16,8 @@ from torch import Tensor
 from raykd.distill.attention import channel_attention, spatial_attention
 from raykd.distill.cells import cell_grid, cell_mean
 from raykd.distill.config import DistillConfig
+from raykd.distill.methods import REGISTRY
 from raykd.visualize.collect import LevelView
-
-# The settings each method reads (METHODS.md); other methods show the keys set away from the defaults.
-METHOD_KEYS: dict[str, tuple[str, ...]] = {
-    "none": (),
-    "feature_mse": ("weight",),
-    "mgd": ("alpha", "mask_ratio"),
-    "fgd": ("alpha", "beta", "gamma", "lambda_gl", "tau"),
-    "cwd": ("weight", "cwd_tau"),
-    "pkd": ("weight",),
-    "dmkd": ("alpha", "mask_ratio", "channel_mask_ratio", "tau", "mask_rule", "polarity", "attention_source",
-             "branches", "fusion"),
-    "samkd": ("alpha", "mask_ratio", "channel_mask_ratio", "tau", "mask_rule", "polarity", "attention_source",
-              "branches", "fusion", "pyramid_scales", "pyramid_mode", "share_generators", "sld", "beta",
-              "sld_weighting", "sld_ratio", "sld_tau", "sld_discrepancy", "T_kd"),
-}
 
 _GRID = re.compile(r"^g(\d+)/")
 
@@ -54,11 +40,7 @@ class Panel:
 def settings_text(cfg: DistillConfig) -> str:
     """``mgd: alpha=1e-07, mask_ratio=0.65``: the method and the settings it reads (weights resolved)."""
     resolved = cfg.resolved()
-    keys = METHOD_KEYS.get(cfg.method)
-    if keys is None:
-        defaults = DistillConfig(method=cfg.method).resolved()
-        keys = tuple(k for k in DistillConfig.model_fields if k not in ("method", "levels")
-                     and getattr(resolved, k) != getattr(defaults, k))
+    keys = REGISTRY[cfg.method].keys
     parts = [f"{key}={_short(getattr(resolved, key))}" for key in keys if getattr(resolved, key) is not None]
     return f"{cfg.method}: {', '.join(parts)}" if parts else cfg.method
 
