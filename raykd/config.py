@@ -13,7 +13,7 @@ import hashlib
 import importlib.util
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -492,12 +492,34 @@ def experiment_from_dict(raw: dict[str, Any], *, file: str | Path | None = None)
     return cfg
 
 
+def overridden(raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of the experiment mapping ``raw`` with every dotted key of ``overrides`` set
+    (a ``None`` value sets null). The one way overrides reach an experiment: ``--set`` and
+    ``fixed:`` (:func:`load_experiment_dict`), a trial's values (``raykd.search.trainable``),
+    ``confirm.set`` (``raykd.search.confirm``), a trial rebuilt for pictures (``raykd.visualize.trial``)."""
+    out = copy.deepcopy(dict(raw))
+    for key, value in overrides.items():
+        set_dotted(out, key, value)
+    return out
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any], *,
+                    file: str | Path | None = None) -> ExperimentConfig:
+    """:func:`overridden`, validated (errors name ``file`` and the key)."""
+    return experiment_from_dict(overridden(raw, overrides), file=file)
+
+
+def effective_values(cfg: ExperimentConfig, keys: Iterable[str]) -> dict[str, Any]:
+    """What a run uses for each dotted key: the validated config's value, as the config
+    normalised it (a searched ``0.65000001`` stays that; level names become strings), JSON-typed."""
+    dumped = cfg.model_dump(mode="json")
+    return {key: get_dotted(dumped, key) for key in keys}
+
+
 def load_experiment_dict(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The experiment mapping with overrides applied and paths made absolute (not validated)."""
     path = Path(path)
-    raw = load_with_bases(path, resolve_paths)
-    for key, value in (overrides or {}).items():
-        set_dotted(raw, key, value)
+    raw = overridden(load_with_bases(path, resolve_paths), overrides or {})
     resolve_paths(raw, path.resolve().parent)
     return raw
 

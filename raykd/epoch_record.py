@@ -19,6 +19,11 @@ from typing import Any
 
 from raykd.metric_names import FIXED_LOSSES, LOSS_DET, LOSS_KD, LOSS_PREFIX, LOSS_TOTAL, METRICS, term_key
 
+EFFECTIVE_CONFIG = "effective_config"
+"""The report key a search trial adds to every result: JSON ``{dotted key: value}`` of the values
+its run used for the keys Tune set (``raykd.search.trainable.reported_values``); the trials
+table records these, not Tune's sampled ones."""
+
 
 @dataclass
 class EpochLosses:

@@ -232,12 +232,12 @@ def test_compile_covers_the_student_convolutions_and_each_loss(monkeypatch):
 
 @pytest.mark.parametrize("cpus, gpus, workers", [(4, 1, 3), (4, 0.25, 3), (1, 1, 0), (16, 1, 8), (4, 0, 0)])
 def test_loader_workers_default_from_the_trial_resources(cpus, gpus, workers):
-    from raykd.search.trainable import trial_experiment
+    from raykd.search.trainable import trial_overrides
 
-    exp = trial_experiment({}, {"data": {}}, threads=None, cpus_per_worker=cpus, gpus_per_worker=gpus)
-    assert exp["data"]["num_workers"] == workers
-    kept = trial_experiment({}, {"data": {"num_workers": 2}}, threads=None, cpus_per_worker=cpus, gpus_per_worker=gpus)
-    assert kept["data"]["num_workers"] == 2
+    found = trial_overrides({}, {"data": {}}, threads=None, cpus_per_worker=cpus, gpus_per_worker=gpus)
+    assert found["data.num_workers"] == workers
+    kept = trial_overrides({}, {"data": {"num_workers": 2}}, threads=None, cpus_per_worker=cpus, gpus_per_worker=gpus)
+    assert "data.num_workers" not in kept
 
 
 def test_training_images_reach_the_device_as_uint8_and_become_the_same_floats(tiny_data):

@@ -11,11 +11,11 @@ import yaml
 
 from raykd.analyze.factors import describe
 from raykd.analyze.importance import _distribution
-from raykd.config import experiment_from_dict
+from raykd.config import apply_overrides
 from raykd.results import ParamSpec, TableWriter, arrow_type_for, load_table, param_specs
 from raykd.results.writer import _coerce
 from raykd.search.space import Space
-from raykd.search.trainable import trial_experiment
+from raykd.search.trainable import trial_overrides
 from raykd.search.tuner import param_types
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -48,7 +48,7 @@ def test_searched_list_reaches_the_distiller_and_the_table_as_a_list(write_exper
     assert configs[0]["distill.pyramid_scales"] == [1, 2, 4]
     samkd = [c for c in configs if c["distill.method"] == "samkd"]
     assert samkd and all(isinstance(c["distill.pyramid_scales"], list) for c in samkd)
-    cfg = experiment_from_dict(trial_experiment(configs[0], space.base, threads=None))
+    cfg = apply_overrides(space.base, trial_overrides(configs[0], space.base, threads=None))
     assert cfg.distill.pyramid_scales == [1, 2, 4]
 
     writer = TableWriter(tmp_path / "tables", "exp", param_types(space), specs=space.specs)

@@ -542,3 +542,19 @@ def test_load_takes_the_search_folder_its_tables_or_a_storage_root_of_one_search
             reader(str(tmp_path / "results"))
         assert err.value.file == str(tmp_path / "results")
     assert load_table(tmp_path / "results" / "s2").num_rows == 2
+
+
+def test_parameter_columns_record_the_values_the_run_used_not_tune_s_samples(tmp_path):
+    import json
+
+    from raykd.epoch_record import EFFECTIVE_CONFIG
+
+    writer = TableWriter(tmp_path, "exp", {**PARAMS, "distill.pyramid_scales": pa.list_(pa.int64())})
+    sampled = {"distill.method": "mgd", "distill.mask_ratio": 0.6500000123, "distill.pyramid_scales": "1,2"}
+    used = {"distill.method": "mgd", "distill.mask_ratio": 0.65, "distill.pyramid_scales": [1, 2]}
+    writer.add_result("t1", sampled, result(1, **{EFFECTIVE_CONFIG: json.dumps(used)}))
+    writer.end_trial("t1", config=sampled)  # Tune's config again at the end: the effective values stay
+    writer.flush()
+    row = load(tmp_path).iloc[0]
+    assert row["distill.mask_ratio"] == 0.65
+    assert list(row["distill.pyramid_scales"]) == [1, 2]

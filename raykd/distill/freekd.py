@@ -160,5 +160,6 @@ def train_prompt_tokens(probe: TeacherProbe, batches: Iterable[Any], steps: int,
             token.grad = grad
         optimizer.step()
         if step == 1 or step == steps or step % 100 == 0:
-            log(f"freekd prompts: step {step}/{steps}, detection loss {float(detection.detach()):.4f}, dice {float(dice.detach()):.4f}")
+            log(f"freekd prompts: step {step}/{steps}, detection loss {detection.item():.4f}, "
+                f"dice {dice.item():.4f}")
     return {level: token.detach().cpu() for level, token in tokens.items()}

@@ -25,6 +25,7 @@ Rules it follows:
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -36,7 +37,7 @@ from datetime import datetime, timezone
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from raykd.epoch_record import EpochRecord
+from raykd.epoch_record import EFFECTIVE_CONFIG, EpochRecord
 from raykd.errors import UserError
 from raykd.ownership import check_held
 from raykd.results import schema as S
@@ -56,6 +57,7 @@ class _Trial:
     """What the writer knows of one trial."""
 
     config: dict = field(default_factory=dict)  # parameter column -> coerced value
+    effective: dict = field(default_factory=dict)  # dotted key -> the value the run used (its reports)
     phase: str = S.SEARCH_PHASE
     seed: int | None = None
     epochs: dict[int, dict] = field(default_factory=dict)  # epoch -> epoch row
@@ -117,7 +119,12 @@ class TableWriter:
     # --- events -------------------------------------------------------------------------
 
     def add_result(self, trial_id: str, config: Mapping, result: Mapping) -> None:
-        """Record one Tune result (the trainer's metrics dict plus Tune's own keys)."""
+        """Record one Tune result (the trainer's metrics dict plus Tune's own keys); the
+        parameter columns take the effective values the result carries (:data:`EFFECTIVE_CONFIG`)
+        over Tune's sampled ones."""
+        trial = self._trial(trial_id, None)
+        if result.get(EFFECTIVE_CONFIG):
+            trial.effective = json.loads(result[EFFECTIVE_CONFIG])
         trial = self._trial(trial_id, config)
         trial.status, trial.error = "RUNNING", None
         for name, cast in (("epochs_total", int), ("executor", str), ("num_workers", int), ("device", str),
@@ -226,7 +233,7 @@ class TableWriter:
             trial = self._load_previous().pop(trial_id, None) or _Trial(phase=self.phase)
             self._trials[trial_id] = trial
         if config is not None:
-            flat = _flatten(config)
+            flat = {**_flatten(config), **trial.effective}
             trial.config = {k: _coerce(k, flat.get(k), t) for k, t in self.params.items()}
             # The seed a result reported wins: with search.repeats the trainable shifts train.seed.
             if trial.seed is None and flat.get("train.seed") is not None:

@@ -12,7 +12,6 @@ verdict also says how much of it is one draw of the teacher (docs/statistics.md)
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 from raykd.analyze.factors import BASELINE_METHOD, METHOD, TEACHER_SEED
 from raykd.analyze.inputs import read_inputs
 from raykd.analyze.verdict import phase_of, rank
-from raykd.config import SEED_KEY, ExperimentConfig, experiment_from_dict, set_dotted
+from raykd.config import SEED_KEY, ExperimentConfig, experiment_from_dict, overridden
 from raykd.results.schema import SEARCH_PHASE
 from raykd.search.space import Space
 
@@ -41,10 +40,7 @@ class ConfirmTeacher:
 
 def confirm_experiment(space: Space) -> dict[str, Any]:
     """The experiment mapping of the confirmation trials: the search's, with ``confirm.set``."""
-    exp = copy.deepcopy(space.base)
-    for key, value in space.spec.confirm.set.items():
-        set_dotted(exp, key, value)
-    return exp
+    return overridden(space.base, space.spec.confirm.set)
 
 
 def confirm_config(space: Space) -> ExperimentConfig:
@@ -80,8 +76,7 @@ def prepare_teachers(space: Space, *, log: Callable[[str], None] = print,
         return [ConfirmTeacher(None, path, teacher_metrics(path) if path else {})]
     teachers = []
     for seed in space.spec.confirm.teacher_seeds:
-        seeded = copy.deepcopy(exp)
-        set_dotted(seeded, TEACHER_SEED_KEY, seed)
+        seeded = overridden(exp, {TEACHER_SEED_KEY: seed})
         seeded["teacher"].pop("checkpoint", None)
         cfg = experiment_from_dict(seeded, file=space.path)
         path = str(Path(ensure_teacher(cfg, log=lambda line, s=seed: log(f"[teacher seed {s}] {line}"),

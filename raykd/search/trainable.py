@@ -8,49 +8,53 @@ failure (how that checkpoint is found: :mod:`raykd.search.tune_state`).
 
 from __future__ import annotations
 
-import copy
 import json
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ray import tune
 
-from raykd.config import SEED_KEY, experiment_from_dict, get_dotted, set_dotted
-from raykd.epoch_record import EpochRecord
+from raykd.config import SEED_KEY, ExperimentConfig, effective_values, experiment_from_dict, get_dotted, overridden
+from raykd.epoch_record import EFFECTIVE_CONFIG, EpochRecord
 from raykd.search.tune_state import EPOCH_FILE, FINISHED, reported_epoch, resume_state_of
 from raykd.train.checkpoint import STATE_FILE, save_state
 from raykd.train.setup import loader_workers
 
 
-def trial_experiment(config: dict[str, Any], base: dict[str, Any], threads: int | None,
-                     cpus_per_worker: float | None = None, gpus_per_worker: float = 0) -> dict[str, Any]:
-    """The experiment mapping of one trial: ``base`` with the trial's dotted keys applied
-    (keys whose value is ``None`` are undefined for this trial); ``data.num_workers``, when
-    unset, from ``cpus_per_worker`` and ``gpus_per_worker`` (:func:`~raykd.train.setup.loader_workers`).
-
-    With ``search.repeats`` Tune's Repeater sets ``__trial_index__``; it shifts the seed.
-    """
-    exp = copy.deepcopy(base)
-    for key, value in config.items():
-        if not key.startswith("__") and value is not None:  # None: a conditional key left undefined
-            set_dotted(exp, key, value)
+def trial_overrides(config: Mapping[str, Any], base: Mapping[str, Any], threads: int | None,
+                    cpus_per_worker: float | None = None, gpus_per_worker: float = 0) -> dict[str, Any]:
+    """The dotted overrides of one trial: Tune's ``config`` (keys whose value is ``None`` are
+    undefined for this trial and left out), the seed shifted by ``__trial_index__`` (Tune's
+    Repeater, ``search.repeats``), ``train.threads``, and ``data.num_workers``, when unset, from
+    ``cpus_per_worker`` and ``gpus_per_worker`` (:func:`~raykd.train.setup.loader_workers`)."""
+    overrides = {key: value for key, value in config.items() if not key.startswith("__") and value is not None}
     if "__trial_index__" in config:
-        set_dotted(exp, SEED_KEY, int(get_dotted(exp, SEED_KEY, 0)) + int(config["__trial_index__"]))
+        seed = overrides.get(SEED_KEY, get_dotted(dict(base), SEED_KEY, 0))
+        overrides[SEED_KEY] = int(seed) + int(config["__trial_index__"])
     if threads:
-        set_dotted(exp, "train.threads", threads)
-    if cpus_per_worker is not None and get_dotted(exp, "data.num_workers") is None:
-        set_dotted(exp, "data.num_workers", loader_workers(cpus_per_worker, gpus_per_worker))
-    return exp
+        overrides["train.threads"] = threads
+    if cpus_per_worker is not None and get_dotted(overridden(base, overrides), "data.num_workers") is None:
+        overrides["data.num_workers"] = loader_workers(cpus_per_worker, gpus_per_worker)
+    return overrides
+
+
+def reported_values(config: Mapping[str, Any], cfg: ExperimentConfig) -> str:
+    """The :data:`~raykd.epoch_record.EFFECTIVE_CONFIG` report value: JSON of the effective value of
+    every key Tune's ``config`` defines for this trial (the seed is the ``seed`` column's)."""
+    keys = [key for key, value in config.items() if not key.startswith("__") and value is not None and key != SEED_KEY]
+    return json.dumps(effective_values(cfg, keys))
 
 
 def run_trial(config: dict[str, Any], *, base: dict[str, Any], teacher_checkpoint: str | None, executor: str,
               workers: int, cpus_per_worker: float, gpus_per_worker: float, storage_path: str) -> None:
     """Tune function trainable; ``tune.with_parameters`` binds everything but ``config``."""
-    exp = trial_experiment(config, base, threads=max(int(cpus_per_worker), 1) if gpus_per_worker == 0 else None,
-                           cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker)
+    overrides = trial_overrides(config, base, threads=max(int(cpus_per_worker), 1) if gpus_per_worker == 0 else None,
+                                cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker)
+    exp = overridden(base, overrides)
     cfg = experiment_from_dict(exp)
-    extra = {"executor": executor, "seed": cfg.train.seed}
+    extra = {"executor": executor, "seed": cfg.train.seed, EFFECTIVE_CONFIG: reported_values(config, cfg)}
     if executor == "inline":
         from raykd.train.loop import fit
 

@@ -8,7 +8,6 @@ checkpoint still holds them can be drawn.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -16,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raykd.config import ExperimentConfig, experiment_from_dict, set_dotted
+from raykd.config import ExperimentConfig, apply_overrides
 from raykd.errors import UserError
 from raykd.results.layout import TEACHER_FILE, TRIAL_PREFIX, SearchFolder
 from raykd.train.checkpoint import load_state
@@ -50,15 +49,13 @@ def trial_config(root: Path, space_path: str, params: Mapping[str, Any]) -> tupl
     from raykd.search.space import Space
 
     space = Space(space_path)
-    exp = copy.deepcopy(space.base)
-    for key, value in params.items():
-        set_dotted(exp, key, value.item() if hasattr(value, "item") else value)
+    overrides = {key: value.item() if hasattr(value, "item") else value for key, value in params.items()}
     teacher = root / TEACHER_FILE
     if teacher.is_file():
         checkpoint = json.loads(teacher.read_text()).get("checkpoint")
         if checkpoint:
-            set_dotted(exp, "teacher.checkpoint", checkpoint)
-    return experiment_from_dict(exp, file=space.experiment_path), space.experiment_path
+            overrides["teacher.checkpoint"] = checkpoint
+    return apply_overrides(space.base, overrides, file=space.experiment_path), space.experiment_path
 
 
 def best_trial_pictures(root: Path, trial_id: str, space_path: str | None, params: Mapping[str, Any],
