@@ -57,7 +57,7 @@ def show(path: str, overrides: dict[str, Any]) -> str:
     from raykd.search.space import Space
 
     space = Space(path, overrides)
-    spec = space.spec.model_dump(mode="json", exclude_none=True)
+    spec = space.settings.model_dump(mode="json", exclude_none=True)
     spec["experiment"] = str(space.experiment_path.resolve())
     return (f"# {path}: resolved\n" + yaml.safe_dump(spec, sort_keys=False)
             + f"---\n# {space.experiment_path}: resolved, with the space's fixed values and --set\n"
@@ -68,17 +68,17 @@ def schemas() -> dict[str, dict[str, Any]]:
     """The JSON Schema of each kind of file, ``_base_`` and the space's shorthands allowed. No key
     is required: a file inheriting from others may hold any part (``raykd config show`` and every
     command check the merged whole)."""
-    from raykd.search.space import SpaceSpec
+    from raykd.search.space import SpaceSettings
 
     base = {"description": "file(s) this one inherits from, relative to it; merged key by key, this file winning",
             "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}]}
     out = {}
-    for kind, model in (("experiment", ExperimentConfig), ("space", SpaceSpec)):
+    for kind, model in (("experiment", ExperimentConfig), ("space", SpaceSettings)):
         schema = model.model_json_schema()
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
         schema["properties"].pop("source", None)  # set by the loader, not a key of the file
         schema["properties"] = {BASE_KEY: base, **schema["properties"]}
-        if kind == "space":  # `key: [a, b]` is a choice, a scalar a constant (SpaceSpec._shorthand)
+        if kind == "space":  # `key: [a, b]` is a choice, a scalar a constant (SpaceSettings._shorthand)
             param = schema["properties"]["space"]["additionalProperties"]
             schema["properties"]["space"]["additionalProperties"] = {
                 "anyOf": [param, {"type": "array"}, {"type": ["string", "number", "boolean", "null"]}]}

@@ -81,9 +81,9 @@ class LossSummary:
     @classmethod
     def from_report(cls, report: Mapping[str, Any]) -> LossSummary:
         terms = {key[len(LOSS_PREFIX):]: number for key, value in report.items()
-                 if key.startswith(LOSS_PREFIX) and key not in FIXED_LOSSES and (number := _number(value)) is not None}
-        return cls(total=_number(report.get(LOSS_TOTAL)), det=_number(report.get(LOSS_DET)),
-                   kd=_number(report.get(LOSS_KD)), terms=terms)
+                 if key.startswith(LOSS_PREFIX) and key not in FIXED_LOSSES and (number := finite_number(value)) is not None}
+        return cls(total=finite_number(report.get(LOSS_TOTAL)), det=finite_number(report.get(LOSS_DET)),
+                   kd=finite_number(report.get(LOSS_KD)), terms=terms)
 
 
 @dataclass(frozen=True)
@@ -131,15 +131,15 @@ class EpochRecord:
             epoch=int(report["epoch"]),
             epochs_total=int(report.get("epochs_total") or report["epoch"]),
             losses=LossSummary.from_report(report),
-            scores={name: _number(report[name]) for name in METRICS if name in report},
-            lr=_number(report.get("lr")),
-            step_time=_number(report.get("step_time")),
-            epoch_time=_number(report.get("epoch_time")),
-            time_total_s=_number(report.get("time_total_s")),
+            scores={name: finite_number(report[name]) for name in METRICS if name in report},
+            lr=finite_number(report.get("lr")),
+            step_time=finite_number(report.get("step_time")),
+            epoch_time=finite_number(report.get("epoch_time")),
+            time_total_s=finite_number(report.get("time_total_s")),
             num_workers=int(report.get("num_workers") or 1),
             device=str(report.get("device") or "cpu"),
-            timestamp=_number(report.get("timestamp")),
-            kd_scale=_number(report.get("kd_scale")),
+            timestamp=finite_number(report.get("timestamp")),
+            kd_scale=finite_number(report.get("kd_scale")),
         )
 
     def line(self) -> str:
@@ -156,12 +156,15 @@ class EpochRecord:
                 f"  {ap_text}  lr {self.lr:.2e}  {self.step_time:.3f} s/step  {self.epoch_time:.1f} s")
 
 
-def _number(value: object) -> float | None:
+def finite_number(value: object) -> float | None:
+    """``value`` as a finite float; None for None, booleans, what ``float`` refuses, NaN and ±inf."""
+    if value is None or isinstance(value, bool):
+        return None
     try:
-        number = None if value is None else float(value)
+        number = float(value)
     except (TypeError, ValueError):
         return None
-    return None if number is not None and math.isnan(number) else number
+    return number if math.isfinite(number) else None
 
 
 def metrics_lines(reports: list[Mapping[str, Any]]) -> str:

@@ -93,13 +93,13 @@ def test_space_inherits_and_its_experiment_is_relative_to_the_base(write_experim
                                                        "space": {"train.steps_per_epoch": [1, 2]}})
     space = Space(child)
     assert space.experiment_path.resolve() == experiment.resolve()
-    assert (space.spec.search.num_samples, space.spec.search.seed) == (2, 5)
+    assert (space.settings.search.num_samples, space.settings.search.seed) == (2, 5)
     assert set(space.params) == {"train.seed", "train.steps_per_epoch"}
     # the runs table keeps the merged space, which needs none of the bases to be read again
     kept = yaml.safe_load(space.text)
     assert "_base_" not in kept and kept["search"] == {"num_samples": 2, "seed": 5}
     assert Path(kept["experiment"]).resolve() == experiment.resolve()
-    assert Space(shared).spec.search.num_samples == 3
+    assert Space(shared).settings.search.num_samples == 3
 
 
 def test_the_repository_configs_that_inherit_resolve_as_before():

@@ -51,7 +51,7 @@ def test_searched_list_reaches_the_distiller_and_the_table_as_a_list(write_exper
     cfg = apply_overrides(space.base, trial_overrides(configs[0], space.base, threads=None))
     assert cfg.distill.pyramid_scales == [1, 2, 4]
 
-    writer = TableWriter(tmp_path / "tables", "exp", param_types(space), specs=space.specs)
+    writer = TableWriter(tmp_path / "tables", "exp", param_types(space), specs=space.params)
     for i, config in enumerate(configs):
         writer.add_result(f"t{i}", config, {"epoch": 1, "epochs_total": 1, "bbox_mAP": 0.1})
         writer.end_trial(f"t{i}")
@@ -60,9 +60,9 @@ def test_searched_list_reaches_the_distiller_and_the_table_as_a_list(write_exper
     assert table.schema.field("distill.pyramid_scales").type == pa.list_(pa.int64())
     assert table.to_pylist()[0]["distill.pyramid_scales"] == [1, 2, 4]
     # The stored description round-trips from the table's metadata, also after compaction.
-    assert param_specs(table.schema) == space.specs
+    assert param_specs(table.schema) == space.params
     writer.compact()
-    assert param_specs(load_table(tmp_path / "tables").schema) == space.specs
+    assert param_specs(load_table(tmp_path / "tables").schema) == space.params
 
 
 def test_a_list_column_takes_lists_only():

@@ -20,7 +20,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 @pytest.mark.parametrize("path", sorted((REPO / "search_spaces").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_spaces_validate(path):
     space = Space(path)
-    assert space.params and space.spec.search.num_samples >= 1
+    assert space.params and space.settings.search.num_samples >= 1
     for point in space.points:
         assert set(point) <= set(space.params)
 
@@ -198,7 +198,7 @@ def test_confirm_block_is_checked(space_file, confirm, repeats, key, message):
 def test_confirm_block_with_fresh_seeds_is_accepted(space_file):
     space = Space(space_file(confirm={"top": 2, "seeds": [100, 101, 102]},
                              space={"distill.method": {"choice": ["none", "mgd"]}, "train.seed": {"choice": [0, 1]}}))
-    assert space.spec.confirm.seeds == [100, 101, 102] and space.spec.confirm.baseline is True
+    assert space.settings.confirm.seeds == [100, 101, 102] and space.settings.confirm.baseline is True
     assert space.search_seeds() == {0, 1}
 
 
@@ -228,8 +228,8 @@ def test_confirmation_points_take_the_top_of_each_method_and_the_baseline(space_
                       for s in (100, 101)
                       for m, a in (("mgd", {"distill.alpha": 2e-7}), ("dmkd", {"distill.alpha": 3e-7}),
                                    ("none", {}))]
-    space.spec.confirm.per = None
-    space.spec.confirm.top = 2
+    space.settings.confirm.per = None
+    space.settings.confirm.top = 2
     assert [p["distill.alpha"] for p in confirmation_points(space, str(root))[:2]] == [2e-7, 1e-7]
 
 
@@ -241,7 +241,7 @@ def test_confirmation_points_carry_confirm_set_and_one_point_per_teacher(space_f
 
     space = Space(space_file(confirm={"top": 1, "seeds": [100, 101], "teacher_seeds": [4, 5],
                                       "set": {"train": {"epochs": 3}, "data.image_size": 96}}))
-    assert space.spec.confirm.set == {"train.epochs": 3, "data.image_size": 96}
+    assert space.settings.confirm.set == {"train.epochs": 3, "data.image_size": 96}
     root = tmp_path / "search"
     writer = TableWriter(root / "tables", "search", {"distill.method": pa.string(), "distill.alpha": pa.float64()})
     for trial_id, method, alpha, value in [("a", "mgd", 1e-7, 0.30), ("b", "none", None, 0.22)]:
@@ -289,7 +289,7 @@ def test_confirmation_searcher_suggests_each_point_once_and_resumes_from_json(tm
 def test_the_demo_says_it_is_a_smoke_test_and_the_reproduction_confirms_over_three_teachers():
     root = Path(__file__).resolve().parents[1] / "search_spaces"
     demo = Space(root / "demo.yaml")
-    assert "smoke test" in demo.spec.closing_note and "its interval may include zero" in demo.spec.closing_note
-    assert "python -m raykd.search search_spaces/shapes_reproduction.yaml" in demo.spec.closing_note
+    assert "smoke test" in demo.settings.closing_note and "its interval may include zero" in demo.settings.closing_note
+    assert "python -m raykd.search search_spaces/shapes_reproduction.yaml" in demo.settings.closing_note
     reproduction = Space(root / "shapes_reproduction.yaml")
-    assert len(reproduction.spec.confirm.teacher_seeds) == 3 and reproduction.spec.confirm.per == "distill.method"
+    assert len(reproduction.settings.confirm.teacher_seeds) == 3 and reproduction.settings.confirm.per == "distill.method"

@@ -67,14 +67,12 @@ def test_relative_weights_files_resolve_and_are_named_for_multi_node_clusters(tm
 
 
 def test_search_and_readers_share_one_layout(tmp_path):
-    from raykd.search.tuner import SearchPaths
-
-    paths = SearchPaths(str(tmp_path), "s1")
-    folder = SearchFolder(paths.root)
-    assert (paths.tables, paths.teacher, paths.confirm_root, paths.journal) == (
-        folder.tables, folder.teacher, folder.confirm, folder.journal)
+    paths = SearchFolder.of(str(tmp_path), "s1")
+    assert (paths.root, paths.storage, paths.name) == (f"{tmp_path}/s1", str(tmp_path), "s1")
     assert paths.tables == f"{tmp_path}/s1/tables" and paths.teacher == f"{tmp_path}/s1/teacher.json"
-    assert SearchPaths("s3://bucket/x", "s1").journal is None
+    assert paths.confirm == f"{tmp_path}/s1/confirm"
+    uri = SearchFolder.of("s3://bucket/x/", "s1")
+    assert (uri.root, uri.storage, uri.name, uri.journal) == ("s3://bucket/x/s1", "s3://bucket/x", "s1", None)
     writer = TableWriter(paths.tables, "s1", {"distill.method": pa.string()}, flush_every_s=0)
     writer.add_result("t1", {"distill.method": "none"}, {"epoch": 1, "epochs_total": 2, "bbox_mAP": 0.1})
     writer.end_trial("t1")

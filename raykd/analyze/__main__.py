@@ -12,7 +12,7 @@ from raykd.analyze.report import FORMATS, parse_formats, write, write_summary
 from raykd.analyze.scores import FIDELITIES
 from raykd.console import add_verbosity_args, quiet_libraries
 from raykd.errors import ArgumentParser, UserError, run_cli
-from raykd.results import METRICS
+from raykd.metric_names import METRICS
 from raykd.uri import is_uri
 
 PROG = "python -m raykd.analyze"

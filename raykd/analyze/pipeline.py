@@ -34,7 +34,7 @@ from raykd.analyze.scores import Scores, score_trials
 from raykd.analyze.teachers import across_table, teacher_scores
 from raykd.analyze.verdict import Ranking, Verdict, factor_names, phase_of, rank, verdict
 from raykd.errors import UserError
-from raykd.results import METRICS
+from raykd.metric_names import METRICS
 from raykd.results.schema import CONFIRM_PHASE, SEARCH_PHASE
 
 TOP = 10

@@ -23,7 +23,7 @@ import pandas as pd
 
 from raykd.analyze import stats
 from raykd.errors import UserError
-from raykd.results import METRICS
+from raykd.metric_names import METRICS
 from raykd.stop_reasons import EARLY_STOPPED, stopped_early_text
 
 FIDELITIES = ("auto", "common-epoch", "completed", "best")

@@ -44,7 +44,7 @@ def _int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _number(value: Any) -> bool:
+def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -59,11 +59,11 @@ def _problem(det: Any, image_ids: set[int], category_ids: set[int], iou_type: Io
         return ".image_id", f"expected the id of an image in the annotation file, got {det['image_id']!r}"
     if not _int(det["category_id"]) or det["category_id"] not in category_ids:
         return ".category_id", f"expected one of the category ids {sorted(category_ids)[:20]}, got {det['category_id']!r}"
-    if not _number(det["score"]):
+    if not _finite(det["score"]):
         return ".score", f"expected a finite number, got {det['score']!r}"
     if "bbox" in det:
         bbox = det["bbox"]
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_number(v) for v in bbox) and min(bbox[2:]) >= 0):
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_finite(v) for v in bbox) and min(bbox[2:]) >= 0):
             return ".bbox", f"expected [x, y, width, height] of 4 finite numbers, width and height >= 0, got {bbox!r}"
     if iou_type == "segm":
         seg = det["segmentation"]

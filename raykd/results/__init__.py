@@ -21,7 +21,6 @@ from raykd.results.params import ParamSpec
 from raykd.results.provenance import write_run, write_run_row
 from raykd.results.read import latest_sql, latest_trials, load, load_table, param_names, param_specs
 from raykd.results.schema import (
-    METRICS,
     SCHEMA_VERSION,
     TABLES,
     arrow_type_for,
@@ -32,7 +31,6 @@ from raykd.results.schema import (
 from raykd.results.writer import TableWriter
 
 __all__ = [
-    "METRICS",
     "SCHEMA_VERSION",
     "TABLES",
     "ParamSpec",

@@ -9,7 +9,7 @@ One search writes ``STORAGE/NAME/`` (a local folder or a pyarrow URI)::
     ray_train/                                   Ray Train's folders of TorchTrainer trials
     trial_<id>/                                  Tune's trial folders (checkpoints)
 
-The search writes it (:class:`raykd.search.tuner.SearchPaths`), the analysis, the visualiser and
+The search writes it (:class:`SearchFolder`), the analysis, the visualiser and
 :func:`raykd.results.load` read it; :func:`find_tables` is how every reader turns a folder
 it is given into the tables folder.
 """
@@ -36,9 +36,23 @@ KEY_TABLE = "trials"
 
 @dataclass(frozen=True)
 class SearchFolder:
-    """The paths inside one search folder ``root`` (a local path or a URI)."""
+    """The paths inside one search folder ``root`` (a local path or a URI): the search ``name``
+    under ``storage`` (the folder or URI holding every search), ``STORAGE/NAME``."""
 
     root: str
+
+    @classmethod
+    def of(cls, storage: str, name: str) -> SearchFolder:
+        """The folder of search ``name`` under ``storage``."""
+        return cls(f"{storage.rstrip('/')}/{name}")
+
+    @property
+    def storage(self) -> str:
+        return self.root.rsplit("/", 1)[0] or "/"
+
+    @property
+    def name(self) -> str:
+        return self.root.rsplit("/", 1)[1]
 
     @property
     def tables(self) -> str:

@@ -3,7 +3,7 @@
 One :class:`ParamSpec` per searched key (``distill.mask_ratio``): its distribution
 (``uniform`` / ``loguniform`` / ``int`` / ``choice``, or a constant ``value``), bounds or
 choices, log flag and ``when`` condition. The search builds them from its space
-(:attr:`raykd.search.space.Space.specs`), Optuna samples from them
+(:attr:`raykd.search.space.Space.params`), Optuna samples from them
 (:meth:`ParamSpec.suggest`), the writer stores them in the trials schema metadata
 (``raykd.param_specs``, :func:`dumps`) and the analysis reads the real distributions back
 (:func:`loads`) instead of inferring them from the values seen.
@@ -51,7 +51,7 @@ class ParamSpec:
     def candidates(self) -> list[Any]:
         """Values that cover what a trial can receive (for validation and column types)."""
         if self.kind == "choice":
-            return list(self.choices)
+            return [_thawed(choice) for choice in self.choices]
         if self.kind == "value":
             return [self.value]
         if self.kind == "int":
@@ -124,3 +124,8 @@ def loads(raw: bytes | str | None) -> dict[str, ParamSpec]:
     if not raw:
         return {}
     return {name: ParamSpec.from_dict(data) for name, data in json.loads(raw).items()}
+
+
+def _thawed(value: Any) -> Any:
+    """A frozen choice as the space file wrote it: tuples back to lists."""
+    return [_thawed(v) for v in value] if isinstance(value, tuple) else value

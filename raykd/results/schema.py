@@ -32,7 +32,6 @@ PARAMS_KEY = b"raykd.params"
 EXPERIMENT_KEY = b"raykd.experiment"
 SPECS_KEY = b"raykd.param_specs"
 
-METRICS = metric_names.METRICS
 """COCO metrics reported per epoch (:mod:`raykd.metric_names`: box, then segm), in [0, 1]; null
 where COCO has no objects of a size, and segm ones null in runs of box-only detectors."""
 
@@ -58,8 +57,8 @@ _TRIALS_HEAD = [
     ("error", pa.string()),
 ]
 _TRIALS_TAIL = (
-    [(f"final_{m}", pa.float64()) for m in METRICS]
-    + [(f"best_{m}", pa.float64()) for m in METRICS]
+    [(f"final_{m}", pa.float64()) for m in metric_names.METRICS]
+    + [(f"best_{m}", pa.float64()) for m in metric_names.METRICS]
     + [
         ("best_epoch", pa.int64()),
         *((name, pa.float64()) for name in LOSSES),
@@ -81,7 +80,7 @@ FIXED_TRIAL_COLUMNS = frozenset(name for name, _ in _TRIALS_HEAD + _TRIALS_TAIL)
 
 _EPOCHS = (
     [("experiment", pa.string()), ("trial_id", pa.string()), ("epoch", pa.int64())]
-    + [(m, pa.float64()) for m in METRICS]
+    + [(m, pa.float64()) for m in metric_names.METRICS]
     + [(name, pa.float64()) for name in LOSSES]
     + [
         ("loss_terms", LOSS_TERMS),

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Mapping
@@ -37,8 +36,9 @@ from datetime import datetime, timezone
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from raykd.epoch_record import EFFECTIVE_CONFIG, EpochRecord
+from raykd.epoch_record import EFFECTIVE_CONFIG, EpochRecord, finite_number
 from raykd.errors import UserError
+from raykd.metric_names import METRICS
 from raykd.ownership import check_held
 from raykd.results import schema as S
 from raykd.results.compact import compact
@@ -144,7 +144,7 @@ class TableWriter:
             "experiment": self.experiment,
             "trial_id": trial_id,
             "epoch": epoch,
-            **{m: _metric(record.score(m)) for m in S.METRICS},
+            **{m: _metric(record.score(m)) for m in METRICS},
             **dict(zip(S.LOSSES, (record.losses.total, record.losses.det, record.losses.kd))),
             "loss_terms": record.losses.terms,
             "kd_scale": record.kd_scale,
@@ -244,12 +244,12 @@ class TableWriter:
         return trial
 
     def _advance_clock(self, trial: _Trial, result: Mapping) -> None:
-        clock = _number(result.get("time_total_s"))
+        clock = finite_number(result.get("time_total_s"))
         if clock is None:
             return
         if trial.session_wall is None or (trial.last_clock is not None and clock < trial.last_clock):
             trial.session_wall = trial.wall_s
-            trial.session_clock = max(clock - (_number(result.get("time_this_iter_s")) or 0.0), 0.0)
+            trial.session_clock = max(clock - (finite_number(result.get("time_this_iter_s")) or 0.0), 0.0)
         trial.wall_s = trial.session_wall + clock - trial.session_clock
         trial.last_clock = clock
 
@@ -297,8 +297,8 @@ class TableWriter:
             "phase": trial.phase,
             "error": trial.error,
             **trial.config,
-            **{f"final_{m}": last.get(m) for m in S.METRICS},
-            **{f"best_{m}": best.get(m) for m in S.METRICS},
+            **{f"final_{m}": last.get(m) for m in METRICS},
+            **{f"best_{m}": best.get(m) for m in METRICS},
             "best_epoch": best.get("epoch"),
             **{name: last.get(name) for name in S.LOSSES},
             "loss_terms": last.get("loss_terms"),
@@ -323,17 +323,10 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _number(value: object) -> float | None:
-    try:
-        return None if value is None else float(value)
-    except (TypeError, ValueError):
-        return None
-
-
 def _metric(value: object) -> float | None:
     """A COCO metric; pycocotools' -1 (no objects of that size) and NaN become null."""
-    number = _number(value)
-    return None if number is None or math.isnan(number) or number < 0 else number
+    number = finite_number(value)
+    return None if number is None or number < 0 else number
 
 
 def _flatten(config: Mapping, prefix: str = "") -> dict:

@@ -17,9 +17,11 @@ from pathlib import Path
 from raykd.config import parse_overrides
 from raykd.console import add_verbosity_args, library_log_level, progress_bars, quiet_libraries
 from raykd.errors import ArgumentParser, UserError, run_cli
+from raykd.metric_names import METRICS
 from raykd.ownership import claim, has_content, ownership_lost, refuse_if_owned
 from raykd.ray_address import check_reachable
-from raykd.results.schema import CONFIRM_PHASE, METRICS, SEARCH_PHASE
+from raykd.results.layout import SearchFolder
+from raykd.results.schema import CONFIRM_PHASE, SEARCH_PHASE
 from raykd.results.store import storage_failure
 from raykd.search.space import Space
 from raykd.tracking import add_tracking_args
@@ -149,9 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     space = Space(args.space, parse_overrides(args.overrides), num_samples=args.num_samples)
     storage = resolve_storage(args.storage)
     name = _pick_name(space, storage, args.name, args.resume)
-    from raykd.search.tuner import SearchPaths
 
-    paths = SearchPaths(storage, name)
+    paths = SearchFolder.of(storage, name)
     _check_writable(storage)  # before reading its owner file: e.g. a missing bucket, refused credentials
     refuse_if_owned(paths.root, key="--name", todo=OWNED_TODO)
     if not args.resume and not is_uri(storage) and has_content(paths.root):
@@ -175,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _search(args: argparse.Namespace, space: Space, storage: str, name: str, paths, address: str | None) -> int:
     """The search, its folder held by this driver (:mod:`raykd.ownership`)."""
-    spec = space.spec
+    spec = space.settings
     print(f"search {name}: {spec.search.num_samples} samples × {spec.search.repeats} seeds, sampler "
           f"{spec.search.sampler}, scheduler {spec.scheduler.type}, executor {spec.resources.resolved_executor()}, "
           f"{len(space.params)} searched keys", flush=True)
@@ -287,7 +288,7 @@ def _confirm_tuner(args: argparse.Namespace, space: Space, paths, teacher_ckpt: 
     from raykd.search.tune_state import can_restore
     from raykd.search.tuner import build_confirm_tuner, restore_tuner
 
-    confirm = space.spec.confirm
+    confirm = space.settings.confirm
     if confirm.teacher_seeds and not seeds_teachers(space):
         print(f"confirm: the teacher is used as it is (no teacher.train block): one teacher, not one per "
               f"confirm.teacher_seeds {confirm.teacher_seeds}", flush=True)
@@ -296,12 +297,12 @@ def _confirm_tuner(args: argparse.Namespace, space: Space, paths, teacher_ckpt: 
     bound = None if seeded else (teachers[0].checkpoint if teachers else teacher_ckpt)
     if seeded and not is_uri(paths.storage):
         _record_teacher_seeds(paths, seeded)
-    if can_restore(paths.confirm_root, local=not is_uri(paths.storage)):
-        print(f"confirm: continuing the confirmation phase in {paths.confirm_root}", flush=True)
+    if can_restore(paths.confirm, local=not is_uri(paths.storage)):
+        print(f"confirm: continuing the confirmation phase in {paths.confirm}", flush=True)
         return restore_tuner(space, paths, bound, confirm=True)
-    if not is_uri(paths.storage) and Path(paths.confirm_root).exists():
+    if not is_uri(paths.storage) and Path(paths.confirm).exists():
         # Its driver stopped before Tune saved a state: no confirmation trial had started.
-        shutil.rmtree(paths.confirm_root)
+        shutil.rmtree(paths.confirm)
     points = confirmation_points(space, paths.root, teachers)
     if not points:
         print("confirm: no search trial has a value to rank; nothing to confirm", flush=True)
@@ -345,7 +346,7 @@ def _summary(space: Space, paths, prep_s: float, search_s: float) -> int:
     from raykd.analyze.teachers import teacher_scores
     from raykd.analyze.verdict import decide
 
-    metric = space.spec.metrics[0]
+    metric = space.settings.metrics[0]
     inputs = read_inputs([paths.root])
     trials = inputs.trials
     counts = trials["stop_reason"].value_counts().to_dict()
@@ -356,8 +357,8 @@ def _summary(space: Space, paths, prep_s: float, search_s: float) -> int:
                    searched=list(inputs.specs)) if metric in METRICS else None
     for line in found.lines() if found else []:
         print(line)
-    if space.spec.closing_note:
-        print(space.spec.closing_note.strip())
+    if space.settings.closing_note:
+        print(space.settings.closing_note.strip())
     print(f"tables: {paths.tables}")
     print(f"next:   {PROG.replace('search', 'analyze')} {shlex.quote(paths.root)}")  # raykd analyze when run as raykd search
     return int((trials["status"] == "RUNNING").sum())

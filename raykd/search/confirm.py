@@ -40,7 +40,7 @@ class ConfirmTeacher:
 
 def confirm_experiment(space: Space) -> dict[str, Any]:
     """The experiment mapping of the confirmation trials: the search's, with ``confirm.set``."""
-    return overridden(space.base, space.spec.confirm.set)
+    return overridden(space.base, space.settings.confirm.set)
 
 
 def confirm_config(space: Space) -> ExperimentConfig:
@@ -51,7 +51,7 @@ def confirm_config(space: Space) -> ExperimentConfig:
 def seeds_teachers(space: Space) -> bool:
     """Whether the confirmation trains one teacher per ``confirm.teacher_seeds`` (a teacher it
     trains: a ``teacher.train`` block); a teacher used as it is stays one teacher."""
-    confirm = space.spec.confirm
+    confirm = space.settings.confirm
     teacher = space.base_config.teacher
     return bool(confirm and confirm.teacher_seeds) and teacher is not None and teacher.train is not None
 
@@ -75,7 +75,7 @@ def prepare_teachers(space: Space, *, log: Callable[[str], None] = print,
         path = ensure_teacher(cfg, log=log, progress=progress)
         return [ConfirmTeacher(None, path, teacher_metrics(path) if path else {})]
     teachers = []
-    for seed in space.spec.confirm.teacher_seeds:
+    for seed in space.settings.confirm.teacher_seeds:
         seeded = overridden(exp, {TEACHER_SEED_KEY: seed})
         seeded["teacher"].pop("checkpoint", None)
         cfg = experiment_from_dict(seeded, file=space.path)
@@ -107,11 +107,11 @@ def confirmation_points(space: Space, root: str, teachers: list[ConfirmTeacher] 
     a seed start together, so an interrupted or slow phase has whole pairs rather than one
     configuration's seeds, and trials of unequal cost (a teacher or none) share the workers.
     """
-    confirm = space.spec.confirm
+    confirm = space.settings.confirm
     assert confirm is not None
     inputs = read_inputs([root])
     trials = inputs.trials[phase_of(inputs.trials) == SEARCH_PHASE]
-    ranking = rank(trials, inputs.epochs, inputs.params, space.spec.metrics[0])
+    ranking = rank(trials, inputs.epochs, inputs.params, space.settings.metrics[0])
     if ranking is None:
         return []
     configs = ranking.configs

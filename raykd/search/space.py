@@ -77,8 +77,9 @@ class ResourceSettings(_Strict):
         return "inline" if self.workers_per_trial == 1 else "train"
 
 
-class Param(_Strict):
-    """One searched key: exactly one of choice / uniform / loguniform / int / value."""
+class ParamEntry(_Strict):
+    """One searched key as the space file writes it: exactly one of choice / uniform / loguniform /
+    int / value (:meth:`describe` gives the :class:`ParamSpec` everything after the file uses)."""
 
     choice: list[Any] | None = None
     uniform: tuple[float, float] | None = None
@@ -90,7 +91,7 @@ class Param(_Strict):
     when: dict[str, Any] | None = Field(None, description="only defined when these keys have these values")
 
     @model_validator(mode="after")
-    def _one_kind(self) -> Param:
+    def _one_kind(self) -> ParamEntry:
         kinds = [k for k in ("choice", "uniform", "loguniform", "int") if getattr(self, k) is not None]
         if "value" in self.model_fields_set:
             kinds.append("value")
@@ -115,19 +116,8 @@ class Param(_Strict):
                 return name
         return "value"
 
-    def candidates(self) -> list[Any]:
-        """Values that cover what a trial can receive (for validation and column types)."""
-        if self.kind == "choice":
-            return list(self.choice)
-        if self.kind == "value":
-            return [self.value]
-        low, high = getattr(self, self.kind)
-        if self.kind == "int":
-            return [int(low), int(high)]
-        return [float(low), float(high)]
-
-    def spec(self, name: str) -> ParamSpec:
-        """The typed description of this key that Optuna, the writer and the analysis share."""
+    def describe(self, name: str) -> ParamSpec:
+        """The typed description of key ``name`` that Optuna, the writer and the analysis share."""
         when = tuple((key, tuple(_frozen(o) for o in (wanted if isinstance(wanted, list) else [wanted])))
                      for key, wanted in (self.when or {}).items())
         if self.kind == "choice":
@@ -185,7 +175,7 @@ class ConfirmSettings(_Strict):
         return self
 
 
-class SpaceSpec(_Strict):
+class SpaceSettings(_Strict):
     """A search-space file (see ``search_spaces/``, docs/configuration.md and docs/architecture.md)."""
 
     experiment: str
@@ -195,7 +185,7 @@ class SpaceSpec(_Strict):
     search: SearchSettings = Field(default_factory=SearchSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     resources: ResourceSettings = Field(default_factory=ResourceSettings)
-    space: dict[str, Param] = Field(default_factory=dict)
+    space: dict[str, ParamEntry] = Field(default_factory=dict)
     fixed: dict[str, Any] = Field(default_factory=dict)
     points_to_evaluate: list[dict[str, Any] | str] = Field(default_factory=list)
     confirm: ConfirmSettings | None = None
@@ -218,7 +208,7 @@ class SpaceSpec(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _shapes(self) -> SpaceSpec:
+    def _shapes(self) -> SpaceSettings:
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]
         modes = self.mode if isinstance(self.mode, list) else [self.mode]
         if len(metrics) != len(modes):
@@ -270,30 +260,30 @@ class Space:
         inherits = BASE_KEY in load_yaml(self.path)
         raw = copy.deepcopy(merged)
         for key, value in (overrides or {}).items():
-            if key.split(".")[0] in SpaceSpec.model_fields:
+            if key.split(".")[0] in SpaceSettings.model_fields:
                 set_dotted(raw, key, value)
         try:
-            self.spec = SpaceSpec.model_validate(raw)
+            self.settings = SpaceSettings.model_validate(raw)
         except ValidationError as err:
             raise _load_error(err, self.path) from None
         if num_samples is not None:
             if num_samples < 1:
                 raise UserError(f"expected a positive number, got {num_samples}", key="--num-samples")
-            self.spec.search.num_samples = num_samples
-        exp_path = Path(self.spec.experiment)
+            self.settings.search.num_samples = num_samples
+        exp_path = Path(self.settings.experiment)
         if not exp_path.is_absolute():
             exp_path = self.path.resolve().parent / exp_path
         if not exp_path.is_file():
             raise UserError(f"experiment file not found: {exp_path}", file=self.path, key="experiment")
         self.experiment_path = exp_path
-        exp_overrides = {k: v for k, v in (overrides or {}).items() if k.split(".")[0] not in SpaceSpec.model_fields}
+        exp_overrides = {k: v for k, v in (overrides or {}).items() if k.split(".")[0] not in SpaceSettings.model_fields}
         # --set wins over the file's fixed value (the trials receive fixed values as constants)
-        self.spec.fixed.update({k: v for k, v in exp_overrides.items() if k in self.spec.fixed})
-        self.base = load_experiment_dict(exp_path, {**self.spec.fixed, **exp_overrides})
+        self.settings.fixed.update({k: v for k, v in exp_overrides.items() if k in self.settings.fixed})
+        self.base = load_experiment_dict(exp_path, {**self.settings.fixed, **exp_overrides})
         try:
             self.base_config = experiment_from_dict(copy.deepcopy(self.base), file=exp_path)
         except UserError as err:
-            for source, keys in (("fixed", self.spec.fixed), ("--set", exp_overrides)):
+            for source, keys in (("fixed", self.settings.fixed), ("--set", exp_overrides)):
                 if touches(err.key, keys):
                     file = self.path if source == "fixed" else "--set"
                     key = f"fixed.{err.key}" if source == "fixed" else err.key
@@ -302,32 +292,31 @@ class Space:
         # what the runs table keeps of the space: the file, or with bases the merged mapping
         self.text = (f"# {self.path.name} merged with its {BASE_KEY} files\n" + yaml.safe_dump(merged, sort_keys=False)
                      if inherits else self.path.read_text())
+        self.params: dict[str, ParamSpec] = {key: entry.describe(key) for key, entry in self.settings.space.items()}
+        """Every searched key's description, in sampling order (a ``when`` key before the keys it conditions)."""
         self._check_keys()
-        self.spec.space = {key: self.params[key] for key in self._dependency_order()}
-        self.specs: dict[str, ParamSpec] = {key: param.spec(key) for key, param in self.params.items()}
-        self.points = [self._point(p, i) for i, p in enumerate(self.spec.points_to_evaluate)]
+        order = self._dependency_order()
+        self.settings.space = {key: self.settings.space[key] for key in order}
+        self.params = {key: self.params[key] for key in order}
+        self.points = [self._point(p, i) for i, p in enumerate(self.settings.points_to_evaluate)]
         self._check_confirm()
 
     @property
     def name(self) -> str:
-        return self.spec.name or self.path.stem
-
-    @property
-    def params(self) -> dict[str, Param]:
-        return self.spec.space
+        return self.settings.name or self.path.stem
 
     def search_seeds(self) -> set[int]:
         """Every ``train.seed`` a search-phase trial can run with (repeats shift it by 0..repeats-1)."""
         seed = self.params.get(SEED_KEY)
         starts = ([int(v) for v in seed.candidates()] if seed is not None and seed.kind in ("choice", "value")
                   else [int(self.base_config.train.seed)])
-        return {s + i for s in starts for i in range(self.spec.search.repeats)}
+        return {s + i for s in starts for i in range(self.settings.search.repeats)}
 
     # ---------------------------------------------------------------- validation
 
     def _check_confirm(self) -> None:
         """``confirm.set`` keys the experiment takes, not searched ones; a teacher to seed."""
-        confirm = self.spec.confirm
+        confirm = self.settings.confirm
         if confirm is None:
             return
         for key, value in confirm.set.items():
@@ -342,7 +331,7 @@ class Space:
         self._check_confirm_seeds()
 
     def _check_confirm_seeds(self) -> None:
-        confirm = self.spec.confirm
+        confirm = self.settings.confirm
         seed = self.params.get(SEED_KEY)
         if seed is not None and seed.kind not in ("choice", "value"):
             return  # a searched seed range: freshness cannot be listed, the user chose the seeds
@@ -375,7 +364,7 @@ class Space:
                     raise UserError(f"choice options must be scalars or lists, got {value!r}", file=self.path,
                                     key=f"space.{key}.choice[{i}]")
                 self._check_value(key, value, f"space.{key}")
-            for cond_key, cond_value in (param.when or {}).items():
+            for cond_key, cond_value in (self.settings.space[key].when or {}).items():
                 if cond_key not in self.params:
                     raise UserError(f"condition on {cond_key!r}, which is not a searched key", file=self.path,
                                     key=f"space.{key}.when")
@@ -386,7 +375,7 @@ class Space:
                         if v not in allowed:
                             raise UserError(f"{cond_key} never takes the value {v!r} (options: {allowed})",
                                             file=self.path, key=f"space.{key}.when")
-        metrics = set(self.spec.metrics)
+        metrics = set(self.settings.metrics)
         allowed_metrics = {*METRICS, "step_time", "epoch_time", "time_total_s", "loss_total", "loss_det", "loss_kd"}
         for metric in metrics - allowed_metrics:
             raise UserError(f"unknown metric {metric!r}; expected one of {sorted(allowed_metrics)}",
@@ -403,7 +392,7 @@ class Space:
             if key in visiting:
                 raise UserError(f"conditions form a cycle through {key!r}", file=self.path, key=f"space.{key}.when")
             visiting.add(key)
-            for dep in self.params[key].when or {}:
+            for dep in self.settings.space[key].when or {}:
                 visit(dep)
             visiting.discard(key)
             order.append(key)
@@ -427,7 +416,7 @@ class Space:
             self._check_value(key, value, f"{where}.{key}")
             out[key] = value
         # Fill unset active keys with the experiment's own value, or the first option.
-        for key, spec in self.specs.items():
+        for key, spec in self.params.items():
             if key in out or spec.kind == "value" or not spec.active(out):
                 continue
             current = get_dotted(self.base, key)
@@ -438,19 +427,19 @@ class Space:
                 fallback = math.sqrt(low * high) if spec.kind == "loguniform" else (low + high) / 2
                 value = current if isinstance(current, (int, float)) and low <= current <= high else fallback
                 out[key] = int(round(value)) if spec.kind == "int" else float(value)
-        return {k: ParamSpec.encode(out[k]) if self.specs[k].kind == "choice" else out[k]
+        return {k: ParamSpec.encode(out[k]) if self.params[k].kind == "choice" else out[k]
                 for k in self.params if k in out}
 
     def trains_masks(self) -> bool:
         """Whether some trial trains a Mask R-CNN (so the data needs instance masks): the
         experiment does (:meth:`ExperimentConfig.trains_masks`) or ``student.arch`` is searched
         over a mask head family."""
-        spec = self.specs.get("student.arch")
+        spec = self.params.get("student.arch")
         searched = spec is not None and spec.kind == "choice" and any(c in MASK_ARCHS for c in spec.choices)
         return self.base_config.trains_masks() or searched
 
     def define_by_run(self) -> DefineByRun:
-        return DefineByRun(list(self.specs.values()), self.spec.fixed)
+        return DefineByRun(list(self.params.values()), self.settings.fixed)
 
 
 def _frozen(value: Any) -> Any:
@@ -468,19 +457,19 @@ class DefineByRun:
     """
 
     def __init__(self, specs: list[ParamSpec], fixed: dict[str, Any] | None = None):
-        self.specs = list(specs)
+        self.params = list(specs)
         self.fixed = dict(fixed or {})
 
     def __setstate__(self, state: dict) -> None:
-        # Pickled before the specs existed (a search resumed across the upgrade): key -> Param dump.
+        # Pickled before the specs existed (a search resumed across the upgrade): key -> ParamEntry dump.
         if "params" in state:
-            state = {"specs": [Param.model_validate(p).spec(k) for k, p in state.pop("params").items()], **state}
+            state = {"specs": [ParamEntry.model_validate(p).describe(k) for k, p in state.pop("params").items()], **state}
         self.__dict__.update(state)
 
     def __call__(self, trial) -> dict[str, Any] | None:
         values: dict[str, Any] = {}
         constants: dict[str, Any] = dict(self.fixed)
-        for spec in self.specs:
+        for spec in self.params:
             if not spec.active(values):
                 continue
             values[spec.name] = spec.suggest(trial)

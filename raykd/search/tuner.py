@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,42 +31,9 @@ from raykd.uri import is_uri
 TRAIN_DRIVER_CPU = 0.01  # Ray refuses 0 CPUs for a trial; its TorchTrainer workers hold the real ones
 
 
-@dataclass
-class SearchPaths:
-    """Where the search ``name`` under ``storage`` writes (:mod:`raykd.results.layout` names the parts)."""
-
-    storage: str  # folder (or URI) holding every search
-    name: str
-
-    @property
-    def folder(self) -> SearchFolder:
-        return SearchFolder(self.root)
-
-    @property
-    def root(self) -> str:
-        return f"{self.storage.rstrip('/')}/{self.name}"
-
-    @property
-    def tables(self) -> str:
-        return self.folder.tables
-
-    @property
-    def teacher(self) -> str:
-        return self.folder.teacher
-
-    @property
-    def confirm_root(self) -> str:
-        """Tune's state of the confirmation phase (its trials go to the same tables)."""
-        return self.folder.confirm
-
-    @property
-    def journal(self) -> str | None:
-        return self.folder.journal  # None on URI storage
-
-
 def make_sampler(space: Space) -> optuna.samplers.BaseSampler:
     """The seeded Optuna sampler named in ``search.sampler``."""
-    settings = space.spec.search
+    settings = space.settings.search
     seed = settings.seed
     kind = settings.sampler
     if kind == "tpe":
@@ -90,8 +56,8 @@ def make_sampler(space: Space) -> optuna.samplers.BaseSampler:
 
 def param_types(space: Space) -> dict[str, Any]:
     """Arrow type of every searched and fixed key, from the values a trial can receive."""
-    types = {key: arrow_type_for(spec.candidates()) for key, spec in space.specs.items()}
-    types.update({key: arrow_type_for([value]) for key, value in space.spec.fixed.items() if key not in types})
+    types = {key: arrow_type_for(spec.candidates()) for key, spec in space.params.items()}
+    types.update({key: arrow_type_for([value]) for key, value in space.settings.fixed.items() if key not in types})
     return types
 
 
@@ -101,9 +67,9 @@ def confirm_param_types(space: Space) -> dict[str, Any]:
     from raykd.search.confirm import TEACHER_SEED_KEY, seeds_teachers
 
     types = param_types(space)
-    types.update({key: arrow_type_for([value]) for key, value in space.spec.confirm.set.items()})
+    types.update({key: arrow_type_for([value]) for key, value in space.settings.confirm.set.items()})
     if seeds_teachers(space):
-        types[TEACHER_SEED_KEY] = arrow_type_for(space.spec.confirm.teacher_seeds)
+        types[TEACHER_SEED_KEY] = arrow_type_for(space.settings.confirm.teacher_seeds)
     return types
 
 
@@ -114,7 +80,7 @@ def max_concurrent(space: Space, *, autoscaling: bool = False) -> int:
     ``search.max_concurrent`` caps it; one trial must fit in what is there now (keep one GPU
     node up on autoscaling clusters), or the search fails at once instead of waiting forever.
     """
-    res = space.spec.resources
+    res = space.settings.resources
     resources = ray.cluster_resources()
     per_trial_cpu = res.workers_per_trial * res.cpus_per_worker + TRAIN_DRIVER_CPU * (res.resolved_executor() == "train")
     limit = math.floor(resources.get("CPU", 1) / per_trial_cpu + 1e-9)
@@ -129,8 +95,8 @@ def max_concurrent(space: Space, *, autoscaling: bool = False) -> int:
                         "(a Ray Train trial adds 0.01 for its driver)", file=space.path,
                         key="resources.cpus_per_worker")
     if autoscaling:
-        return space.spec.search.max_concurrent
-    return max(1, min(space.spec.search.max_concurrent, limit))
+        return space.settings.search.max_concurrent
+    return max(1, min(space.settings.search.max_concurrent, limit))
 
 
 def trial_resources(res) -> dict[str, float]:
@@ -142,13 +108,13 @@ def trial_resources(res) -> dict[str, float]:
     return {"CPU": TRAIN_DRIVER_CPU}
 
 
-def make_trainable(space: Space, paths: SearchPaths, teacher_checkpoint: str | None):
-    res = space.spec.resources
+def make_trainable(space: Space, paths: SearchFolder, teacher_checkpoint: str | None):
+    res = space.settings.resources
     executor = res.resolved_executor()
     fn = tune.with_parameters(
         run_trial, base=space.base, teacher_checkpoint=teacher_checkpoint, executor=executor,
         workers=res.workers_per_trial, cpus_per_worker=res.cpus_per_worker, gpus_per_worker=res.gpus_per_worker,
-        storage_path=paths.folder.ray_train,
+        storage_path=paths.ray_train,
     )
     return tune.with_resources(fn, trial_resources(res))
 
@@ -157,13 +123,13 @@ def trial_dirname(trial) -> str:
     return f"{TRIAL_PREFIX}{trial.trial_id}"
 
 
-def build_tuner(space: Space, paths: SearchPaths, teacher_checkpoint: str | None, *, quiet: bool = False,
+def build_tuner(space: Space, paths: SearchFolder, teacher_checkpoint: str | None, *, quiet: bool = False,
                 extra_callbacks: list | None = None, autoscaling: bool = False):
     """A new :class:`ray.tune.Tuner` for ``space`` writing under ``paths``.
 
     ``extra_callbacks``: more Tune callbacks (benchmarks use one to time trials).
     """
-    spec = space.spec
+    spec = space.settings
     metrics, modes = spec.metrics, spec.modes
     single = len(metrics) == 1
     storage = None
@@ -199,19 +165,19 @@ def build_tuner(space: Space, paths: SearchPaths, teacher_checkpoint: str | None
     )
 
 
-def _callbacks(space: Space, paths: SearchPaths, state_root: str, phase: str, *, quiet: bool,
+def _callbacks(space: Space, paths: SearchFolder, state_root: str, phase: str, *, quiet: bool,
                extra: list | None) -> list:
     """The Tune callbacks of one phase: tables, progress lines, checkpoint shrinking, state backups."""
     from raykd.results.callback import ParquetResultsCallback
 
     confirming = phase == CONFIRM_PHASE
     types = confirm_param_types(space) if confirming else param_types(space)
-    epochs = space.spec.confirm.set.get("train.epochs", space.base_config.train.epochs) if confirming \
+    epochs = space.settings.confirm.set.get("train.epochs", space.base_config.train.epochs) if confirming \
         else space.base_config.train.epochs
     return [
         ParquetResultsCallback(paths.tables, paths.name, types, flush_every_s=5.0, phase=phase,
-                               specs=space.specs),
-        ProgressCallback(space.spec.metrics[0], space.spec.modes[0], epochs=epochs,
+                               specs=space.params),
+        ProgressCallback(space.settings.metrics[0], space.settings.modes[0], epochs=epochs,
                          quiet=quiet),
         ShrinkFinishedCheckpoints(),
         *([BackUpState(state_root)] if not is_uri(paths.storage) else []),
@@ -222,7 +188,7 @@ def _callbacks(space: Space, paths: SearchPaths, state_root: str, phase: str, *,
 def _reuse_actors(space: Space) -> bool:
     # Reusing trial actors saves seconds per trial; with TorchTrainer trials it hung under
     # ASHA (docs/architecture.md), so only the inline executor reuses them.
-    return space.spec.resources.resolved_executor() == "inline"
+    return space.settings.resources.resolved_executor() == "inline"
 
 
 def _run_config(name: str, storage: str, callbacks: list) -> tune.RunConfig:
@@ -274,15 +240,15 @@ class FixedPoints(Searcher):
         self.set_state(json.loads(Path(checkpoint_path).read_text()))
 
 
-def build_confirm_tuner(space: Space, paths: SearchPaths, teacher_checkpoint: str | None,
+def build_confirm_tuner(space: Space, paths: SearchFolder, teacher_checkpoint: str | None,
                         points: list[dict[str, Any]], *, quiet: bool = False, autoscaling: bool = False,
                         extra_callbacks: list | None = None):
     """A :class:`ray.tune.Tuner` that runs each of ``points`` (dotted config mappings, list
     values as lists, as the search's trials receive them: :class:`~raykd.results.params.ParamSpec`)
     once, at the full budget (no scheduler), as ``phase = confirm`` trials of the same tables;
-    its Tune state lives in ``paths.confirm_root``. A point leaves out a key its method does
+    its Tune state lives in ``paths.confirm``. A point leaves out a key its method does
     not define (the trainable reads the fixed value or the default)."""
-    callbacks = _callbacks(space, paths, paths.confirm_root, CONFIRM_PHASE, quiet=quiet, extra=extra_callbacks)
+    callbacks = _callbacks(space, paths, paths.confirm, CONFIRM_PHASE, quiet=quiet, extra=extra_callbacks)
     searcher = ConcurrencyLimiter(FixedPoints(points), max_concurrent=max_concurrent(space, autoscaling=autoscaling))
     return tune.Tuner(
         make_trainable(space, paths, teacher_checkpoint),
@@ -294,10 +260,10 @@ def build_confirm_tuner(space: Space, paths: SearchPaths, teacher_checkpoint: st
     )
 
 
-def restore_tuner(space: Space, paths: SearchPaths, teacher_checkpoint: str | None, *, confirm: bool = False):
+def restore_tuner(space: Space, paths: SearchFolder, teacher_checkpoint: str | None, *, confirm: bool = False):
     """The interrupted search (or its confirmation phase) at ``paths``; unfinished and errored
     trials continue."""
-    root = paths.confirm_root if confirm else paths.root
+    root = paths.confirm if confirm else paths.root
     if not tune.Tuner.can_restore(root):
         raise UserError(f"no search state to resume at {root}", key="--resume")
     return tune.Tuner.restore(root, trainable=make_trainable(space, paths, teacher_checkpoint),

@@ -127,7 +127,7 @@ def submit(args: argparse.Namespace, address: str) -> int:
 
     space = Space(args.space, parse_overrides(args.overrides), num_samples=args.num_samples)
     parse_backends(args.log)  # a wrong --log is refused here, not in the job's log
-    spec = space.spec
+    spec = space.settings
     res = spec.resources
     print(f"space {args.space}: valid - {spec.search.num_samples} samples x {spec.search.repeats} seeds, sampler "
           f"{spec.search.sampler}, executor {res.resolved_executor()}, {res.workers_per_trial} worker(s) x "

@@ -82,7 +82,7 @@ def node_local_paths(space: Space, overrides: dict[str, Any], storage: str) -> l
     when it is unset and ``storage`` is a URI (:func:`shared_cache` keeps it on the driver's node).
     """
     raw = load_with_bases(space.experiment_path)  # relative as written, bases included
-    overridden = set(space.spec.fixed) | set(overrides)
+    overridden = set(space.settings.fixed) | set(overrides)
     found = []
     for key in SHARED_PATH_KEYS:
         if key not in overridden and relative_path(get_dotted(raw, key, default=None)):
@@ -112,7 +112,7 @@ def job_paths(space: Space, overrides: dict[str, Any], storage: str) -> dict[str
     """
     raw = load_with_bases(space.experiment_path, resolve_paths)  # a base file's paths: absolute, against its folder
     own = load_yaml(space.experiment_path)
-    given = {**space.spec.fixed, **overrides}
+    given = {**space.settings.fixed, **overrides}
     base = space.experiment_path.resolve().parent  # what raykd.config resolves relative paths against
     found = {}
     for key in PATH_KEYS:

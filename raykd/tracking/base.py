@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from raykd.metric_names import METRICS  # box and segm, as raykd.results.schema.METRICS
+from raykd.epoch_record import finite_number
+from raykd.metric_names import METRICS
 
 OTHER_SCALARS = ("lr", "step_time", "epoch_time")  # learning rate; seconds per step and per epoch
 RUNNING, TERMINATED, ERROR = "RUNNING", "TERMINATED", "ERROR"  # statuses, as the trials table
@@ -57,15 +56,10 @@ def epoch_scalars(result: Mapping[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {}
     for key, value in result.items():
         if key in METRICS or key in OTHER_SCALARS or key.startswith("loss_"):
-            number = _number(value)
+            number = finite_number(value)
             if number is None or (key in METRICS and number < 0):
                 continue
             out[key] = number
     return out
 
 
-def _number(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return None
-    number = float(value)
-    return None if math.isnan(number) or math.isinf(number) else number

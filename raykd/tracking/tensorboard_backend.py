@@ -7,7 +7,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from raykd.tracking.base import METRICS, TrialInfo
+from raykd.metric_names import METRICS
+from raykd.tracking.base import TrialInfo
 
 HPARAMS_TAG = "_hparams_/session_start_info"  # the tag torch's hparams summary writes
 
