@@ -6,10 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from raykd.distill import DistillConfig, build_distiller
 from raykd.distill.cells import CellGrid, cell_grid, cell_mean
-from raykd.distill.masks import topk_cell_mask
+from raykd.distill.dmkd import note_masks
+from raykd.distill.inputs import LevelInputs
+from raykd.distill.masks import dual_masks, topk_cell_mask
+from raykd.distill.record import Recorder, recording, scope
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -60,3 +64,59 @@ def test_one_cell_topk_equals_the_grouped_ranking(h, w, ratio):
     scores = torch.randint(0, 4, (3, h * w), generator=g).double()  # many ties: first position wins
     grid = cell_grid(h, w, 1, CPU)
     assert torch.equal(topk_cell_mask(scores, grid, ratio), _topk_grouped(scores, grid, ratio))
+
+
+SAMKD_SWITCHES = [
+    {},
+    {"mask_rule": "random"},
+    {"mask_rule": "attention_sampled", "polarity": "background", "attention_source": "student"},
+    {"fusion": "sum_losses"},
+    {"branches": "channel", "fusion": "gate"},
+]
+
+
+def _samkd_level(share: bool, scales: list[int], **switches) -> nn.Module:
+    cfg = DistillConfig(method="samkd", alpha=0.3, pyramid_scales=scales, share_generators=share, sld=False, **switches)
+    loss = build_distiller(cfg, 4, 4, ["0"], num_classes=3).double().losses["0"]
+    with torch.no_grad():
+        for recon in loss.reconstructions:
+            for p in recon.parameters():
+                p.add_(0.1 * torch.randn_like(p))  # a gate or fusion away from its symmetric start
+    return loss
+
+
+def _per_grid_sfd(loss: nn.Module, student: Tensor, teacher: Tensor) -> Tensor:
+    """The loop SAMKD's cells mode ran: per grid its masks, then its reconstruction's loss."""
+    per_grid = []
+    for i, g in enumerate(loss.scales):
+        recon = loss.reconstructions[i % len(loss.reconstructions)]
+        keep_s, keep_c = dual_masks(student, teacher, loss.masks, g, recon.spatial is not None, recon.channel is not None)
+        with scope(f"g{g}"):
+            note_masks(keep_s, keep_c)
+            per_grid.append(recon(student, teacher, keep_s, keep_c))
+    return loss.alpha * torch.stack(per_grid).mean()
+
+
+@pytest.mark.parametrize("share", [True, False])
+@pytest.mark.parametrize("switches", SAMKD_SWITCHES)
+@pytest.mark.parametrize(("h", "w", "scales"), [(6, 7, [1, 2, 4]), (3, 2, [1, 3])])  # (3, 2) by 3: empty cells
+def test_samkd_cells_equal_the_per_grid_loop(share, switches, h, w, scales):
+    loss = _samkd_level(share, scales, **switches)
+    g0 = torch.Generator().manual_seed(5)
+    student = torch.randn(2, 4, h, w, generator=g0, dtype=torch.float64, requires_grad=True)
+    teacher = torch.randn(2, 4, h, w, generator=g0, dtype=torch.float64)
+    params = list(loss.parameters())
+    results = []
+    for run in (lambda: loss(LevelInputs(student, teacher, None, None, [], []))["sfd"],
+                lambda: _per_grid_sfd(loss, student, teacher)):
+        torch.manual_seed(11)  # the same global draws for the random and sampled rules
+        with recording(Recorder()) as recorder:
+            value = run()
+        results.append((value, torch.autograd.grad(value, [student, *params]), recorder.values))
+    (got, got_grads, got_notes), (want, want_grads, want_notes) = results
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+    for a, b in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14)
+    assert sorted(got_notes) == sorted(want_notes)
+    for key, value in want_notes.items():
+        torch.testing.assert_close(got_notes[key], value, rtol=1e-12, atol=1e-14)
