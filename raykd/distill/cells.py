@@ -16,7 +16,8 @@ class CellGrid:
     columns ``[b'_c, b'_{c+1})`` with boundaries ``round(linspace(0, H, g+1))`` (rounding
     half to even). Cells can be empty when g > H or g > W.
 
-    ``cell_of``: ``[H·W]`` int64, the cell of every position in row-major order.
+    ``cell_of``: ``[H·W]`` int64, the cell of every position in row-major order; ``row_of``
+    ``[H]`` / ``col_of`` ``[W]`` int64: the cell row (column) of every row (column).
     ``counts``: ``[g·g]`` int64, the number of positions per cell; ``nonempty``: how many
     cells have at least one position (a Python int: reading it needs no device sync).
     """
@@ -25,6 +26,8 @@ class CellGrid:
     height: int
     width: int
     cell_of: Tensor
+    row_of: Tensor
+    col_of: Tensor
     counts: Tensor
     nonempty: int
 
@@ -53,15 +56,24 @@ def _cached_grid(height: int, width: int, g: int, device: torch.device) -> CellG
     cols, col_sizes = _split(width, g, cpu)
     cell_of = (rows[:, None] * g + cols[None, :]).reshape(-1)
     counts = (row_sizes[:, None] * col_sizes[None, :]).reshape(-1)
-    return CellGrid(g=g, height=height, width=width, cell_of=cell_of.to(device), counts=counts.to(device),
+    return CellGrid(g=g, height=height, width=width, cell_of=cell_of.to(device), row_of=rows.to(device),
+                    col_of=cols.to(device), counts=counts.to(device),
                     nonempty=int(np.count_nonzero(counts.numpy())))  # built on the CPU: no device sync
 
 
 def cell_mean(values: Tensor, grid: CellGrid) -> Tensor:
-    """Mean of ``values [N, C, H·W]`` over each cell's positions: ``[N, C, g·g]`` (0 in empty cells)."""
-    sums = values.new_zeros(values.shape[0], values.shape[1], grid.num_cells)
-    sums.index_add_(2, grid.cell_of, values)
-    return sums / grid.counts.clamp(min=1).to(values.dtype)
+    """Mean of ``values [N, C, H·W]`` over each cell's positions: ``[N, C, g·g]`` (0 in empty cells).
+
+    Summed over column bands, then row bands: a scatter-add of all H·W positions into g·g
+    cells would make up to H·W atomic adds on one address on a GPU.
+    """
+    n, c = values.shape[:2]
+    if grid.g == 1:
+        return values.mean(dim=2, keepdim=True)
+    maps = values.reshape(n, c, grid.height, grid.width)
+    by_column = maps.new_zeros(n, c, grid.height, grid.g).index_add_(3, grid.col_of, maps)
+    sums = maps.new_zeros(n, c, grid.g, grid.g).index_add_(2, grid.row_of, by_column)
+    return sums.reshape(n, c, grid.num_cells) / grid.counts.clamp(min=1).to(values.dtype)
 
 
 def cell_broadcast(per_cell: Tensor, grid: CellGrid) -> Tensor:

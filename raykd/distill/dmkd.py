@@ -4,6 +4,8 @@ arXiv 2309.02719 (no public code), built on the exact MGD/FGD pieces; see METHOD
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -19,6 +21,19 @@ def note_masks(keep_spatial: Tensor | None, keep_channel: Tensor | None) -> None
     for name, keep in (("mask_spatial", keep_spatial), ("mask_channel", keep_channel)):
         if keep is not None:
             note(name, keep)
+
+
+def note_reconstruction(parts: Sequence[Tensor]) -> None:
+    """Record the fused reconstruction, or the two branches' when not fused (``sum_losses``)."""
+    if len(parts) == 1:
+        note("reconstruction", parts[0])
+    else:
+        note("reconstruction_spatial", parts[0])
+        note("reconstruction_channel", parts[1])
+
+
+def _batch(tensors: list[Tensor]) -> Tensor:
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
 
 
 class DualReconstruction(nn.Module):
@@ -38,20 +53,33 @@ class DualReconstruction(nn.Module):
     def forward(
         self, student: Tensor, teacher: Tensor, keep_spatial: Tensor | None, keep_channel: Tensor | None
     ) -> Tensor:
-        n = student.shape[0]
+        parts = self.reconstruct(student, [keep_spatial], [keep_channel])
+        note_reconstruction(parts)
+        return self.squared_errors(parts, teacher)[0]
+
+    def reconstruct(
+        self, student: Tensor, keeps_spatial: Sequence[Tensor | None], keeps_channel: Sequence[Tensor | None]
+    ) -> list[Tensor]:
+        """The reconstructions of S' ``[N, C, H, W]`` under G mask pairs, G·N images in one call
+        per generation block: ``[F]`` (one branch, or fused) or ``[F_s, F_c]``, each ``[G·N, C, H, W]``
+        with the pairs in order along dim 0. Masks broadcast against S' (``[N, 1, H, W]``,
+        ``[N, C, 1, 1]``, ``[N, C, H, W]``)."""
         parts = []
         if self.spatial is not None:
-            parts.append(self.spatial(student * keep_spatial))
+            parts.append(self.spatial(_batch([student * keep for keep in keeps_spatial])))
         if self.channel is not None:
-            parts.append(self.channel(student * keep_channel))
+            parts.append(self.channel(_batch([student * keep for keep in keeps_channel])))
         if self.fuse is not None:
             parts = [self.fuse(parts[0], parts[1])]
-        if len(parts) == 1:
-            note("reconstruction", parts[0])
-        else:
-            note("reconstruction_spatial", parts[0])
-            note("reconstruction_channel", parts[1])
-        return torch.stack([(part - teacher).pow(2).sum() / n for part in parts]).sum()
+        return parts
+
+    @staticmethod
+    def squared_errors(parts: Sequence[Tensor], teacher: Tensor) -> Tensor:
+        """``[G]``: per mask pair, ``Σ (F − T)² / N`` summed over ``parts`` (``[G·N, C, H, W]`` each)
+        against T ``[N, C, H, W]``."""
+        n = teacher.shape[0]
+        per_part = [(part.unflatten(0, (-1, n)) - teacher).pow(2).sum(dim=(1, 2, 3, 4)) / n for part in parts]
+        return torch.stack(per_part).sum(dim=0)
 
 
 class DMKDLoss(nn.Module):

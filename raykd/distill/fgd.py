@@ -71,7 +71,8 @@ class FGDLoss(nn.Module):
         for name, value in (("mask_fg", fg), ("mask_bg", bg), ("attention_spatial", spatial_t),
                             ("attention_channel", channel_t)):
             note(name, value)
-        weighted = spatial_t * channel_t * (teacher - student).pow(2)
+        # Σ_c first: the masks and A_s^t are [N, 1, H, W], so the full-size product is formed once
+        weighted = spatial_t * (channel_t * (teacher - student).pow(2)).sum(dim=1, keepdim=True)
         attention = (channel_s - channel_t).abs().sum() / n + (spatial_s - spatial_t).abs().sum() / n
         relation = (self.context_student(student) - self.context_teacher(teacher)).pow(2).sum() / n
         return {

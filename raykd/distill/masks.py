@@ -48,9 +48,13 @@ def topk_cell_mask(scores: Tensor, grid: CellGrid, ratio: float) -> Tensor:
     masked (ties broken by position, first wins); cells with K < 2 positions stay unmasked.
     """
     n, p = scores.shape
+    by_score = scores.argsort(dim=1, descending=True, stable=True)
+    if grid.g == 1:  # one cell: the rank is the place in by_score, no grouping by cell
+        k = round(ratio * p) if p >= 2 else 0
+        keep = (torch.arange(p, device=scores.device) >= k).to(scores.dtype).expand(n, p)
+        return torch.empty_like(scores).scatter_(1, by_score, keep)
     k_per_cell = torch.round(ratio * grid.counts.to(torch.float64)).long()
     k_per_cell = torch.where(grid.counts >= 2, k_per_cell, torch.zeros_like(k_per_cell))
-    by_score = scores.argsort(dim=1, descending=True, stable=True)
     by_cell = grid.cell_of[by_score].argsort(dim=1, stable=True)
     positions = by_score.gather(1, by_cell)  # grouped by cell, best score first within a cell
     cells = grid.cell_of[positions]
@@ -99,6 +103,14 @@ class MaskSettings:
     tau: float
 
 
+def attention_source(student: Tensor, teacher: Tensor, settings: MaskSettings) -> Tensor | None:
+    """``|F|`` of the attention source, detached, ``[N, C, H, W]``; None for the random rule
+    (it reads no attention)."""
+    if settings.rule == "random":
+        return None
+    return (teacher if settings.source == "teacher" else student).detach().abs()
+
+
 def dual_masks(
     student: Tensor,
     teacher: Tensor,
@@ -119,14 +131,31 @@ def dual_masks(
     ``spatial_boost`` ``[N, 1, H, W]`` (DFMSD's masking enhancement) multiplies ``G_s`` before
     the spatial top-k or sampling; the random rule ignores it. ``generator``: see the module's doc.
     """
+    with torch.no_grad():
+        source = attention_source(student, teacher, settings)
+    return grid_masks(teacher, source, settings, g, spatial, channel, spatial_boost, generator)
+
+
+def grid_masks(
+    teacher: Tensor,
+    source: Tensor | None,
+    settings: MaskSettings,
+    g: int,
+    spatial: bool,
+    channel: bool,
+    spatial_boost: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor | None, Tensor | None]:
+    """:func:`dual_masks` from a precomputed :func:`attention_source`, so that several grids
+    on one map (SAMKD's cells) share it. ``teacher`` gives the shape, device and the random
+    masks' dtype."""
     n, c, h, w = teacher.shape
     with torch.no_grad():
         grid = cell_grid(h, w, g, teacher.device)
-        source = (teacher if settings.source == "teacher" else student).detach().abs()
         sign = 1.0 if settings.polarity == "salient" else -1.0
         keep_s = keep_c = None
         if spatial:
-            if settings.rule == "random":
+            if source is None:
                 keep_s = random_spatial_mask(teacher, settings.spatial_ratio, generator)
             else:
                 attention = source.mean(dim=1, keepdim=True)
@@ -137,7 +166,7 @@ def dual_masks(
                     scores = scores + _gumbel((n, h * w), teacher.device, generator).to(scores.dtype)
                 keep_s = topk_cell_mask(scores, grid, settings.spatial_ratio).reshape(n, 1, h, w)
         if channel:
-            if settings.rule == "random":
+            if source is None:
                 per_cell = (_uniform((n, c, g * g), teacher.device, generator) <= 1 - settings.channel_ratio).to(teacher.dtype)
             else:
                 scores = sign * cell_mean(source.reshape(n, c, h * w), grid) / settings.tau

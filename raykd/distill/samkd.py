@@ -13,9 +13,9 @@ from torch import Tensor, nn
 
 from raykd.distill.cells import cell_grid
 from raykd.distill.config import Branches, FusionMode, PyramidMode, SLDDiscrepancy, SLDWeighting
-from raykd.distill.dmkd import DualReconstruction, note_masks
+from raykd.distill.dmkd import DualReconstruction, note_masks, note_reconstruction
 from raykd.distill.inputs import LevelInputs
-from raykd.distill.masks import MaskSettings, dual_masks
+from raykd.distill.masks import MaskSettings, attention_source, dual_masks, grid_masks
 from raykd.distill.record import note, scope
 from raykd.distill.sld import binary_kl, foreground_logits, region_discrepancy, region_weights
 
@@ -27,7 +27,8 @@ class SAMKDLoss(nn.Module):
     g×g cell (local attention, see :func:`~raykd.distill.masks.dual_masks`); ``pooled`` mode
     max-pools S' and T by g (kernel = stride = g, partial windows kept) and masks the pooled
     map as a whole. ``L_g = Σ (F_g − T_g)² / N`` with DMKD's reconstruction and fusion —
-    one per grid, or one for all grids when ``share_generators``.
+    one per grid, or one for all grids when ``share_generators`` (in ``cells`` mode the grids'
+    masked maps then go through it as one batch).
 
     SLD (only when both logits are given and ``sld_weight`` is not None): discrepancy
     ``D = mean_c (S' − T)²`` (``feature``) or the mean over anchors and foreground classes
@@ -70,31 +71,64 @@ class SAMKDLoss(nn.Module):
         self.temperature = temperature
 
     def forward(self, inputs: LevelInputs) -> dict[str, Tensor]:
-        per_grid = [self._grid_loss(i, g, inputs.student, inputs.teacher, inputs.generator)
-                    for i, g in enumerate(self.scales)]
-        losses = {"sfd": self.alpha * torch.stack(per_grid).mean()}
+        losses = {"sfd": self.alpha * self._sfd(inputs.student, inputs.teacher, inputs.generator).mean()}
         if self.sld_weight is not None and inputs.student_logits is not None:
             if inputs.teacher_logits is None:
                 raise ValueError("SLD needs teacher logits when student logits are given")
             losses["sld"] = self._sld(inputs)
         return losses
 
-    def _grid_loss(self, index: int, g: int, student: Tensor, teacher: Tensor,
-                   generator: torch.Generator | None) -> Tensor:
-        recon = self.reconstructions[index % len(self.reconstructions)]
-        cells = g
+    def _sfd(self, student: Tensor, teacher: Tensor, generator: torch.Generator | None) -> Tensor:
+        """``[G]``: L_g per grid of ``scales``."""
         if self.pyramid_mode == "pooled":
-            student = F.max_pool2d(student, g, g, ceil_mode=True)
-            teacher = F.max_pool2d(teacher, g, g, ceil_mode=True)
-            cells = 1
+            return torch.stack([self._pooled_loss(i, g, student, teacher, generator) for i, g in enumerate(self.scales)])
+        masks = self._cell_masks(student, teacher, generator)
+        if len(self.reconstructions) == 1:
+            return self._shared_cells_losses(student, teacher, masks)
+        per_grid = []
+        for g, recon, (keep_s, keep_c) in zip(self.scales, self.reconstructions, masks, strict=True):
+            with scope(f"g{g}"):
+                note_masks(keep_s, keep_c)
+                per_grid.append(recon(student, teacher, keep_s, keep_c))
+        return torch.stack(per_grid)
+
+    def _cell_masks(
+        self, student: Tensor, teacher: Tensor, generator: torch.Generator | None
+    ) -> list[tuple[Tensor | None, Tensor | None]]:
+        """Every grid's masks on the full map, drawn grid by grid in ``scales`` order; one |F|."""
+        recon = self.reconstructions[0]
+        with torch.no_grad():
+            source = attention_source(student, teacher, self.masks)
+        return [grid_masks(teacher, source, self.masks, g, recon.spatial is not None, recon.channel is not None,
+                           generator=generator) for g in self.scales]
+
+    def _shared_cells_losses(
+        self, student: Tensor, teacher: Tensor, masks: list[tuple[Tensor | None, Tensor | None]]
+    ) -> Tensor:
+        """``[G]``: the shared generators run once on the G masked copies of S' stacked along dim 0."""
+        recon = self.reconstructions[0]
+        keeps_s, keeps_c = zip(*masks, strict=True)
+        parts = recon.reconstruct(student, keeps_s, keeps_c)
+        n = student.shape[0]
+        for i, (g, (keep_s, keep_c)) in enumerate(zip(self.scales, masks, strict=True)):
+            with scope(f"g{g}"):
+                note_masks(keep_s, keep_c)
+                note_reconstruction([part[i * n:(i + 1) * n] for part in parts])
+        return recon.squared_errors(parts, teacher)
+
+    def _pooled_loss(self, index: int, g: int, student: Tensor, teacher: Tensor,
+                     generator: torch.Generator | None) -> Tensor:
+        """L_g on S' and T max-pooled by g (kernel = stride = g, partial windows kept), one cell."""
+        recon = self.reconstructions[index % len(self.reconstructions)]
+        student = F.max_pool2d(student, g, g, ceil_mode=True)
+        teacher = F.max_pool2d(teacher, g, g, ceil_mode=True)
         keep_s, keep_c = dual_masks(
-            student, teacher, self.masks, cells, recon.spatial is not None, recon.channel is not None,
+            student, teacher, self.masks, 1, recon.spatial is not None, recon.channel is not None,
             generator=generator,
         )
         with scope(f"g{g}"):
             note_masks(keep_s, keep_c)
-            if self.pyramid_mode == "pooled":
-                note("target", teacher)
+            note("target", teacher)
             return recon(student, teacher, keep_s, keep_c)
 
     def _sld(self, inputs: LevelInputs) -> Tensor:
