@@ -70,7 +70,7 @@ def tiny_teacher() -> dict:
 @pytest.fixture
 def experiment_dict(tiny_data, tmp_path):
     """``tiny_experiment_dict`` on this test's data and folder: ``experiment_dict(**sections)``
-    (tests import no helper from a conftest: tests/faults/ has its own module of that name)."""
+    (tests import no helper from a conftest: their helpers are modules of tests/support/)."""
     return lambda **sections: tiny_experiment_dict(tiny_data, tmp_path, **sections)
 
 
@@ -114,7 +114,7 @@ def ray_local():
 # injected=N, trials=T)`` (on the test or on one ``pytest.param``): they are counted when the test
 # is collected, and survived only when the test passes (one that fails, errors or is skipped
 # survived none). Its ``T`` trials count as lost until the test records, in a ``finally``, how
-# many ``fault_tools.intact_trials`` found: ``fault_ledger(found)``. Tests under tests/bad_inputs/
+# many ``fault_tools.intact_trials`` found: ``fault_ledger(found)``. Tests under tests/e2e/bad_inputs/
 # count once per distinct input (``bad_input_key``). The totals are printed at the end of every
 # run (and kept in pytest's cache under raykd/hardening): docs/reliability.md quotes them.
 

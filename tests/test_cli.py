@@ -157,7 +157,7 @@ def test_library_info_lines_and_tunes_banner_hidden_unless_verbose(monkeypatch):
 
 
 def test_train_log_help_describes_a_run_not_a_search(capsys):
-    """Issue 28, bug 4: ``raykd.train --help`` described ``--log`` with the search's resume text."""
+    """``raykd.train --help`` described ``--log`` with the search's resume text."""
     from raykd.search.__main__ import build_parser as search_parser
     from raykd.train.__main__ import build_parser as train_parser
 
@@ -188,7 +188,7 @@ def _search_with_parts(root: Path) -> Path:
 
 @pytest.mark.parametrize("argv0", [["-m", "raykd.results.compact"], ["-m", "raykd", "results", "compact"]])
 def test_results_compact_is_a_command(tmp_path, argv0):
-    """Issue 28, bug 2: ``python -m raykd.results.compact`` exited 0 doing nothing."""
+    """``python -m raykd.results.compact`` exited 0 doing nothing."""
     search = _search_with_parts(tmp_path)
     before = len(list((search / "tables" / "trials").glob("*.parquet")))
     proc = subprocess.run([sys.executable, *argv0, str(search)], capture_output=True, text=True, timeout=300)

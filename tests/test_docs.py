@@ -182,7 +182,7 @@ def test_the_readme_fits_a_few_screens_and_its_links_resolve():
                 assert anchor in slugs, f"{path.name}: {target}"
 
 
-# --- texts that had gone stale (issue 28, bug 6) ---------------------------------------------------
+# --- texts that had gone stale ---------------------------------------------------
 
 
 def test_the_hardening_figures_are_quoted_in_one_place():
@@ -202,7 +202,7 @@ def test_the_hardening_figures_are_quoted_in_one_place():
 
 def test_a_space_files_comment_on_set_and_fixed_says_what_the_code_does(write_experiment, tmp_path):
     """search_spaces/methods_compare_small.yaml said a ``--set`` of a ``fixed:`` key does not reach
-    the trials; it does (tests/test_space_fixed.py), and no shipped space says otherwise."""
+    the trials; it does (tests/search/test_space_fixed.py), and no shipped space says otherwise."""
     import yaml
 
     from raykd.search.space import Space
@@ -219,7 +219,7 @@ def test_a_space_files_comment_on_set_and_fixed_says_what_the_code_does(write_ex
 
 
 def test_methods_md_says_which_samkd_version_is_reconstructed():
-    """Issue 28, bug 8: arXiv 2501.07101 has two versions with different titles and methods."""
+    """arXiv 2501.07101 has two versions with different titles and methods."""
     text = (ROOT / "docs" / "METHODS.md").read_text()
     section = text[text.index("## SAMKD"):text.index("## AMD")]
     assert "v2" in section and "Spatial-aware Adaptive Masking" in section and "Dual Scale-aware" in section

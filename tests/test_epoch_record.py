@@ -1,4 +1,4 @@
-"""The typed epoch record (issue 16 item 3) and the loss-term structure (item 4): built once by
+"""The typed epoch record and the loss-term structure: built once by
 the loop, flattened once for reports, read back by the results writer and the progress lines."""
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def test_distiller_returns_terms_by_level_and_term():
 
 
 def test_metrics_jsonl_writes_cocos_minus_one_as_null():
-    """Issue 28, bug 5: ``metrics.jsonl`` kept pycocotools' -1 (no objects of that size) where the
+    """``metrics.jsonl`` kept pycocotools' -1 (no objects of that size) where the
     tables store null; NaN (not JSON) too."""
     import json
 

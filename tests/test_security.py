@@ -1,7 +1,7 @@
 """Nothing in raykd deserialises a user's file with a loader that can run code.
 
 User files are YAML (safe loader), JSON, images and PyTorch checkpoints (``weights_only=True``).
-The bad-input cases in tests/bad_inputs/ show a Python tag in a space or experiment file and a
+The bad-input cases in tests/e2e/bad_inputs/ show a Python tag in a space or experiment file and a
 checkpoint carrying a payload refused without running it; this scan keeps unsafe loaders out.
 """
 

@@ -1,4 +1,4 @@
-"""Facts defined once (issue 16 item 2): URIs, the search folder's layout, path-typed config keys,
+"""Facts defined once: URIs, the search folder's layout, path-typed config keys,
 how a trial stopped. Each test fails when a copy drifts from the definition or one comes back."""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Resuming a search after its driver was killed needs more than Tune's public API. Each
 assumption below is checked against the installed Ray and Optuna by a canary in
-``tests/test_tune_canaries.py``, which fails loudly on an upgrade that breaks it:
+``tests/search/test_tune_canaries.py``, which fails loudly on an upgrade that breaks it:
 
 A1 State files: each driver session S of a search keeps one set of state files in the search
    folder (``experiment_state-S.json``, ``search_gen_state-S.json`` (a pickle, whatever its

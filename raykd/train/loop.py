@@ -292,7 +292,7 @@ def _setup(cfg: ExperimentConfig, teacher_checkpoint: str | None, log: Callable[
     step_module = DistillStep(student, distiller, teacher if distiller is not None else None, amp,
                               pairs=pairs, distill_amp=amp if cfg.distill.amp else None).to(device)
     train_module: nn.Module = step_module
-    if world > 1:  # every parameter takes part in every step (tests/test_ddp_params.py)
+    if world > 1:  # every parameter takes part in every step (tests/train/test_gpu_execution.py)
         train_module = nn.parallel.DistributedDataParallel(
             step_module, device_ids=[device.index] if device.type == "cuda" else None)
 

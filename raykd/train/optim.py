@@ -14,7 +14,7 @@ def build_optimizer(cfg: ScheduleConfig, modules: list[nn.Module]) -> torch.opti
     """SGD or AdamW over the trainable parameters of ``modules`` (student + distiller).
 
     Norm layers and biases get no weight decay. Both use torch's fused kernels, which take the
-    same steps as the default per-tensor loop (``tests/test_optim.py``): on the CPU, one thread,
+    same steps as the default per-tensor loop (``tests/train/test_optim.py``): on the CPU, one thread,
     AdamW's step over a ResNet-18 takes 11 ms instead of 52 (``benchmarks/optimizer_step.py``).
     """
     decay, no_decay = [], []
