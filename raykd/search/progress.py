@@ -14,11 +14,15 @@ from raykd.stop_reasons import stopped_early, stopped_early_text
 
 
 def _short(config: dict[str, Any]) -> str:
+    """``method=mgd alpha=2e-06 seed=1``: each key by the shortest dotted suffix no other key
+    shares (``train.seed=101 teacher.train.seed=0`` when a confirmation seeds the teacher)."""
+    keys = [key for key in config if not key.startswith("__")]
     parts = []
-    for key, value in config.items():
-        if key.startswith("__"):
-            continue
-        name = key.split(".")[-1]
+    for key in keys:
+        words = key.split(".")
+        name = next(".".join(words[-n:]) for n in range(1, len(words) + 1)
+                    if n == len(words) or sum(k.split(".")[-n:] == words[-n:] for k in keys) == 1)
+        value = config[key]
         parts.append(f"{name}={value:.3g}" if isinstance(value, float) else f"{name}={value}")
     return " ".join(parts)
 

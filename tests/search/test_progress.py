@@ -41,3 +41,11 @@ def test_a_trial_stopped_before_its_own_last_epoch_is_early_stopped(capsys):
     out = capsys.readouterr().out
     assert "trial b epoch 2/4" in out and "trial b stopped early by the scheduler after epoch 2 of 4" in out
     assert callback._counts["stopped"] == 1
+
+
+def test_trial_start_lines_name_each_key_by_its_shortest_unshared_suffix():
+    from raykd.search.progress import _short
+
+    line = _short({"distill.method": "mgd", "distill.alpha": 2e-6, "train.seed": 101, "teacher.train.seed": 0,
+                   "teacher.checkpoint": "/t.pt", "__trial_index__": 0})
+    assert line == "method=mgd alpha=2e-06 train.seed=101 teacher.train.seed=0 checkpoint=/t.pt"
