@@ -91,3 +91,59 @@ def test_no_circles_between_packages():
 def test_the_allowed_edges_are_still_needed():
     present = {(unit(m), unit(t)) for m, t, _ in imports()}
     assert ALLOWED <= present, ALLOWED - present
+
+
+def _runtime_imports(path: Path, module: str) -> set[str]:
+    """The raykd modules ``module`` imports when it is imported (module level and inside functions;
+    not under ``if TYPE_CHECKING:`` nor ``if __name__ == "__main__":``, its run as a script).
+    ``from pkg import name`` is an edge to ``pkg.name`` when that is a module, else to ``pkg``."""
+    tree = ast.parse(path.read_text())
+
+    def unimported(test: ast.expr) -> bool:
+        if getattr(test, "id", getattr(test, "attr", None)) == "TYPE_CHECKING":
+            return True
+        return isinstance(test, ast.Compare) and getattr(test.left, "id", None) == "__name__"
+
+    hidden = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and unimported(block.test)
+              for stmt in block.body for n in ast.walk(stmt)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in hidden:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("raykd")}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and node.module.startswith("raykd"):
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                is_module = (ROOT / Path(*sub.split("."))).with_suffix(".py").is_file() \
+                    or (ROOT / Path(*sub.split(".")) / "__init__.py").is_file()
+                found.add(sub if is_module else node.module)
+    return found - {module}
+
+
+def test_no_module_imports_itself_back():
+    """No circle between modules, inside a package or across: each module's dependencies are
+    importable before it (the package ``__init__`` re-exporting its modules is not a circle)."""
+    graph = {}
+    for path in sorted((ROOT / "raykd").rglob("*.py")):
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        graph[module] = _runtime_imports(path, module)
+    packages = {m for m in graph if (ROOT / Path(*m.split(".")) / "__init__.py").is_file()}
+
+    def deps(module: str) -> set[str]:
+        # a module importing its own package's __init__ for a name is a real circle; the
+        # package __init__ importing its modules is the direction imports run
+        return {t for t in graph.get(module, ()) if t in graph and not (module in packages and t.startswith(f"{module}."))}
+
+    circles = []
+    for start in sorted(graph):
+        stack, seen = [(start, (start,))], set()
+        while stack:
+            node, trail = stack.pop()
+            for nxt in deps(node):
+                if nxt == start:
+                    circles.append(" -> ".join((*trail, start)))
+                elif nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, (*trail, nxt)))
+    assert circles == []

@@ -14,21 +14,23 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from raykd.distill.methods import METHOD_NAMES, REGISTRY
+from raykd.distill.options import (
+    AttentionSource,
+    Branches,
+    DFMSDAdaptation,
+    DFMSDAlignment,
+    DFMSDEnhancement,
+    FusionMode,
+    MaskRule,
+    Polarity,
+    PyramidMode,
+    SLDDiscrepancy,
+    SLDWeighting,
+)
 
 Method = Literal[METHOD_NAMES]  # the registry's names (raykd/distill/methods.py)
 METHODS: tuple[str, ...] = METHOD_NAMES
 
-MaskRule = Literal["topk", "random", "attention_sampled"]
-Polarity = Literal["salient", "background"]
-AttentionSource = Literal["teacher", "student"]
-Branches = Literal["spatial", "channel", "dual"]
-FusionMode = Literal["learned", "mean", "gate", "sum_losses"]
-PyramidMode = Literal["cells", "pooled"]
-SLDWeighting = Literal["softmax", "mask"]
-SLDDiscrepancy = Literal["feature", "logit"]
-DFMSDAlignment = Literal["standardize", "none"]
-DFMSDEnhancement = Literal["boxes", "none"]
-DFMSDAdaptation = Literal["adapter", "none"]
 
 _WEIGHT_KEYS = ("alpha", "beta", "gamma", "lambda_gl", "weight")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from raykd.distill.config import FusionMode
+from raykd.distill.options import FusionMode
 
 
 def align_conv(student_channels: int, teacher_channels: int) -> nn.Module:

@@ -23,11 +23,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from raykd.distill.config import Branches, DFMSDAdaptation, DFMSDAlignment, DFMSDEnhancement, FusionMode
 from raykd.distill.dmkd import DualReconstruction
 from raykd.distill.fgd import box_masks
 from raykd.distill.inputs import LevelInputs
 from raykd.distill.masks import MaskSettings, dual_masks
+from raykd.distill.options import Branches, DFMSDAdaptation, DFMSDAlignment, DFMSDEnhancement, FusionMode
 from raykd.distill.pkd import standardise
 
 

@@ -9,10 +9,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from raykd.distill.config import Branches, FusionMode
 from raykd.distill.connectors import Fusion, GenerationBlock
 from raykd.distill.inputs import LevelInputs
 from raykd.distill.masks import MaskSettings, dual_masks
+from raykd.distill.options import Branches, FusionMode
 from raykd.distill.record import note
 
 

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from raykd.distill.cells import CellGrid, cell_broadcast, cell_grid, cell_mean
-from raykd.distill.config import AttentionSource, MaskRule, Polarity
+from raykd.distill.options import AttentionSource, MaskRule, Polarity
 
 
 def _uniform(shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None = None) -> Tensor:

@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from raykd.distill.cells import cell_grid
-from raykd.distill.config import Branches, FusionMode, PyramidMode, SLDDiscrepancy, SLDWeighting
 from raykd.distill.dmkd import DualReconstruction, note_masks, note_reconstruction
 from raykd.distill.inputs import LevelInputs
 from raykd.distill.masks import MaskSettings, attention_source, dual_masks, grid_masks
+from raykd.distill.options import Branches, FusionMode, PyramidMode, SLDDiscrepancy, SLDWeighting
 from raykd.distill.record import note, scope
 from raykd.distill.sld import binary_kl, foreground_logits, region_discrepancy, region_weights
 

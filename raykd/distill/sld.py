@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from raykd.distill.cells import CellGrid, cell_broadcast, cell_mean
-from raykd.distill.config import SLDWeighting
+from raykd.distill.options import SLDWeighting
 
 
 def foreground_logits(logits: Tensor, num_classes: int) -> Tensor:

@@ -181,8 +181,8 @@ def _search(args: argparse.Namespace, space: Space, storage: str, name: str, pat
           f"{spec.search.sampler}, scheduler {spec.scheduler.type}, executor {spec.resources.resolved_executor()}, "
           f"{len(space.params)} searched keys", flush=True)
 
-    from raykd.train.setup import store_indexes, validate_data
-    from raykd.train.teacher import check_teacher, data_fingerprint, ensure_teacher, needs_training
+    from raykd.train.setup import data_fingerprint, store_indexes, validate_data
+    from raykd.train.teacher import check_teacher, ensure_teacher, needs_training
 
     cfg = space.base_config
     started = time.perf_counter()
@@ -214,6 +214,7 @@ def _search(args: argparse.Namespace, space: Space, storage: str, name: str, pat
     _init_ray(address, args.num_cpus, library_log_level(args))
     from raykd.results import write_run
     from raykd.search.tuner import build_tuner, restore_tuner
+    from raykd.tracking.callbacks import tune_callbacks
 
     if not is_uri(storage):
         Path(paths.root).mkdir(parents=True, exist_ok=True)
@@ -231,7 +232,7 @@ def _search(args: argparse.Namespace, space: Space, storage: str, name: str, pat
               "state); starting the search", flush=True)
     tuner = restore_tuner(space, paths, teacher_ckpt) if resumable else build_tuner(
         space, paths, teacher_ckpt, quiet=args.quiet, autoscaling=bool(args.address),
-        extra_callbacks=args.tracking.tune_callbacks())
+        extra_callbacks=tune_callbacks(args.tracking))
     print(f"running: results in {paths.root}", flush=True)
     resume_cmd = (f"{PROG} {shlex.quote(str(args.space))} --resume --name {shlex.quote(name)}"
                   + (f" --storage {shlex.quote(storage)}" if args.storage != "results" else ""))
@@ -287,6 +288,7 @@ def _confirm_tuner(args: argparse.Namespace, space: Space, paths, teacher_ckpt: 
     from raykd.search.confirm import confirm_config, confirmation_points, prepare_teachers, seeds_teachers
     from raykd.search.tune_state import can_restore
     from raykd.search.tuner import build_confirm_tuner, restore_tuner
+    from raykd.tracking.callbacks import tune_callbacks
 
     confirm = space.settings.confirm
     if confirm.teacher_seeds and not seeds_teachers(space):
@@ -316,7 +318,7 @@ def _confirm_tuner(args: argparse.Namespace, space: Space, paths, teacher_ckpt: 
           f"at the full budget ({confirm_config(space).train.epochs} epochs{changed}), no early stopping, "
           f"{len(points)} trials", flush=True)
     return build_confirm_tuner(space, paths, bound, points, quiet=args.quiet, autoscaling=bool(args.address),
-                               extra_callbacks=args.tracking.tune_callbacks(CONFIRM_PHASE))
+                               extra_callbacks=tune_callbacks(args.tracking, CONFIRM_PHASE))
 
 
 def _pairs(values: dict) -> str:

@@ -10,7 +10,7 @@ from ray import tune
 from ray.train import UserCallback
 
 from raykd.tracking.base import ERROR, TERMINATED, TrialInfo
-from raykd.tracking.feed import TrackerFeed
+from raykd.tracking.feed import RunFeed, TrackerFeed
 from raykd.tracking.setup import TrackingSetup
 
 
@@ -58,3 +58,13 @@ class TrainTrackingCallback(UserCallback):
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
         if metrics:
             self.feed.epoch(self.trial, metrics[0])
+
+
+def tune_callbacks(setup: TrackingSetup, phase: str = "search") -> list:
+    """The Tune callback feeding ``setup``'s trackers (none without backends)."""
+    return [TrackingCallback(setup, phase)] if setup.backends else []
+
+
+def ray_train_callbacks(feed: RunFeed) -> list:
+    """Callbacks for Ray Train's ``RunConfig``: each epoch of ``feed``'s run logged as the workers report it."""
+    return [TrainTrackingCallback(feed.setup, feed.trial)] if feed.setup.backends else []

@@ -8,7 +8,7 @@ from typing import Any
 
 from raykd.stop_reasons import stop_reason
 from raykd.tracking.base import ERROR, TERMINATED, Tracker, TrialInfo, epoch_scalars
-from raykd.tracking.setup import TrackingSetup
+from raykd.tracking.setup import TrackingSetup, run_config
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +97,6 @@ class RunFeed:
         for metrics in epochs:
             self.epoch(metrics)
 
-    def ray_train_callbacks(self) -> list:
-        """Callbacks for Ray Train's ``RunConfig``: each epoch logged as the workers report it."""
-        if not self.setup.backends:
-            return []
-        from raykd.tracking.callbacks import TrainTrackingCallback
-
-        return [TrainTrackingCallback(self.setup, self.trial)]
-
     def __enter__(self) -> RunFeed:
         self.feed.open()
         return self
@@ -113,3 +105,9 @@ class RunFeed:
         if self.setup.backends:
             self.feed.finish(self.trial, ERROR if kind is not None else TERMINATED, self._last)
         self.feed.close()
+
+
+def run_feed(setup: TrackingSetup, experiment: Mapping[str, Any]) -> RunFeed:
+    """The :class:`RunFeed` of a ``raykd.train`` run of ``experiment``
+    (``ExperimentConfig.model_dump(mode="json")``) into ``setup``'s trackers."""
+    return RunFeed(setup, run_config(experiment))

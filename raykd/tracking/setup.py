@@ -191,21 +191,6 @@ class TrackingSetup(BaseModel):
             out.append(WandbTracker(self.folder, self.experiment))
         return out
 
-    def tune_callbacks(self, phase: str = "search") -> list:
-        """The Tune callback feeding these trackers (none without backends)."""
-        if not self.backends:
-            return []
-        from raykd.tracking.callbacks import TrackingCallback
-
-        return [TrackingCallback(self, phase)]
-
-    def run_feed(self, experiment: Mapping[str, Any]):
-        """The :class:`~raykd.tracking.feed.RunFeed` of a ``raykd.train`` run of ``experiment``
-        (``ExperimentConfig.model_dump(mode="json")``)."""
-        from raykd.tracking.feed import RunFeed
-
-        return RunFeed(self, run_config(experiment))
-
     def describe(self) -> str:
         """One line for the driver's start-up output."""
         parts = []

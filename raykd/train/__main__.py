@@ -18,7 +18,7 @@ from raykd.errors import ArgumentParser, UserError, run_cli
 from raykd.ownership import claim
 from raykd.ray_address import check_reachable
 from raykd.tracking import add_tracking_args
-from raykd.tracking.feed import RunFeed
+from raykd.tracking.feed import RunFeed, run_feed
 
 PROG = "python -m raykd.train"
 OWNED_TODO = "another run is writing there: wait for it to end or stop it, or set another train.output_dir"
@@ -106,7 +106,7 @@ def _train(args: argparse.Namespace, cfg, out: Path, resume_path: Path | None, a
     if resume_path is not None:
         print(f"resuming from {resume_path}", flush=True)
     args.tracking.save()
-    with args.tracking.run_feed(cfg.model_dump(mode="json")) as feed:
+    with run_feed(args.tracking, cfg.model_dump(mode="json")) as feed:
         if args.workers == 1:
             final = _train_local(cfg, out, teacher_ckpt, resume_path=resume_path, progress=args.progress,
                                  feed=feed, log=(lambda line: None) if args.quiet else print)
@@ -163,6 +163,7 @@ def _train_ray(cfg, out: Path, teacher_ckpt, *, workers: int, gpus: int | None, 
     import ray
     import torch
 
+    from raykd.tracking.callbacks import ray_train_callbacks
     from raykd.train.checkpoint import STATE_FILE, load_state
     from raykd.train.teacher import improves, save_model, teacher_metrics
     from raykd.train.worker import BEST_FILE, make_trainer
@@ -175,7 +176,7 @@ def _train_ray(cfg, out: Path, teacher_ckpt, *, workers: int, gpus: int | None, 
     trainer = make_trainer(cfg.model_dump(mode="json"), workers=workers, gpus_per_worker=gpus_per_worker,
                            storage_path=str(out / "ray"), name=f"train-{cfg.name}",
                            teacher_checkpoint=teacher_ckpt, resume_path=str(resume_path) if resume_path else None,
-                           callbacks=feed.ray_train_callbacks(), keep_best=True)
+                           callbacks=ray_train_callbacks(feed), keep_best=True)
     result = trainer.fit()
     if result.error:
         raise result.error

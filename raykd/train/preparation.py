@@ -26,7 +26,7 @@ from raykd.distill.freekd import PROMPT_SEED
 from raykd.distill.methods import REGISTRY, Preparation
 from raykd.errors import UserError
 from raykd.models.taps import _student_losses, is_dense
-from raykd.train.teacher import data_fingerprint
+from raykd.train.setup import data_fingerprint
 
 
 def teacher_digest(teacher: nn.Module) -> str:

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from raykd.config import DataConfig, ExperimentConfig, ScheduleConfig
+from raykd.config import DataConfig, ExperimentConfig, ScheduleConfig, config_hash
 from raykd.data import CocoDetection, ensure_synthetic
-from raykd.data.annindex import AnnotationIndex, cached_index, load_index, stat_key, store_index
+from raykd.data.annindex import AnnotationIndex, annotation_digest, cached_index, load_index, stat_key, store_index
 from raykd.data.converted import coco_paths
 from raykd.data.transforms import detection_transforms
 from raykd.distill.methods import REGISTRY
@@ -256,3 +256,25 @@ def build_pair(cfg: ExperimentConfig, names: list[str], cat_ids: list[int], teac
     if cfg.student.inherit:
         inherit_neck_and_head(student, teacher)
     return Pair(student, space, teacher, teacher_space)
+
+
+def data_fingerprint(cfg: ExperimentConfig) -> str:
+    """Identity of the training data: the synthetic generator's parameters, or the bytes of
+    the training annotation file (sha256; a VOC or YOLO split's converted COCO file), with the
+    image size. The file's digest comes from its annotation index's stat pointer when the file
+    is unchanged since it was indexed (:func:`~raykd.data.annindex.annotation_digest`), so a
+    COCO-sized file is not read again."""
+    data = cfg.data
+    if data.synthetic is not None:
+        syn = data.synthetic.model_dump(exclude={"out_dir"})
+        return config_hash("synthetic", syn, *_sizes(data))
+    path = Path(resolve_data(data, cfg.cache_dir).train_annotations)
+    if not path.is_file():
+        raise UserError("annotation file not found", file=path, key="data.train.annotations")
+    return config_hash("coco", annotation_digest(path, index_dir(cfg.cache_dir)), *_sizes(data))
+
+
+def _sizes(data) -> tuple:
+    """The resize settings in a data fingerprint (only the image size unless min_size is set,
+    so caches keyed before min_size existed stay valid)."""
+    return (data.image_size,) if data.min_size is None else (data.image_size, data.min_size)

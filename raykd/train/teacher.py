@@ -17,33 +17,9 @@ import torch
 from filelock import FileLock, Timeout
 
 from raykd.config import ExperimentConfig, ModelConfig, ScheduleConfig, StudentConfig, config_hash
-from raykd.data.annindex import annotation_digest
 from raykd.epoch_record import metrics_lines
 from raykd.errors import UserError
-
-
-def data_fingerprint(cfg: ExperimentConfig) -> str:
-    """Identity of the training data: the synthetic generator's parameters, or the bytes of
-    the training annotation file (sha256; a VOC or YOLO split's converted COCO file), with the
-    image size. The file's digest comes from its annotation index's stat pointer when the file
-    is unchanged since it was indexed (:func:`~raykd.data.annindex.annotation_digest`), so a
-    COCO-sized file is not read again."""
-    data = cfg.data
-    if data.synthetic is not None:
-        syn = data.synthetic.model_dump(exclude={"out_dir"})
-        return config_hash("synthetic", syn, *_sizes(data))
-    from raykd.train.setup import index_dir, resolve_data
-
-    path = Path(resolve_data(data, cfg.cache_dir).train_annotations)
-    if not path.is_file():
-        raise UserError("annotation file not found", file=path, key="data.train.annotations")
-    return config_hash("coco", annotation_digest(path, index_dir(cfg.cache_dir)), *_sizes(data))
-
-
-def _sizes(data) -> tuple:
-    """The resize settings in a data fingerprint (only the image size unless min_size is set,
-    so caches keyed before min_size existed stay valid)."""
-    return (data.image_size,) if data.min_size is None else (data.image_size, data.min_size)
+from raykd.train.setup import data_fingerprint
 
 
 def teacher_experiment(cfg: ExperimentConfig, output_dir: Path) -> ExperimentConfig:

@@ -26,7 +26,7 @@ METRICS_FILE = "metrics.json"
 
 def pretrained_cache_path(cfg: ExperimentConfig) -> Path:
     """Where the scores of ``cfg``'s pretrained teacher on ``cfg``'s validation data are cached."""
-    from raykd.train.teacher import data_fingerprint
+    from raykd.train.setup import data_fingerprint
 
     model = cfg.teacher.model_dump(include=set(ModelConfig.model_fields))
     key = config_hash(model, data_fingerprint(cfg), cfg.data.val.model_dump(), cfg.data.val_max_images)

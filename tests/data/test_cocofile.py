@@ -281,9 +281,9 @@ def test_evaluation_mode_never_flips(tmp_path: Path) -> None:
 
 
 def test_fingerprint_depends_on_file_bytes_and_image_size(two_images: CocoDetection, tmp_path: Path) -> None:
-    """The data fingerprint the teacher cache and the runs table use (raykd.train.teacher.data_fingerprint)."""
+    """The data fingerprint the teacher cache and the runs table use (raykd.train.setup.data_fingerprint)."""
     from raykd.config import experiment_from_dict
-    from raykd.train.teacher import data_fingerprint
+    from raykd.train.setup import data_fingerprint
 
     def fingerprint(train_annotations: Path, image_size: int, val: Path | None = None) -> str:
         split = lambda path: {"annotations": str(path), "images": str(two_images.images_dir)}  # noqa: E731

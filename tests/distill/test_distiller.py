@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from raykd.distill import METHODS, DistillConfig, Distiller, build_distiller, flat_terms, term_names
-from raykd.distill.config import AttentionSource, Branches, FusionMode, MaskRule, Polarity
+from raykd.distill.options import AttentionSource, Branches, FusionMode, MaskRule, Polarity
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
