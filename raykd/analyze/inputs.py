@@ -47,6 +47,7 @@ class Inputs:
     total_trials: int  # before --filter
     specs: dict[str, ParamSpec] = field(default_factory=dict)  # the searched distributions (old tables: none)
     teacher_seeds: dict[str, dict] = field(default_factory=dict)  # teacher.json's confirm.teacher_seeds record
+    confirm_teacher: dict[str, float] | None = None  # the confirmation's own teacher (confirm.set changed it)
     rank_check: bool = False  # the space asked for confirm.rank_check
 
 
@@ -216,7 +217,8 @@ def read_inputs(paths: Sequence[str], filter_specs: Sequence[str] = ()) -> Input
     return Inputs(trials=trials.reset_index(drop=True), epochs=epochs, params=params,
                   teacher=_teacher(sources.teacher_files), objectives=_objectives(space),
                   total_trials=every.num_rows, specs=param_specs(every.schema),
-                  teacher_seeds=_teacher_seeds(sources.teacher_files), rank_check=confirm.get("rank_check") is True)
+                  teacher_seeds=_teacher_seeds(sources.teacher_files), rank_check=confirm.get("rank_check") is True,
+                  confirm_teacher=_confirm_teacher(sources.teacher_files))
 
 
 def _teacher_records(files: list[str]):
@@ -232,13 +234,25 @@ def _teacher_records(files: list[str]):
             yield data
 
 
+def _scores(record: dict) -> dict[str, float]:
+    # pycocotools writes -1 for "no objects of this size": not a score.
+    return {k: float(v) for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and v != -1}
+
+
 def _teacher(files: list[str]) -> dict[str, float] | None:
     """The teacher's metrics from the first readable ``teacher.json`` (numbers only)."""
     for data in _teacher_records(files):
-        # pycocotools writes -1 for "no objects of this size": not a score.
-        metrics = {k: float(v) for k, v in data.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool) and v != -1}
-        if metrics:
+        if metrics := _scores(data):
+            return metrics
+    return None
+
+
+def _confirm_teacher(files: list[str]) -> dict[str, float] | None:
+    """The metrics of the confirmation's own teacher (``confirm_teacher`` in ``teacher.json``: a
+    ``confirm.set`` that changed the data or the teacher), or None when it is the search's."""
+    for data in _teacher_records(files):
+        record = data.get("confirm_teacher")
+        if isinstance(record, dict) and (metrics := _scores(record)):
             return metrics
     return None
 

@@ -93,7 +93,8 @@ def analyze(paths: Sequence[str], *, metric: str = "bbox_mAP", by: Sequence[str]
     inputs.trials = _with_seed(inputs.trials)
     confirm = phase_of(inputs.trials) == CONFIRM_PHASE
     confirmation = (rank(inputs.trials[confirm], inputs.epochs, inputs.params, metric, fidelity="completed",
-                         teacher=inputs.teacher, top=TOP, correction=correction) if confirm.any() else None)
+                         teacher=inputs.confirm_teacher or inputs.teacher, top=TOP, correction=correction)
+                    if confirm.any() else None)
     searched = inputs.trials[~confirm] if (~confirm).any() else inputs.trials
     wanted = _check_by(by, factor_names(searched, inputs.params))
     ranking = rank(searched, inputs.epochs, inputs.params, metric, fidelity=fidelity, teacher=inputs.teacher, top=TOP,
@@ -409,9 +410,10 @@ def build_report(a: Analysis, *, with_plots: bool = True, pictures: PictureSourc
         f"Metric: `{m}`, shown in points (x100).",
         *(f"{line[0].upper()}{line[1:]}." for line in a.verdict.lines()),
     ]
-    teacher = a.inputs.teacher or {}
+    teacher, confirm_teacher = a.inputs.teacher or {}, a.inputs.confirm_teacher or {}
     if m in teacher:
-        summary.append(f"Teacher (teacher.json): {_num(teacher[m])}.")
+        summary.append(f"Teacher (teacher.json): {_num(teacher[m])}" + (
+            f"; the confirmation's (confirm.set): {_num(confirm_teacher[m])}." if m in confirm_teacher else "."))
     sections.append(Section("Summary", [Bullets(summary + a.notes)]))
     if a.confirmation is not None:
         c = a.confirmation
@@ -513,6 +515,8 @@ def summary(a: Analysis, out: str | None, written: Sequence[str]) -> list[str]:
              f"fidelity: {s.note}", *a.verdict.lines()]
     if a.inputs.teacher and m in a.inputs.teacher:
         lines.append(f"teacher: {_num(a.inputs.teacher[m])}")
+    if a.inputs.confirm_teacher and m in a.inputs.confirm_teacher:
+        lines.append(f"teacher of the confirmation (confirm.set): {_num(a.inputs.confirm_teacher[m])}")
     imp = a.importance.frame
     imp = imp[imp.groupby("scope")["parameter"].transform("size") > 1]  # a lone parameter scores 1
     top = (imp.assign(score=imp["fanova"].fillna(imp["ped_anova"])).sort_values("score", ascending=False)

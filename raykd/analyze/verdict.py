@@ -246,17 +246,19 @@ def _weak_teachers(teacher_metric: float, teacher_scores: Mapping[int, float] | 
 def decide(trials: pd.DataFrame, epochs: pd.DataFrame | None, params: Sequence[str], metric: str, *,
            fidelity: str = "auto", teacher: Mapping[str, float] | None = None,
            teacher_scores: Mapping[int, float] | None = None, rank_check: bool = False,
-           searched: Sequence[str] | None = None, correction: str = "auto") -> Verdict | None:
+           searched: Sequence[str] | None = None, correction: str = "auto",
+           confirm_teacher: Mapping[str, float] | None = None) -> Verdict | None:
     """The verdict of a search's tables: its confirmation trials when there are any (compared
     at their full budget), else its search phase under ``fidelity``.
 
-    ``teacher``: the teacher's metrics (``teacher.json``); ``teacher_scores``: the score of each
+    ``teacher``: the teacher's metrics (``teacher.json``); ``confirm_teacher``: the confirmation's
+    own teacher's, when ``confirm.set`` gave it another; ``teacher_scores``: the score of each
     ``confirm.teacher_seeds`` teacher; ``rank_check``: compare the search phase's ranking of the
     confirmed configurations (on the ``searched`` keys) with theirs."""
     confirm = phase_of(trials) == CONFIRM_PHASE
     if confirm.any():
-        ranking = rank(trials[confirm], epochs, params, metric, fidelity="completed", teacher=teacher,
-                       correction=correction)
+        ranking = rank(trials[confirm], epochs, params, metric, fidelity="completed",
+                       teacher=confirm_teacher or teacher, correction=correction)
         if ranking is not None:
             proxy = rank(trials[~confirm], epochs, params, metric, fidelity=fidelity) \
                 if rank_check and (~confirm).any() else None

@@ -298,7 +298,9 @@ def _confirm_tuner(args: argparse.Namespace, space: Space, paths, teacher_ckpt: 
     seeded = [t for t in teachers if t.seed is not None]
     bound = None if seeded else (teachers[0].checkpoint if teachers else teacher_ckpt)
     if seeded and not is_uri(paths.storage):
-        _record_teacher_seeds(paths, seeded)
+        _record_teacher(paths, "teacher_seeds", {str(t.seed): {"checkpoint": t.checkpoint, **t.metrics} for t in seeded})
+    elif teachers and teachers[0].checkpoint != teacher_ckpt and not is_uri(paths.storage):
+        _record_teacher(paths, "confirm_teacher", {"checkpoint": teachers[0].checkpoint, **teachers[0].metrics})
     if can_restore(paths.confirm, local=not is_uri(paths.storage)):
         print(f"confirm: continuing the confirmation phase in {paths.confirm}", flush=True)
         return restore_tuner(space, paths, bound, confirm=True)
@@ -325,14 +327,16 @@ def _pairs(values: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in values.items())
 
 
-def _record_teacher_seeds(paths, teachers) -> None:
-    """Add each seeded teacher's checkpoint and metrics to ``teacher.json`` (``teacher_seeds``)."""
+def _record_teacher(paths, key: str, value: dict) -> None:
+    """Add the confirmation's teachers to ``teacher.json``: ``teacher_seeds`` (each seeded
+    teacher's checkpoint and metrics) or ``confirm_teacher`` (the one teacher ``confirm.set`` gave
+    the confirmation, when it is not the search's)."""
     path = Path(paths.teacher)
     try:
         record = json.loads(path.read_text()) if path.is_file() else {}
     except ValueError:
         record = {}
-    record["teacher_seeds"] = {str(t.seed): {"checkpoint": t.checkpoint, **t.metrics} for t in teachers}
+    record[key] = value
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(record, default=str))
     os.replace(tmp, path)
@@ -356,7 +360,7 @@ def _summary(space: Space, paths, prep_s: float, search_s: float) -> int:
           f"preparation {prep_s:.0f} s, search {search_s:.0f} s", flush=True)
     found = decide(trials, inputs.epochs, inputs.params, metric, teacher=inputs.teacher,
                    teacher_scores=teacher_scores(inputs.teacher_seeds, metric), rank_check=inputs.rank_check,
-                   searched=list(inputs.specs)) if metric in METRICS else None
+                   searched=list(inputs.specs), confirm_teacher=inputs.confirm_teacher) if metric in METRICS else None
     for line in found.lines() if found else []:
         print(line)
     if space.settings.closing_note:

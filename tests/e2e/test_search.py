@@ -160,3 +160,25 @@ def test_confirmation_over_teacher_seeds_with_overrides(ray_local, tiny_space, t
     assert [t["teacher_seed"] for t in summary["teachers"]["per_teacher"]] == [7, 8]
     assert summary["teachers"]["pooled"]["n"] == 4 and summary["teachers"]["between_teachers"]["teachers"] == 2
     assert "Confirmation across teacher seeds" in (root / "report" / "report.md").read_text()
+
+
+def test_a_confirmation_at_another_image_size_scores_against_its_own_teacher(ray_local, tiny_space, tmp_path, capsys):
+    """A proxy search (48 px) confirmed at the experiment's 64 px: the confirmation trains its own
+    teacher, teacher.json records it as ``confirm_teacher``, and the report names its score
+    beside the search's teacher."""
+    from raykd.analyze.__main__ import main as analyze
+    from raykd.search.__main__ import main as search
+
+    space = tiny_space(num_samples=2, epochs=1, fixed={"train.warmup_iters": 3, "data.image_size": 48},
+                       confirm={"top": 1, "seeds": [100, 101], "baseline": True, "set": {"data.image_size": 64}})
+    root = tmp_path / "results" / "proxy"
+    assert search([str(space), "--storage", str(root.parent), "--name", root.name]) == 0
+    out = capsys.readouterr().out
+    assert out.count("teacher: not found, training") == 2  # the search's 48 px teacher, then the confirmation's
+    record = json.loads((root / "teacher.json").read_text())
+    assert record["confirm_teacher"]["checkpoint"] != record["checkpoint"]
+    assert "bbox_mAP" in record["confirm_teacher"]
+    assert analyze([str(root), "--format", "md"]) == 0
+    printed = capsys.readouterr().out
+    assert f"teacher of the confirmation (confirm.set): {record['confirm_teacher']['bbox_mAP'] * 100:.2f}" in printed
+    assert "the confirmation's (confirm.set): " in (root / "report" / "report.md").read_text()
