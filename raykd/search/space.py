@@ -457,19 +457,19 @@ class DefineByRun:
     """
 
     def __init__(self, specs: list[ParamSpec], fixed: dict[str, Any] | None = None):
-        self.params = list(specs)
+        self.specs = list(specs)  # the pickled name: searches saved since the specs exist resume with it
         self.fixed = dict(fixed or {})
 
     def __setstate__(self, state: dict) -> None:
         # Pickled before the specs existed (a search resumed across the upgrade): key -> ParamEntry dump.
-        if "params" in state:
+        if isinstance(state.get("params"), dict):
             state = {"specs": [ParamEntry.model_validate(p).describe(k) for k, p in state.pop("params").items()], **state}
         self.__dict__.update(state)
 
     def __call__(self, trial) -> dict[str, Any] | None:
         values: dict[str, Any] = {}
         constants: dict[str, Any] = dict(self.fixed)
-        for spec in self.params:
+        for spec in self.specs:
             if not spec.active(values):
                 continue
             values[spec.name] = spec.suggest(trial)

@@ -293,3 +293,22 @@ def test_the_demo_says_it_is_a_smoke_test_and_the_reproduction_confirms_over_thr
     assert "python -m raykd.search search_spaces/shapes_reproduction.yaml" in demo.settings.closing_note
     reproduction = Space(root / "shapes_reproduction.yaml")
     assert len(reproduction.settings.confirm.teacher_seeds) == 3 and reproduction.settings.confirm.per == "distill.method"
+
+
+def test_define_by_run_resumes_from_its_pickle_and_from_the_older_one(space_file):
+    """Tune pickles the searcher (with this space) when it checkpoints; a resumed search unpickles
+    it: today's pickle and the one written before the specs existed (key -> entry dump)."""
+    import pickle
+
+    space = Space(space_file(space={
+        "distill.method": {"choice": ["none", "mgd"]},
+        "distill.alpha": {"loguniform": [1e-8, 1e-6], "when": {"distill.method": "mgd"}},
+    }))
+    expected = list(space.params.values())
+    assert pickle.loads(pickle.dumps(space.define_by_run())).specs == expected
+    older = object.__new__(type(space.define_by_run()))
+    older.__setstate__({"params": {k: e.model_dump(exclude_unset=True) for k, e in space.settings.space.items()},
+                        "fixed": {}})
+    assert older.specs == expected
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    assert older(study.ask()) is None  # no constants: plain scalars sampled
