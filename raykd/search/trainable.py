@@ -23,13 +23,18 @@ from raykd.train.checkpoint import STATE_FILE, save_state
 from raykd.train.setup import loader_workers
 
 
+def _defined(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Tune's ``config`` without its own ``__`` keys and the keys left undefined (``None``) for this trial."""
+    return {key: value for key, value in config.items() if not key.startswith("__") and value is not None}
+
+
 def trial_overrides(config: Mapping[str, Any], base: Mapping[str, Any], threads: int | None,
                     cpus_per_worker: float | None = None, gpus_per_worker: float = 0) -> dict[str, Any]:
     """The dotted overrides of one trial: Tune's ``config`` (keys whose value is ``None`` are
     undefined for this trial and left out), the seed shifted by ``__trial_index__`` (Tune's
     Repeater, ``search.repeats``), ``train.threads``, and ``data.num_workers``, when unset, from
     ``cpus_per_worker`` and ``gpus_per_worker`` (:func:`~raykd.train.setup.loader_workers`)."""
-    overrides = {key: value for key, value in config.items() if not key.startswith("__") and value is not None}
+    overrides = _defined(config)
     if "__trial_index__" in config:
         seed = overrides.get(SEED_KEY, get_dotted(dict(base), SEED_KEY, 0))
         overrides[SEED_KEY] = int(seed) + int(config["__trial_index__"])
@@ -43,8 +48,7 @@ def trial_overrides(config: Mapping[str, Any], base: Mapping[str, Any], threads:
 def reported_values(config: Mapping[str, Any], cfg: ExperimentConfig) -> str:
     """The :data:`~raykd.epoch_record.EFFECTIVE_CONFIG` report value: JSON of the effective value of
     every key Tune's ``config`` defines for this trial (the seed is the ``seed`` column's)."""
-    keys = [key for key, value in config.items() if not key.startswith("__") and value is not None and key != SEED_KEY]
-    return json.dumps(effective_values(cfg, keys))
+    return json.dumps(effective_values(cfg, [key for key in _defined(config) if key != SEED_KEY]))
 
 
 def run_trial(config: dict[str, Any], *, base: dict[str, Any], teacher_checkpoint: str | None, executor: str,
